@@ -1,0 +1,127 @@
+"""Grey level co-occurrence matrix (GLCM, IBSI family ``cm``): distance 1 (Chebyshev), symmetric."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from tracker.radiomics.texture.aggregate import directional_aggregates, entropy
+from tracker.radiomics.texture.neighbourhood import Neighbourhood
+
+PREFIX = "cm"
+DIRECTIONAL = True
+FEATURE_NAMES: tuple[str, ...] = (
+    "joint_max",
+    "joint_avg",
+    "joint_var",
+    "joint_entr",
+    "diff_avg",
+    "diff_var",
+    "diff_entr",
+    "sum_avg",
+    "sum_var",
+    "sum_entr",
+    "energy",
+    "contrast",
+    "dissimilarity",
+    "inv_diff",
+    "inv_diff_norm",
+    "inv_diff_mom",
+    "inv_diff_mom_norm",
+    "inv_var",
+    "corr",
+    "auto_corr",
+    "clust_tend",
+    "clust_shade",
+    "clust_prom",
+    "info_corr1",
+    "info_corr2",
+)
+
+
+def glcm_matrices(hood: Neighbourhood) -> np.ndarray:
+    """Symmetric co-occurrence counts, shape (n_directions, n_slices, N_g, N_g).
+
+    ``n_slices`` is 1 for a 3D neighbourhood; in 2D each slice has its own matrix.
+    """
+    n_g, n_s = hood.n_levels, hood.n_groups
+    out = np.empty((len(hood.pairs), n_s, n_g, n_g), dtype=np.float64)
+    for d, (a, b) in enumerate(hood.pairs):
+        code = (hood.group[a] * n_g + hood.level[a] - 1) * n_g + hood.level[b] - 1
+        m = np.bincount(code, minlength=n_s * n_g * n_g).reshape(n_s, n_g, n_g).astype(np.float64)
+        out[d] = m + m.transpose(0, 2, 1)
+    return out
+
+
+def glcm_features_from_matrix(matrix: np.ndarray) -> dict[str, np.ndarray]:
+    """IBSI GLCM features of a batch of co-occurrence matrices (..., N_g, N_g); NaN for empty matrices."""
+    m = np.asarray(matrix, dtype=np.float64)
+    n_g = m.shape[-1]
+    ax = (-2, -1)
+    lv = np.arange(1, n_g + 1, dtype=np.float64)
+    i, j = lv[:, None], lv[None, :]
+    diff_k = np.abs(i - j)
+    sum_k = i + j
+    diff_onehot = (diff_k.ravel()[:, None] == np.arange(n_g)[None, :]).astype(np.float64)
+    sum_vals = np.arange(2, 2 * n_g + 1, dtype=np.float64)
+    sum_onehot = (sum_k.ravel()[:, None] == sum_vals[None, :]).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        total = m.sum(axis=ax)
+        p = m / total[..., None, None]
+        flat = p.reshape(*p.shape[:-2], n_g * n_g)
+        p_diff = flat @ diff_onehot
+        p_sum = flat @ sum_onehot
+        p_i = p.sum(axis=-1)
+        p_j = p.sum(axis=-2)
+        mu_i = p_i @ lv
+        mu_j = p_j @ lv
+        var_i = p_i @ lv**2 - mu_i**2
+        var_j = p_j @ lv**2 - mu_j**2
+        k_d = np.arange(n_g, dtype=np.float64)
+        diff_avg = p_diff @ k_d
+        sum_avg = p_sum @ sum_vals
+        cluster = sum_k - (mu_i + mu_j)[..., None, None]
+        joint_entr = entropy(p, ax)
+        h_x = entropy(p_i, -1)
+        outer = p_i[..., :, None] * p_j[..., None, :]
+        h_xy1 = -np.where(p > 0, p * np.log2(np.where(outer > 0, outer, 1.0)), 0.0).sum(axis=ax)
+        h_xy2 = entropy(outer, ax)
+        inv_var_w = np.zeros(n_g)
+        inv_var_w[1:] = 1.0 / k_d[1:] ** 2
+        out = {
+            "joint_max": p.max(axis=ax),
+            "joint_avg": mu_i,
+            "joint_var": (p * (i - mu_i[..., None, None]) ** 2).sum(axis=ax),
+            "joint_entr": joint_entr,
+            "diff_avg": diff_avg,
+            "diff_var": (p_diff * (k_d - diff_avg[..., None]) ** 2).sum(axis=-1),
+            "diff_entr": entropy(p_diff, -1),
+            "sum_avg": sum_avg,
+            "sum_var": (p_sum * (sum_vals - sum_avg[..., None]) ** 2).sum(axis=-1),
+            "sum_entr": entropy(p_sum, -1),
+            "energy": (p**2).sum(axis=ax),
+            "contrast": p_diff @ k_d**2,
+            "dissimilarity": diff_avg,
+            "inv_diff": p_diff @ (1.0 / (1.0 + k_d)),
+            "inv_diff_norm": p_diff @ (1.0 / (1.0 + k_d / n_g)),
+            "inv_diff_mom": p_diff @ (1.0 / (1.0 + k_d**2)),
+            "inv_diff_mom_norm": p_diff @ (1.0 / (1.0 + (k_d / n_g) ** 2)),
+            "inv_var": p_diff @ inv_var_w,
+            "corr": ((p * i * j).sum(axis=ax) - mu_i * mu_j) / np.sqrt(var_i * var_j),
+            "auto_corr": (p * i * j).sum(axis=ax),
+            "clust_tend": (p * cluster**2).sum(axis=ax),
+            "clust_shade": (p * cluster**3).sum(axis=ax),
+            "clust_prom": (p * cluster**4).sum(axis=ax),
+            "info_corr1": (joint_entr - h_xy1) / h_x,
+            "info_corr2": np.sqrt(np.clip(1.0 - np.exp(-2.0 * (h_xy2 - joint_entr)), 0.0, None)),
+        }
+    empty = total == 0
+    return {k: np.where(empty, np.nan, out[k]) for k in FEATURE_NAMES}
+
+
+def glcm_features(hood: Neighbourhood) -> dict[str, float]:
+    """All GLCM tags for the neighbourhood's mode (``cm_<name>_<suffix>``)."""
+    agg = directional_aggregates(glcm_matrices(hood), glcm_features_from_matrix, hood.mode)
+    return {f"{PREFIX}_{name}_{sfx}": vals[name] for sfx, vals in agg.items() for name in FEATURE_NAMES}
