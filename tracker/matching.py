@@ -1,0 +1,316 @@
+"""Matching the lesions of a new follow-up scan against all of a patient's open tracks.
+
+Pure computation. The caller brings everything into one common grid first: each track's most recent lesion
+mask (warped onto the grid) and centroid (mapped into the same frame), and the new scan's lesion label map and
+lesions. Matching against every open track, not only the previous scan's, lets a lesion missed at one visit be
+re-linked when it is seen again.
+
+Algorithm
+---------
+1. Candidates: a track and a lesion are candidates when the track's mask, dilated by ``dilation_mm``, overlaps
+   the lesion (overlap counted relative to the smaller of the two), or when their centroids lie closer than
+   ``max_distance_factor`` times the larger equivalent-sphere radius plus ``distance_slack_mm``.
+2. One-to-one assignment (``scipy.optimize.linear_sum_assignment``) on ``1 - score``, where the score blends
+   overlap and normalised closeness (``overlap_weight``), minus a small penalty per visit a track was missed.
+3. Merges: an unassigned track overlapping an assigned lesion ends there ("merged"); of the tracks that
+   meet in one lesion the largest (by last volume) continues.
+4. Splits: an unassigned lesion overlapping an assigned track starts a new track ("split", with the parent
+   track in ``related_track_id``); of the lesions a track splits into the largest continues it.
+5. Left-over tracks are "vanished" (they stay open and may be re-linked later); left-over lesions are "new".
+
+Inputs are sorted by track id and lesion label and ties break on those, so re-processing the same scan gives
+the same result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial.distance import cdist
+
+from tracker.errors import MetatrackError
+from tracker.lesions import Geometry, Lesion
+
+Change = Literal["persistent", "new", "vanished", "merged", "split"]
+CHANGES: tuple[str, ...] = ("persistent", "new", "vanished", "merged", "split")
+# Cost of a pair that is not a candidate: high enough that the assignment never prefers it.
+_NOT_CANDIDATE_COST = 1e3
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    """Matching parameters (lengths in mm, overlaps and weights in [0, 1])."""
+
+    dilation_mm: float = 2.0
+    max_distance_factor: float = 1.5
+    distance_slack_mm: float = 5.0
+    overlap_weight: float = 0.7
+    min_overlap: float = 0.1
+    merge_min_overlap: float = 0.3
+    split_min_overlap: float = 0.3
+    gap_penalty: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("dilation_mm", "max_distance_factor", "distance_slack_mm", "gap_penalty"):
+            if getattr(self, name) < 0:
+                raise MetatrackError(f"MatchConfig.{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("overlap_weight", "min_overlap", "merge_min_overlap", "split_min_overlap"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise MetatrackError(f"MatchConfig.{name}: must be in [0, 1], got {getattr(self, name)}")
+
+
+@dataclass
+class TrackState:
+    """What matching needs to know of one open track, in the common frame.
+
+    ``last_label_mask`` is the boolean mask of the track's most recent lesion on the common grid (None when
+    only the centroid is known); ``last_seen_index`` is the visit index where the track was last seen.
+    """
+
+    track_id: int
+    last_label_mask: np.ndarray | None
+    centroid_lps: Sequence[float]
+    volume_mm3: float
+    last_seen_index: int
+
+
+@dataclass(frozen=True)
+class Link:
+    """One outcome of matching.
+
+    ``track_id`` is None for a new track the caller still has to number. ``related_track_id`` is the parent
+    track for "split" and the continuing track for "merged". ``score`` is the assignment score for
+    "persistent", the overlap for "merged"/"split", and 0 for "new"/"vanished".
+    """
+
+    track_id: int | None
+    lesion_label: int | None
+    change: Change
+    score: float
+    related_track_id: int | None = None
+
+
+@dataclass
+class MatchResult:
+    """Links of one visit; every lesion appears in exactly one link with a lesion label.
+
+    ``label_to_track`` maps each lesion label to its track id (None for new tracks when no ``next_track_id``
+    was given). ``merges`` holds (track ids, continuing one first; lesion label); ``splits`` holds
+    (parent track id; lesion labels, continuing one first).
+    """
+
+    links: list[Link]
+    label_to_track: dict[int, int | None]
+    merges: list[tuple[tuple[int, ...], int]] = field(default_factory=list)
+    splits: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
+
+    def by_change(self, change: Change) -> list[Link]:
+        """Links of one change class."""
+        return [link for link in self.links if link.change == change]
+
+
+def _structuring_element(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
+    """Ellipsoidal structuring element of physical radius ``radius_mm`` on a grid of ``spacing`` (z, y, x)."""
+    radii = [int(np.floor(radius_mm / s)) for s in spacing]
+    grids = np.ogrid[tuple(slice(-r, r + 1) for r in radii)]
+    dist2 = sum((g * s) ** 2 for g, s in zip(grids, spacing, strict=True))
+    return np.asarray(dist2 <= radius_mm**2 + 1e-9)
+
+
+def _overlaps(
+    tracks: Sequence[TrackState],
+    new_labels: np.ndarray,
+    lesion_labels: np.ndarray,
+    spacing: Sequence[float],
+    cfg: MatchConfig,
+    geometry: Geometry | None,
+) -> np.ndarray:
+    """Overlap (tracks x lesions) of each dilated track mask with each lesion, relative to the smaller one."""
+    max_label = int(max(new_labels.max(initial=0), lesion_labels.max(initial=0)))
+    lesion_voxels = np.bincount(new_labels.ravel(), minlength=max_label + 1)[lesion_labels]
+    struct = _structuring_element(cfg.dilation_mm, spacing)
+    pad = np.array(struct.shape) // 2
+    overlap = np.zeros((len(tracks), len(lesion_labels)))
+    for row, track in enumerate(tracks):
+        if track.last_label_mask is None:
+            if geometry is None:
+                continue
+            index = np.round(geometry.physical_to_index(track.centroid_lps)[0]).astype(int)
+            if np.all(index >= 0) and np.all(index < new_labels.shape):
+                hit = lesion_labels == new_labels[tuple(index)]
+                overlap[row, hit] = 1.0
+            continue
+        mask = np.asarray(track.last_label_mask, dtype=bool)
+        if mask.shape != new_labels.shape:
+            raise MetatrackError(
+                f"track {track.track_id}: mask shape {mask.shape} differs from new_labels {new_labels.shape}"
+            )
+        boxes = ndimage.find_objects(mask.astype(np.uint8))
+        if not boxes or boxes[0] is None:
+            continue
+        box = tuple(
+            slice(max(0, b.start - p), min(n, b.stop + p))
+            for b, p, n in zip(boxes[0], pad, mask.shape, strict=True)
+        )
+        dilated = ndimage.binary_dilation(mask[box], structure=struct)
+        inter = np.bincount(new_labels[box][dilated].ravel(), minlength=max_label + 1)[lesion_labels]
+        smaller = np.maximum(np.minimum(int(mask.sum()), lesion_voxels), 1)
+        overlap[row] = np.minimum(inter / smaller, 1.0)
+    return overlap
+
+
+def _equivalent_radius(volume_mm3: np.ndarray) -> np.ndarray:
+    return np.cbrt(3.0 * np.maximum(volume_mm3, 0.0) / (4.0 * np.pi))
+
+
+def match_lesions(
+    tracks: Sequence[TrackState],
+    new_labels: np.ndarray,
+    new_lesions: Sequence[Lesion],
+    spacing: Sequence[float],
+    cfg: MatchConfig | None = None,
+    *,
+    visit_index: int | None = None,
+    next_track_id: int | None = None,
+    geometry: Geometry | None = None,
+) -> MatchResult:
+    """Link the lesions of a new scan to the patient's open tracks.
+
+    Parameters
+    ----------
+    tracks
+        Every open track of the patient (including ones missed at recent visits), in the common frame.
+    new_labels
+        Lesion label map of the new scan on the common grid (z, y, x).
+    new_lesions
+        The new scan's lesions; their ``centroid_lps`` must be in the common frame.
+    spacing
+        Voxel size (z, y, x) of the common grid, mm.
+    cfg
+        Matching parameters; defaults when None.
+    visit_index
+        Index of the new visit; with it, tracks missed at earlier visits score ``gap_penalty`` less per visit.
+    next_track_id
+        When given, new tracks (new and split lesions) are numbered from it in lesion-label order; otherwise
+        their ``track_id`` is None for the caller to allocate.
+    geometry
+        Geometry of the common grid; needed only to place tracks that have a centroid but no mask.
+    """
+    cfg = cfg or MatchConfig()
+    new_labels = np.asarray(new_labels)
+    if new_labels.ndim != 3:
+        raise MetatrackError(f"new_labels: expected a 3D (z, y, x) array, got shape {new_labels.shape}")
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise MetatrackError(f"spacing: expected 3 positive values (z, y, x) in mm, got {tuple(spacing)}")
+    tracks = sorted(tracks, key=lambda t: t.track_id)
+    lesions = sorted(new_lesions, key=lambda les: les.label)
+    track_ids = [t.track_id for t in tracks]
+    labels = np.array([les.label for les in lesions], dtype=np.int64)
+    if len(set(track_ids)) != len(track_ids):
+        raise MetatrackError(f"tracks: duplicate track ids in {track_ids}")
+    if len(set(labels.tolist())) != len(labels):
+        raise MetatrackError(f"new_lesions: duplicate lesion labels in {labels.tolist()}")
+    n_t, n_l = len(tracks), len(lesions)
+
+    overlap = _overlaps(tracks, new_labels, labels, spacing, cfg, geometry)
+    score = np.zeros((n_t, n_l))
+    candidate = np.zeros((n_t, n_l), dtype=bool)
+    if n_t and n_l:
+        t_cent = np.array([np.asarray(t.centroid_lps, dtype=float) for t in tracks])
+        l_cent = np.array([les.centroid_lps for les in lesions], dtype=float)
+        t_rad = _equivalent_radius(np.array([t.volume_mm3 for t in tracks], dtype=float))
+        l_rad = _equivalent_radius(np.array([les.volume_mm3 for les in lesions], dtype=float))
+        limit = cfg.max_distance_factor * np.maximum(t_rad[:, None], l_rad[None, :]) + cfg.distance_slack_mm
+        closeness = 1.0 - cdist(t_cent, l_cent) / np.maximum(limit, 1e-9)
+        candidate = (overlap >= cfg.min_overlap) | (closeness >= 0.0)
+        score = cfg.overlap_weight * overlap + (1.0 - cfg.overlap_weight) * np.clip(closeness, 0.0, 1.0)
+        if visit_index is not None:
+            missed = np.array([max(0, visit_index - t.last_seen_index - 1) for t in tracks], dtype=float)
+            score = score - cfg.gap_penalty * missed[:, None]
+    cost = np.where(candidate, 1.0 - score, _NOT_CANDIDATE_COST)
+    rows, cols = linear_sum_assignment(cost) if n_t and n_l else (np.array([], int), np.array([], int))
+
+    track_of_lesion: dict[int, int] = {}  # lesion column -> track row
+    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+        if candidate[r, c]:
+            track_of_lesion[c] = r
+    assigned_tracks = set(track_of_lesion.values())
+
+    # Merges: unassigned tracks that overlap an assigned lesion.
+    merge_groups: dict[int, list[int]] = {}
+    for r in range(n_t):
+        if r in assigned_tracks or n_l == 0:
+            continue
+        c = int(np.argmax(overlap[r]))
+        if overlap[r, c] >= cfg.merge_min_overlap and c in track_of_lesion:
+            merge_groups.setdefault(c, [track_of_lesion[c]]).append(r)
+    merged: dict[int, tuple[int, int]] = {}  # track row -> (lesion column, continuing track row)
+    merges: list[tuple[tuple[int, ...], int]] = []
+    for c, rows_in in sorted(merge_groups.items()):
+        keep = min(rows_in, key=lambda r: (-tracks[r].volume_mm3, tracks[r].track_id))
+        track_of_lesion[c] = keep
+        others = sorted((r for r in rows_in if r != keep), key=lambda r: tracks[r].track_id)
+        for r in others:
+            merged[r] = (c, keep)
+        merges.append(((track_ids[keep], *(track_ids[r] for r in others)), int(labels[c])))
+    lesion_of_track = {r: c for c, r in track_of_lesion.items()}
+
+    # Splits: unassigned lesions that overlap a continuing track.
+    split_groups: dict[int, list[int]] = {}
+    for c in range(n_l):
+        if c in track_of_lesion or n_t == 0:
+            continue
+        r = int(np.argmax(overlap[:, c]))
+        if overlap[r, c] >= cfg.split_min_overlap and r in lesion_of_track:
+            split_groups.setdefault(r, [lesion_of_track[r]]).append(c)
+    split_from: dict[int, int] = {}  # lesion column -> parent track row
+    splits: list[tuple[int, tuple[int, ...]]] = []
+    for r, cols_in in sorted(split_groups.items(), key=lambda item: track_ids[item[0]]):
+        keep = min(cols_in, key=lambda c: (-lesions[c].volume_mm3, lesions[c].label))
+        del track_of_lesion[lesion_of_track[r]]
+        track_of_lesion[keep] = r
+        lesion_of_track[r] = keep
+        others = sorted(c for c in cols_in if c != keep)
+        for c in others:
+            split_from[c] = r
+        splits.append((track_ids[r], (int(labels[keep]), *(int(labels[c]) for c in others))))
+
+    links: list[Link] = []
+    label_to_track: dict[int, int | None] = {}
+    next_id = next_track_id
+    for c in range(n_l):
+        label = int(labels[c])
+        if c in track_of_lesion:
+            r = track_of_lesion[c]
+            label_to_track[label] = track_ids[r]
+            links.append(Link(track_ids[r], label, "persistent", float(score[r, c])))
+            continue
+        new_id = next_id
+        if next_id is not None:
+            next_id += 1
+        label_to_track[label] = new_id
+        if c in split_from:
+            r = split_from[c]
+            links.append(Link(new_id, label, "split", float(overlap[r, c]), related_track_id=track_ids[r]))
+        else:
+            links.append(Link(new_id, label, "new", 0.0))
+    for r in range(n_t):
+        if r in merged:
+            c, keep = merged[r]
+            links.append(
+                Link(
+                    track_ids[r],
+                    int(labels[c]),
+                    "merged",
+                    float(overlap[r, c]),
+                    related_track_id=track_ids[keep],
+                )
+            )
+        elif r not in lesion_of_track:
+            links.append(Link(track_ids[r], None, "vanished", 0.0))
+    return MatchResult(links=links, label_to_track=label_to_track, merges=merges, splits=splits)
