@@ -1,0 +1,161 @@
+"""Orchestration: image processing, then every configured feature family, into one fixed set of columns."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tracker.errors import MetatrackError
+from tracker.radiomics.catalog import NON_TEXTURE, TEXTURE_FEATURES, TEXTURE_VARIANTS
+from tracker.radiomics.config import TEXTURE_FAMILIES, load_config
+
+ENGINE_VERSION = "metatrack-radiomics 0.1.0"
+
+
+@dataclass
+class FeatureSet:
+    """Feature values of one ROI under one configuration.
+
+    Attributes
+    ----------
+    values : tag -> value, in the fixed column order of ``feature_columns(config)`` (NaN where undefined)
+    meta : tag -> (IBSI family, IBSI feature name)
+    config : the validated configuration used
+    engine_version : ``ENGINE_VERSION``
+    """
+
+    values: dict[str, float]
+    meta: dict[str, tuple[str, str]]
+    config: dict[str, Any]
+    engine_version: str = ENGINE_VERSION
+    notes: list[str] = field(default_factory=list)
+
+    def records(self) -> list[dict[str, Any]]:
+        """One dict per feature: tag, family, feature, value."""
+        return [
+            {"tag": tag, "family": self.meta[tag][0], "feature": self.meta[tag][1], "value": value}
+            for tag, value in self.values.items()
+        ]
+
+
+def _catalog(cfg: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    families = set(cfg["families"])
+    out: dict[str, tuple[str, str]] = {}
+    for tag, family, name in NON_TEXTURE:
+        if tag.split("_", 1)[0] in families:
+            out[tag] = (family, name)
+    for mode in ("2D", "3D"):
+        if mode not in cfg["texture"]["modes"]:
+            continue
+        for prefix in TEXTURE_FAMILIES:
+            if prefix not in families:
+                continue
+            for suffix, family in TEXTURE_VARIANTS[prefix][mode]:
+                for base, name in TEXTURE_FEATURES[prefix]:
+                    out[base + suffix] = (family, name)
+    return out
+
+
+def feature_columns(cfg: dict[str, Any] | str) -> list[str]:
+    """The fixed, ordered list of feature tags that ``extract`` returns for ``cfg``."""
+    return list(_catalog(load_config(cfg) if not _is_validated(cfg) else cfg))
+
+
+def _is_validated(cfg: Any) -> bool:
+    return isinstance(cfg, dict) and "families" in cfg and "normalisation" in cfg
+
+
+def _check_inputs(image: np.ndarray, mask: np.ndarray, spacing: tuple[float, ...]) -> None:
+    if image.ndim != 3:
+        raise MetatrackError(f"radiomics image: expected a 3D (z, y, x) array, got shape {image.shape}")
+    if mask.shape != image.shape:
+        raise MetatrackError(f"radiomics mask: shape {mask.shape} differs from image shape {image.shape}")
+    if len(spacing) != 3 or any(not s > 0 for s in spacing):
+        raise MetatrackError(f"radiomics spacing: expected three positive (z, y, x) mm values, got {spacing}")
+
+
+def _texture(
+    levels_img: np.ndarray,
+    prep: Any,
+    n_levels: int,
+    cfg: dict[str, Any],
+    notes: list[str],
+) -> dict[str, float]:
+    families = tuple(f for f in TEXTURE_FAMILIES if f in cfg["families"])
+    if not families or not cfg["texture"]["modes"]:
+        return {}
+    try:
+        from tracker.radiomics.texture import texture_features
+    except ImportError:
+        notes.append("texture not available (tracker.radiomics.texture missing)")
+        warnings.warn("tracker.radiomics.texture is not available: texture features are NaN", stacklevel=3)
+        return {}
+    out: dict[str, float] = {}
+    for mode in cfg["texture"]["modes"]:
+        out.update(
+            texture_features(
+                levels_img, prep.int_mask, n_levels, mode=mode, morph_roi=prep.morph_mask, families=families
+            )
+        )
+    return out
+
+
+def extract(
+    image: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, float], cfg: dict[str, Any] | str
+) -> FeatureSet:
+    """IBSI 1 features of one ROI.
+
+    Parameters
+    ----------
+    image : (z, y, x) intensities (e.g. HU)
+    mask : (z, y, x) boolean ROI, same shape
+    spacing : (z, y, x) voxel size in mm
+    cfg : a preset name, a YAML path, or a (validated) configuration dict
+
+    Returns
+    -------
+    FeatureSet
+        Values in the fixed columns of ``feature_columns(cfg)``; NaN where a feature is undefined
+        (e.g. an empty ROI after re-segmentation, PCA of a one-voxel lesion).
+    """
+    from tracker.radiomics.histogram import histogram_features, ivh_features
+    from tracker.radiomics.intensity import statistics_features
+    from tracker.radiomics.local_intensity import local_intensity_features
+    from tracker.radiomics.morphology import morphology_features
+    from tracker.radiomics.preprocess import discretise, prepare
+
+    if not _is_validated(cfg):
+        cfg = load_config(cfg)
+    image = np.asarray(image)
+    mask = np.asarray(mask).astype(bool)
+    _check_inputs(image, mask, spacing)
+    catalog = _catalog(cfg)
+    found: dict[str, float] = {}
+    notes: list[str] = []
+    if mask.any():
+        prep = prepare(image, mask, spacing, cfg)
+        fams = set(cfg["families"])
+        vals = prep.image[prep.int_mask]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if "morph" in fams and prep.morph_mask.any():
+                found.update(morphology_features(prep.image, prep.morph_mask, prep.int_mask, prep.spacing))
+            if "loc" in fams:
+                found.update(local_intensity_features(prep.image, prep.int_mask, prep.spacing))
+            if "stat" in fams:
+                found.update(statistics_features(vals))
+            if "ivh" in fams:
+                found.update(ivh_features(vals, cfg))
+            if vals.size:
+                levels, n_levels = discretise(vals, cfg["discretisation"], cfg)
+                if "ih" in fams:
+                    found.update(histogram_features(levels, n_levels))
+                levels_img = np.zeros(prep.image.shape, dtype=np.int64)
+                levels_img[prep.int_mask] = levels
+                found.update(_texture(levels_img, prep, n_levels, cfg, notes))
+    else:
+        notes.append("empty mask")
+    values = {tag: float(found.get(tag, np.nan)) for tag in catalog}
+    return FeatureSet(values=values, meta=catalog, config=cfg, engine_version=ENGINE_VERSION, notes=notes)

@@ -1,0 +1,59 @@
+"""IBSI intensity-based statistical features (``stat_*``) of the ROI intensities."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _moments(x: np.ndarray) -> tuple[float, float, float, float]:
+    mu = float(x.mean())
+    d = x - mu
+    var = float(np.mean(d**2))
+    if var > 0:
+        skew = float(np.mean(d**3) / var**1.5)
+        kurt = float(np.mean(d**4) / var**2 - 3.0)
+    else:
+        skew = kurt = float("nan")
+    return mu, var, skew, kurt
+
+
+def distribution_features(x: np.ndarray, prefix: str) -> dict[str, float]:
+    """Features shared by ``stat_`` (intensities) and ``ih_`` (grey levels): moments, quantiles, dispersion.
+
+    Variance, skewness and (excess) kurtosis use population moments, as IBSI defines them.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return {}
+    mu, var, skew, kurt = _moments(x)
+    p10, p25, p50, p75, p90 = np.percentile(x, [10, 25, 50, 75, 90])
+    inner = x[(x >= p10) & (x <= p90)]
+    out = {
+        "mean": mu,
+        "var": var,
+        "skew": skew,
+        "kurt": kurt,
+        "median": float(p50),
+        "min": float(x.min()),
+        "p10": float(p10),
+        "p90": float(p90),
+        "max": float(x.max()),
+        "iqr": float(p75 - p25),
+        "range": float(x.max() - x.min()),
+        "mad": float(np.mean(np.abs(x - mu))),
+        "rmad": float(np.mean(np.abs(inner - inner.mean()))) if inner.size else float("nan"),
+        "medad": float(np.mean(np.abs(x - p50))),
+        "cov": float(np.sqrt(var) / mu) if mu != 0 else float("nan"),
+        "qcod": float((p75 - p25) / (p75 + p25)) if (p75 + p25) != 0 else float("nan"),
+    }
+    return {f"{prefix}_{k}": v for k, v in out.items()}
+
+
+def statistics_features(values: np.ndarray) -> dict[str, float]:
+    """IBSI 3.3 intensity-based statistics of the intensity-mask voxels (18 features)."""
+    x = np.asarray(values, dtype=np.float64)
+    out = distribution_features(x, "stat")
+    if x.size:
+        out["stat_energy"] = float(np.sum(x**2))
+        out["stat_rms"] = float(np.sqrt(np.mean(x**2)))
+    return out

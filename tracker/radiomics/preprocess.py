@@ -1,0 +1,184 @@
+"""IBSI 1 image processing: normalisation, resampling, rounding, mask threshold, re-segmentation, bins.
+
+All arrays are (z, y, x); spacings are (z, y, x) in mm. The image is cropped to the ROI's bounding box plus a
+margin before interpolation, so that small lesions in large scans stay cheap; the crop does not change the
+IBSI grid (the new grid is defined over the whole image, with grid centres aligned, IBSI manual 2.4).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tracker.errors import MetatrackError
+
+#: radius (mm) of the 1 cm³ sphere used by the local intensity features
+PEAK_RADIUS_MM = (3.0 / (4.0 * math.pi) * 1000.0) ** (1.0 / 3.0)
+_SPLINE_ORDER = {"nearest": 0, "linear": 1, "cubic": 3}
+# extra source voxels kept around the crop so that the cubic spline prefilter sees the same data as on the
+# whole image (its influence decays as 0.268^n: < 1e-7 after 12 voxels)
+_PREFILTER_PAD = 12
+# tolerance for deciding that n * s_a / s_b is a whole number of voxels
+_GRID_EPS = 1e-6
+
+
+@dataclass
+class Prepared:
+    """The ROI after IBSI image processing.
+
+    Attributes
+    ----------
+    image : float64 array on the (possibly resampled) grid, cropped around the ROI
+    morph_mask : morphological mask (after interpolation and partial-volume threshold)
+    int_mask : intensity mask (morph_mask after re-segmentation)
+    spacing : (z, y, x) mm of the grid
+    """
+
+    image: np.ndarray
+    morph_mask: np.ndarray
+    int_mask: np.ndarray
+    spacing: tuple[float, float, float]
+
+
+def grid_axis(n_a: int, s_a: float, s_b: float | None) -> tuple[int, float, float]:
+    """New grid along one axis: (n_b, offset, step) so that new index j sits at old index offset + j * step.
+
+    The number of new voxels is ceil(n_a s_a / s_b); the grids share their centre (IBSI manual 2.4).
+    """
+    if s_b is None or math.isclose(s_a, s_b, rel_tol=1e-9):
+        return n_a, 0.0, 1.0
+    n_b = math.ceil(n_a * s_a / s_b - _GRID_EPS)
+    step = s_b / s_a
+    offset = ((n_a - 1) - (n_b - 1) * step) / 2.0
+    return n_b, offset, step
+
+
+def _bbox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.argwhere(mask)
+    return idx.min(axis=0), idx.max(axis=0)
+
+
+def prepare(image: np.ndarray, mask: np.ndarray, spacing: tuple[float, ...], cfg: dict[str, Any]) -> Prepared:
+    """Apply the configuration's image processing to ``image`` within ``mask``.
+
+    Parameters
+    ----------
+    image, mask : (z, y, x) arrays of the same shape; ``mask`` is boolean (non-zero = ROI)
+    spacing : (z, y, x) voxel size in mm
+    cfg : validated configuration (``load_config``)
+    """
+    from scipy import ndimage
+
+    img = np.asarray(image, dtype=np.float64)
+    roi = np.asarray(mask).astype(bool)
+    if cfg["normalisation"] == "zscore":
+        sd = img.std()
+        img = (img - img.mean()) / (sd if sd > 0 else 1.0)
+    lo, hi = _bbox(roi)
+    res = cfg["resampling"]
+    new_spacing = res["spacing"] if res is not None else [None, None, None]
+    shape_b, offsets, steps, starts, stops = [], [], [], [], []
+    for ax in range(3):
+        n_b, off, step = grid_axis(img.shape[ax], float(spacing[ax]), new_spacing[ax])
+        s_b = float(spacing[ax]) * step
+        margin = math.ceil(PEAK_RADIUS_MM / s_b) + 1
+        j_lo = max(0, math.floor((lo[ax] - 1 - off) / step) - margin)
+        j_hi = min(n_b - 1, math.ceil((hi[ax] + 1 - off) / step) + margin)
+        shape_b.append(n_b)
+        offsets.append(off)
+        steps.append(step)
+        starts.append(j_lo)
+        stops.append(j_hi + 1)
+    out_spacing = tuple(float(spacing[ax]) * steps[ax] for ax in range(3))
+    if res is None or all(s == 1.0 and o == 0.0 for s, o in zip(steps, offsets, strict=True)):
+        sl = tuple(slice(a, b) for a, b in zip(starts, stops, strict=True))
+        grid_img, grid_mask = img[sl].copy(), roi[sl].copy()
+    else:
+        order = _SPLINE_ORDER[res["interpolator"]]
+        m_order = _SPLINE_ORDER[res["mask_interpolator"]]
+        pad = _PREFILTER_PAD if order > 1 or m_order > 1 else 2
+        src_sl, local_off = [], []
+        for ax in range(3):
+            c0 = offsets[ax] + starts[ax] * steps[ax]
+            c1 = offsets[ax] + (stops[ax] - 1) * steps[ax]
+            a = max(0, math.floor(c0) - pad)
+            b = min(img.shape[ax], math.ceil(c1) + pad + 1)
+            src_sl.append(slice(a, b))
+            local_off.append(c0 - a)
+        src_sl_t = tuple(src_sl)
+        out_shape = tuple(b - a for a, b in zip(starts, stops, strict=True))
+        matrix = np.diag(steps)
+        grid_img = ndimage.affine_transform(
+            img[src_sl_t], matrix, offset=local_off, output_shape=out_shape, order=order, mode="nearest"
+        )
+        pv = ndimage.affine_transform(
+            roi[src_sl_t].astype(np.float64),
+            matrix,
+            offset=local_off,
+            output_shape=out_shape,
+            order=m_order,
+            mode="nearest",
+        )
+        grid_mask = pv >= res["mask_threshold"] - 1e-9
+    if cfg["round_intensities"]:
+        grid_img = np.round(grid_img)
+    int_mask = resegment(grid_img, grid_mask, cfg["resegmentation"])
+    return Prepared(grid_img, grid_mask, int_mask, out_spacing)
+
+
+def resegment(image: np.ndarray, mask: np.ndarray, reseg: dict[str, Any]) -> np.ndarray:
+    """Intensity mask: ``mask`` restricted to the range, then to mean ± k SD of what is left (IBSI 2.6)."""
+    out = mask.copy()
+    rng = reseg.get("range")
+    if rng is not None:
+        if rng[0] is not None:
+            out &= image >= rng[0]
+        if rng[1] is not None:
+            out &= image <= rng[1]
+    k = reseg.get("outlier_sd")
+    if k is not None and out.any():
+        vals = image[out]
+        mu, sd = vals.mean(), vals.std()
+        out &= (image >= mu - k * sd) & (image <= mu + k * sd)
+    return out
+
+
+def lower_bound(cfg: dict[str, Any], disc: dict[str, Any], values: np.ndarray) -> float:
+    """Fixed-bin-size lower bound: explicit, else the re-segmentation range minimum, else the ROI minimum."""
+    if disc.get("lower_bound") is not None:
+        return float(disc["lower_bound"])
+    rng = cfg["resegmentation"]["range"]
+    if rng is not None and rng[0] is not None:
+        return float(rng[0])
+    return float(values.min())
+
+
+def discretise(values: np.ndarray, disc: dict[str, Any], cfg: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """Grey levels 1..n of ``values`` (the ROI intensities) and the number of levels n.
+
+    With method ``none`` the intensities must already be positive integers (e.g. the digital phantom).
+    """
+    method = disc["method"]
+    if values.size == 0:
+        return values.astype(np.int64), 1
+    if method == "fixed_bin_size":
+        levels = np.floor((values - lower_bound(cfg, disc, values)) / disc["bin_width"]).astype(np.int64) + 1
+        return levels, int(levels.max())
+    if method == "fixed_bin_number":
+        n = int(disc["n_bins"])
+        vmin, vmax = values.min(), values.max()
+        if vmax == vmin:
+            return np.ones(values.shape, dtype=np.int64), n
+        levels = np.floor(n * (values - vmin) / (vmax - vmin)).astype(np.int64) + 1
+        levels[values >= vmax] = n
+        return levels, n
+    levels = np.round(values).astype(np.int64)
+    if levels.min() < 1 or not np.allclose(levels, values):
+        raise MetatrackError(
+            f"discretisation method 'none' needs positive integer intensities, got range "
+            f"[{values.min():g}, {values.max():g}]; use fixed_bin_size or fixed_bin_number"
+        )
+    return levels, int(levels.max())
