@@ -1,0 +1,429 @@
+"""Lesion-tracking benchmark: match lesions across a simulated cohort and score against the simulator's truth.
+
+Simulates a cohort (``tracker.simulator.simulate_cohort``), then for every patient processes the scans in date
+order as the pipeline does: each open track's last lesion mask is warped into the new scan's grid and its
+centroid mapped there, and ``tracker.matching.match_lesions`` links the new scan's lesions. Frames are related
+by a point mapper (``--transforms truth``: the simulator's true transforms; ``--transforms registration``: the
+registration engine, wired through :func:`registration_mapper`).
+
+Scores (patient-level bootstrap 95 % intervals):
+
+- pair links: a link joins a lesion (visit k, mask label b) to the lesion it continues (its track's last
+  appearance (j, a), or the parent of a split, or the lesion a merged track ran into); true links join mask
+  labels sharing a true lesion id at consecutive appearances of that id.
+- new lesions (labels at follow-ups whose true ids were never seen before), per change class, and the merge and
+  split events recognised (the exact set of links into a merged lesion / out of a split lesion, and the event
+  reported).
+
+Usage::
+
+    python benchmarks/tracking.py --patients 30 --seed 0 [--transforms truth] [--cohort DIR] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from tracker.lesions import Geometry, Lesion, label_lesions, measure_lesions
+from tracker.matching import MatchConfig, MatchResult, TrackState, match_lesions
+
+#: (points (n, 3) LPS mm in the frame of scan ``src``, src, dst) -> the same anatomical points in scan ``dst``.
+PointMapper = Callable[[np.ndarray, int, int], np.ndarray]
+Node = tuple[int, int]  # (visit index, mask label)
+WARP_MARGIN_MM = 6.0
+BOOTSTRAP_SAMPLES = 2000
+BARS = {"link_precision": 0.97, "link_recall": 0.97, "new_recall": 0.95, "new_precision": 0.95}
+BAR_EVENTS = 0.9
+
+
+@dataclass
+class Scan:
+    """One scan of a patient as the tracker sees it, plus its truth (mask label -> true lesion ids)."""
+
+    index: int
+    geometry: Geometry
+    labels: np.ndarray
+    lesions: list[Lesion]
+    true_ids: dict[int, set[str]]
+
+
+@dataclass
+class Tracking:
+    """What the tracker decided for one patient."""
+
+    edges: set[tuple[Node, Node]] = field(default_factory=set)
+    new: set[Node] = field(default_factory=set)
+    vanished: set[tuple[int, Node]] = field(default_factory=set)  # (visit, last node of the vanished track)
+    merges: set[Node] = field(default_factory=set)  # merged lesion nodes
+    splits: set[tuple[int, Node]] = field(default_factory=set)  # (visit, parent node)
+    classes: dict[Node, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------- frame mapping
+def truth_mapper(truth_patient: dict[str, Any]) -> PointMapper:
+    """Map points between a patient's scans with the simulator's true transforms (through the baseline)."""
+    from tracker.simulator import true_map_to_baseline, true_map_to_scan
+
+    def mapper(points: np.ndarray, src: int, dst: int) -> np.ndarray:
+        pts = np.asarray(points, dtype=float).reshape(-1, 3)
+        if src == dst:
+            return pts
+        baseline = pts if src == 0 else true_map_to_baseline(truth_patient, src, pts)
+        return baseline if dst == 0 else true_map_to_scan(truth_patient, dst, baseline)
+
+    return mapper
+
+
+def registration_mapper(scan_images: list[Path]) -> PointMapper:
+    """Hook for the registration engine: register every follow-up to the baseline and map points through it.
+
+    To be wired by the pipeline owner: return ``mapper(points, src, dst)`` that maps scan-``src`` points to the
+    baseline with ``src``'s transform and then into scan ``dst`` with the inverse of ``dst``'s.
+    """
+    raise NotImplementedError("--transforms registration: the registration engine is not wired in yet")
+
+
+def warp_mask(
+    mask: np.ndarray, src: Geometry, dst: Geometry, dst_shape: tuple[int, ...], to_src: Callable, to_dst: Callable
+) -> np.ndarray:
+    """Nearest-neighbour resampling of a boolean mask from grid ``src`` onto grid ``dst``.
+
+    ``to_dst``/``to_src`` map LPS points between the two frames; only a box around the forward-mapped mask
+    (plus a margin) is sampled.
+    """
+    out = np.zeros(dst_shape, dtype=bool)
+    idx = np.argwhere(mask)
+    if idx.size == 0:
+        return out
+    fwd = dst.physical_to_index(to_dst(src.index_to_physical(idx)))
+    margin = WARP_MARGIN_MM / np.asarray(dst.spacing_zyx)
+    lo = np.maximum(np.floor(fwd.min(axis=0) - margin), 0).astype(int)
+    hi = np.minimum(np.ceil(fwd.max(axis=0) + margin) + 1, dst_shape).astype(int)
+    if np.any(hi <= lo):
+        return out
+    grid = np.stack(np.meshgrid(*(np.arange(a, b) for a, b in zip(lo, hi, strict=True)), indexing="ij"), axis=-1)
+    back = np.rint(src.physical_to_index(to_src(dst.index_to_physical(grid.reshape(-1, 3))))).astype(int)
+    inside = np.all((back >= 0) & (back < np.asarray(mask.shape)), axis=1)
+    values = np.zeros(len(back), dtype=bool)
+    values[inside] = mask[tuple(back[inside].T)]
+    out[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = values.reshape(grid.shape[:3])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- tracking
+def track_patient(scans: list[Scan], mapper: PointMapper, cfg: MatchConfig) -> Tracking:
+    """Run matching over one patient's scans in date order, as the pipeline does."""
+    out = Tracking()
+    # track id -> (last node, mask on that scan's grid, centroid in that scan's frame, volume)
+    open_tracks: dict[int, tuple[Node, np.ndarray, np.ndarray, float]] = {}
+    next_id = 1
+    for scan in scans:
+        k = scan.index
+        states = []
+        for tid, ((j, _a), mask, centroid, volume) in sorted(open_tracks.items()):
+            src = scans[j]
+
+            def to_src(p: np.ndarray, j: int = j, k: int = k) -> np.ndarray:
+                return mapper(p, k, j)
+
+            def to_dst(p: np.ndarray, j: int = j, k: int = k) -> np.ndarray:
+                return mapper(p, j, k)
+
+            warped = warp_mask(mask, src.geometry, scan.geometry, scan.labels.shape, to_src, to_dst)
+            states.append(TrackState(tid, warped, to_dst(centroid[None])[0], volume, j))
+        result = match_lesions(
+            states,
+            scan.labels,
+            scan.lesions,
+            scan.geometry.spacing_zyx,
+            cfg,
+            visit_index=k,
+            next_track_id=next_id,
+            geometry=scan.geometry,
+        )
+        next_id = max([next_id, *(t + 1 for t in result.label_to_track.values() if t is not None)])
+        _record(out, k, result, open_tracks)
+        by_label = {les.label: les for les in scan.lesions}
+        for link in result.links:
+            if link.change == "merged":
+                open_tracks.pop(link.track_id, None)  # type: ignore[arg-type]
+            elif link.change != "vanished" and link.lesion_label is not None and link.track_id is not None:
+                les = by_label[link.lesion_label]
+                open_tracks[link.track_id] = (
+                    (k, link.lesion_label),
+                    scan.labels == link.lesion_label,
+                    np.asarray(les.centroid_lps),
+                    les.volume_mm3,
+                )
+    return out
+
+
+def _record(out: Tracking, k: int, result: MatchResult, open_tracks: dict[int, Any]) -> None:
+    if k == 0:
+        return
+    merged_labels = {label for _, label in result.merges}
+    split_labels = {label for _, labels in result.splits for label in labels}
+    for tid, _labels in result.splits:
+        out.splits.add((k, open_tracks[tid][0]))
+    for label in merged_labels:
+        out.merges.add((k, label))
+    for link in result.links:
+        node = (k, link.lesion_label) if link.lesion_label is not None else None
+        if link.change == "vanished":
+            out.vanished.add((k, open_tracks[link.track_id][0]))
+            continue
+        assert node is not None
+        if link.change == "new":
+            out.new.add(node)
+        elif link.change == "split":
+            out.edges.add((open_tracks[link.related_track_id][0], node))
+        else:  # persistent or merged: the track's own last lesion continues into this one
+            out.edges.add((open_tracks[link.track_id][0], node))
+        if link.change != "merged":
+            label = link.lesion_label
+            cls = "new" if link.change == "new" else "persistent"
+            cls = "merged" if label in merged_labels else "split" if label in split_labels else cls
+            out.classes[node] = cls
+
+
+# ---------------------------------------------------------------------------------------------------- truth
+def truth_tracking(scans: list[Scan], mapper: PointMapper) -> Tracking:
+    """The true links, new lesions, vanishings, merges and splits of one patient, from label -> id truth."""
+    out = Tracking()
+    last_nodes: dict[str, list[Node]] = {}  # true id -> nodes of its latest appearance
+    centroids = {(s.index, les.label): np.asarray(les.centroid_lps) for s in scans for les in s.lesions}
+    for scan in scans:
+        k = scan.index
+        here: dict[str, list[int]] = {}
+        for label, ids in sorted(scan.true_ids.items()):
+            for tid in ids:
+                here.setdefault(tid, []).append(label)
+        if k > 0:
+            for tid, labels in sorted(here.items()):
+                prev = last_nodes.get(tid, [])
+                for a, b in _pair_nodes(prev, [(k, b) for b in labels], centroids, mapper):
+                    out.edges.add((a, b))
+            ended = {n for tid, nodes in last_nodes.items() if tid not in here for n in nodes}
+            has_successor = {a for a, b in out.edges if b[0] == k}
+            out.vanished |= {(k, n) for n in ended - has_successor}
+            incoming: dict[Node, set[Node]] = {}
+            outgoing: dict[Node, set[Node]] = {}
+            for a, b in out.edges:
+                if b[0] == k:
+                    incoming.setdefault(b, set()).add(a)
+                    outgoing.setdefault(a, set()).add(b)
+            split_children = {b for a, bs in outgoing.items() if len(bs) > 1 for b in bs}
+            out.splits |= {(k, a) for a, bs in outgoing.items() if len(bs) > 1}
+            for label in scan.true_ids:
+                node = (k, label)
+                if node not in incoming:
+                    out.new.add(node)
+                    out.classes[node] = "new"
+                elif len(incoming[node]) > 1:
+                    out.merges.add(node)
+                    out.classes[node] = "merged"
+                else:
+                    out.classes[node] = "split" if node in split_children else "persistent"
+        for tid, labels in here.items():
+            last_nodes[tid] = [(k, b) for b in labels]
+    return out
+
+
+def _pair_nodes(
+    prev: list[Node], cur: list[Node], centroids: dict[Node, np.ndarray], mapper: PointMapper
+) -> list[tuple[Node, Node]]:
+    """Links of one true id between its previous and current appearances.
+
+    When the id is under several labels at both times (a split lesion seen split twice), labels are paired
+    one-to-one by the distance of their centroids mapped into the current frame.
+    """
+    if not prev:
+        return []
+    if len(prev) == 1 or len(cur) == 1:
+        return [(a, b) for a in prev for b in cur]
+    k = cur[0][0]
+    mapped = np.array([mapper(centroids[a][None], a[0], k)[0] for a in prev])
+    dist = np.linalg.norm(mapped[:, None, :] - np.array([centroids[b] for b in cur])[None], axis=-1)
+    rows, cols = linear_sum_assignment(dist)
+    pairs = [(prev[r], cur[c]) for r, c in zip(rows, cols, strict=True)]
+    for c in sorted(set(range(len(cur))) - set(cols.tolist())):
+        pairs.append((prev[int(np.argmin(dist[:, c]))], cur[c]))
+    return pairs
+
+
+# -------------------------------------------------------------------------------------------------- scoring
+def patient_counts(pred: Tracking, truth: Tracking) -> dict[str, float]:
+    """Per-patient counts from which every score is a ratio of sums."""
+    counts: dict[str, float] = {
+        "link_tp": len(pred.edges & truth.edges),
+        "link_pred": len(pred.edges),
+        "link_true": len(truth.edges),
+        "new_tp": len(pred.new & truth.new),
+        "new_pred": len(pred.new),
+        "new_true": len(truth.new),
+        "vanished_tp": len(pred.vanished & truth.vanished),
+        "vanished_pred": len(pred.vanished),
+        "vanished_true": len(truth.vanished),
+    }
+    into = _group(pred.edges, by_target=True)
+    out_of = _group(pred.edges, by_target=False)
+    t_into = _group(truth.edges, by_target=True)
+    t_out_of = _group(truth.edges, by_target=False)
+    counts["merge_true"] = len(truth.merges)
+    counts["merge_found"] = sum(1 for n in truth.merges if n in pred.merges and into.get(n) == t_into[n])
+    counts["split_true"] = len(truth.splits)
+    counts["split_found"] = sum(
+        1 for k, a in truth.splits if (k, a) in pred.splits and out_of.get((k, a)) == t_out_of[(k, a)]
+    )
+    for cls in ("persistent", "new", "merged", "split"):
+        t_nodes = {n for n, c in truth.classes.items() if c == cls}
+        p_nodes = {n for n, c in pred.classes.items() if c == cls}
+        counts[f"class_{cls}_tp"] = len(t_nodes & p_nodes)
+        counts[f"class_{cls}_pred"] = len(p_nodes)
+        counts[f"class_{cls}_true"] = len(t_nodes)
+    return counts
+
+
+def _group(edges: set[tuple[Node, Node]], *, by_target: bool) -> dict[Any, set[Node]]:
+    groups: dict[Any, set[Node]] = {}
+    for a, b in edges:
+        if by_target:
+            groups.setdefault(b, set()).add(a)
+        else:
+            groups.setdefault((b[0], a), set()).add(b)
+    return groups
+
+
+RATIOS = {
+    "link_precision": ("link_tp", "link_pred"),
+    "link_recall": ("link_tp", "link_true"),
+    "new_precision": ("new_tp", "new_pred"),
+    "new_recall": ("new_tp", "new_true"),
+    "vanished_precision": ("vanished_tp", "vanished_pred"),
+    "vanished_recall": ("vanished_tp", "vanished_true"),
+    "merges_recognised": ("merge_found", "merge_true"),
+    "splits_recognised": ("split_found", "split_true"),
+    **{
+        f"{cls}_{kind}": (f"class_{cls}_tp", f"class_{cls}_{den}")
+        for cls in ("persistent", "new", "merged", "split")
+        for kind, den in (("precision", "pred"), ("recall", "true"))
+    },
+}
+
+
+def summarise(per_patient: list[dict[str, float]], seed: int = 0) -> dict[str, dict[str, float]]:
+    """Each score as a ratio of summed counts, with a patient-level bootstrap 95 % percentile interval."""
+    keys = sorted({k for c in per_patient for k in c})
+    table = np.array([[c.get(k, 0.0) for k in keys] for c in per_patient])
+    col = {k: i for i, k in enumerate(keys)}
+    rng = np.random.default_rng(seed)
+    boot = table[rng.integers(0, len(table), size=(BOOTSTRAP_SAMPLES, len(table)))].sum(axis=1)
+    total = table.sum(axis=0)
+    out: dict[str, dict[str, float]] = {}
+    for name, (num, den) in RATIOS.items():
+        if total[col[den]] == 0:
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            samples = boot[:, col[num]] / boot[:, col[den]]
+        lo, hi = np.nanpercentile(samples, [2.5, 97.5])
+        out[name] = {
+            "value": float(total[col[num]] / total[col[den]]),
+            "lo": float(lo),
+            "hi": float(hi),
+            "n": float(total[col[den]]),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------------------------- cohort input
+def load_cohort(cohort: Path) -> tuple[dict[str, list[Scan]], dict[str, Any]]:
+    """Scans per patient (date order) from a simulated cohort folder, and the parsed truth.json."""
+    import pandas as pd
+    import SimpleITK as sitk
+
+    manifest = pd.read_csv(cohort / "manifest.csv").sort_values(["patient_id", "date"])
+    truth = json.loads((cohort / "truth.json").read_text())
+    patients: dict[str, list[Scan]] = {}
+    for pid, rows in manifest.groupby("patient_id", sort=True):
+        t_scans = _truth_scans(truth, str(pid))
+        scans = []
+        for index, row in enumerate(rows.itertuples()):
+            image = sitk.ReadImage(str(cohort / row.mask))
+            geometry = Geometry.from_image(image)
+            labels = label_lesions(sitk.GetArrayFromImage(image), geometry, min_volume_mm3=0.0, split_components=False)
+            true_ids = {int(k): {str(v) for v in vs} for k, vs in t_scans[index]["labels"].items()}
+            scans.append(Scan(index, geometry, labels, measure_lesions(labels, geometry), true_ids))
+        patients[str(pid)] = scans
+    return patients, truth
+
+
+def _truth_scans(truth: dict[str, Any], pid: str) -> list[dict[str, Any]]:
+    patient = _truth_patient(truth, pid)
+    return list(patient["scans"])
+
+
+def _truth_patient(truth: dict[str, Any], pid: str) -> dict[str, Any]:
+    patients = truth["patients"]
+    if isinstance(patients, dict):
+        return patients[pid]
+    return next(p for p in patients if p["patient_id"] == pid)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patients", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--transforms", choices=("truth", "registration"), default="truth")
+    parser.add_argument("--cohort", type=Path, help="an already simulated cohort folder (skips simulation)")
+    parser.add_argument("--json", action="store_true", help="print the scores as JSON")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="metatrack-tracking-") as tmp:
+        cohort = args.cohort
+        if cohort is None:
+            from tracker.simulator import SimulationConfig, simulate_cohort
+
+            cohort = Path(tmp)
+            start = time.perf_counter()
+            simulate_cohort(SimulationConfig(n_patients=args.patients, seed=args.seed), cohort)
+            print(f"simulated {args.patients} patients in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        patients, truth = load_cohort(cohort)
+
+    cfg = MatchConfig()
+    per_patient = []
+    start = time.perf_counter()
+    for pid, scans in patients.items():
+        if args.transforms == "truth":
+            mapper = truth_mapper(_truth_patient(truth, pid))
+        else:
+            mapper = registration_mapper([])
+        pred = track_patient(scans, mapper, cfg)
+        per_patient.append(patient_counts(pred, truth_tracking(scans, mapper)))
+    elapsed = time.perf_counter() - start
+    scores = summarise(per_patient, seed=args.seed)
+    if args.json:
+        print(json.dumps({"patients": len(patients), "transforms": args.transforms, "scores": scores}, indent=2))
+    else:
+        print(f"{len(patients)} patients, transforms={args.transforms}, tracking {elapsed:.1f} s")
+        print(f"{'score':<24}{'value':>8}{'95% CI':>18}{'n':>7}  bar")
+        for name, s in scores.items():
+            bar = BARS.get(name, BAR_EVENTS if name in ("merges_recognised", "splits_recognised") else None)
+            verdict = "" if bar is None else ("ok" if s["value"] >= bar else f"BELOW {bar}")
+            ci = f"[{s['lo']:.3f}, {s['hi']:.3f}]"
+            print(f"{name:<24}{s['value']:>8.3f}{ci:>18}{int(s['n']):>7}  {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
