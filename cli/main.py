@@ -1,0 +1,281 @@
+"""The `metatrack` command line: parse, call one function of the other packages, print.
+
+Heavy libraries (SimpleITK, ants, torch, monai) are imported inside the commands that need them, so that
+`metatrack --help` answers at once. Exit codes: 0 ok, 1 error (one line on stderr), 2 usage.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer.core import TyperGroup
+
+from cli import output
+from cli.context import AppState
+from tracker.errors import MetatrackError
+
+
+class _Group(TyperGroup):
+    """Turns metatrack's own errors into one line on stderr and exit code 1."""
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except MetatrackError as exc:
+            output.err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(1) from exc
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="metatrack",
+    help="Longitudinal follow-up tracking for oncology imaging.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals can hold patient data
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
+def _state(ctx: typer.Context) -> AppState:
+    return ctx.find_root().obj
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="SQLAlchemy database URL (default: $METATRACK_DB, else SQLite in the data home)."),
+    ] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars (batch systems).")] = False,
+) -> None:
+    ctx.obj = AppState(db_url=db, progress=not no_progress)
+
+
+@app.command()
+def init(ctx: typer.Context) -> None:
+    """Create (or bring up to date) the database and the data home."""
+    from db import migrate
+    from db.session import make_engine
+    from tracker.home import data_home, database_url
+
+    eng = make_engine(database_url(_state(ctx).db_url))
+    migrate.upgrade(eng)
+    data_home().mkdir(parents=True, exist_ok=True)
+    output.log(f"database ready at migration {migrate.current_revision(eng)}; data home {data_home()}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context, revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Apply migrations up to REVISION (default: the newest)."""
+    from db import migrate
+    from db.session import make_engine
+    from tracker.home import database_url
+
+    eng = make_engine(database_url(_state(ctx).db_url))
+    migrate.upgrade(eng, revision)
+    output.log(f"database at migration {migrate.current_revision(eng)}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(ctx: typer.Context, revision: Annotated[str, typer.Argument(help="Target revision.")]) -> None:
+    """Revert migrations down to REVISION ('base' empties the database)."""
+    from db import migrate
+    from db.session import make_engine
+    from tracker.home import database_url
+
+    eng = make_engine(database_url(_state(ctx).db_url))
+    migrate.downgrade(eng, revision)
+    output.log(f"database at migration {migrate.current_revision(eng)}")
+
+
+@db_app.command("current")
+def db_current(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Show the database's migration revision and the newest one available."""
+    from db import migrate
+    from db.session import make_engine
+    from tracker.home import database_url
+
+    eng = make_engine(database_url(_state(ctx).db_url))
+    info = {"current": migrate.current_revision(eng), "head": migrate.head_revision()}
+    output.print_json(info) if as_json else output.out.print(f"current {info['current']}  head {info['head']}")
+
+
+def _parse_day(value: str) -> date:
+    from tracker.ingest import parse_date
+
+    return parse_date(value, "--date")
+
+
+@app.command()
+def ingest(
+    ctx: typer.Context,
+    image: Annotated[Path | None, typer.Argument(help="NIfTI/NRRD/MHA file or DICOM series folder.")] = None,
+    patient: Annotated[str | None, typer.Option("--patient", "-p", help="Patient pseudonym.")] = None,
+    scan_date: Annotated[str | None, typer.Option("--date", "-d", help="Scan date, YYYY-MM-DD.")] = None,
+    mask: Annotated[Path | None, typer.Option("--mask", "-m", help="Lesion mask (label or binary).")] = None,
+    modality: Annotated[str, typer.Option(help="CT or MR.")] = "CT",
+    scanner: Annotated[str | None, typer.Option(help="Scanner name (site/vendor/model).")] = None,
+    site: Annotated[str | None, typer.Option(help="Site name.")] = None,
+    role: Annotated[
+        str | None, typer.Option(help="baseline or follow-up (default: baseline for a new patient).")
+    ] = None,
+    series: Annotated[str | None, typer.Option(help="DICOM SeriesInstanceUID when a folder holds several.")] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option("--manifest", help="CSV: patient_id,date,image[,mask,modality,scanner,role]."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ingest a scan (and its lesion mask), or every row of a manifest; each scan is one transaction."""
+    from db.models import ScanRole
+    from tracker.ingest import ScanRequest, ingest_many, read_manifest
+
+    state = _state(ctx)
+    if manifest is not None:
+        if image is not None:
+            raise typer.BadParameter("give either IMAGE or --manifest, not both")
+        requests = read_manifest(manifest)
+    else:
+        if image is None or patient is None or scan_date is None:
+            raise typer.BadParameter("IMAGE, --patient and --date are required (or use --manifest)")
+        if role is not None and role not in {r.value for r in ScanRole}:
+            raise typer.BadParameter(f"--role must be baseline or follow-up, not {role!r}")
+        requests = [
+            ScanRequest(
+                patient_id=patient,
+                scan_date=_parse_day(scan_date),
+                image=image,
+                mask=mask,
+                modality=modality.upper(),
+                scanner=scanner,
+                site=site,
+                role=ScanRole(role) if role else None,
+                series_uid=series,
+            )
+        ]
+    engine, store = state.engine(), state.store()
+    with output.progress("ingest", len(requests), state.progress and len(requests) > 1) as advance:
+
+        def on_done(req, res, exc) -> None:
+            advance()
+            if exc is not None and len(requests) > 1:
+                output.err.print(f"error: {exc}", highlight=False, markup=False)
+
+        done, failed = ingest_many(engine, store, requests, on_done)
+    rows = [
+        {
+            "patient_id": r.patient_id,
+            "date": r.scan_date.isoformat(),
+            "scan_id": r.scan_id,
+            "role": r.role.value,
+            "status": r.status,
+            "lesion_labels": r.lesion_labels,
+            "mask_empty": r.mask_empty,
+        }
+        for r in done
+    ]
+    if as_json:
+        output.print_json({"ingested": rows, "failed": [{"image": str(q.image), "error": str(e)} for q, e in failed]})
+    elif rows:
+        output.print_table(rows)
+    if failed:
+        if len(requests) == 1:
+            raise MetatrackError(str(failed[0][1]))
+        raise MetatrackError(f"{len(failed)} of {len(requests)} scans were not ingested (see the errors above)")
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Argument(help="Output folder for the synthetic cohort.")],
+    patients: Annotated[int, typer.Option("--patients", "-n", min=1, help="Number of patients.")] = 20,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same cohort).")] = 0,
+    spacing: Annotated[float, typer.Option(help="Nominal isotropic voxel size in mm.")] = 2.0,
+    no_progress: Annotated[bool, typer.Option("--no-progress")] = False,
+) -> None:
+    """Write a synthetic cohort with full ground truth (images, masks, manifest, truth.json, events.csv)."""
+    from tracker.simulator import SimulationConfig, simulate_cohort
+
+    cfg = SimulationConfig(n_patients=patients, seed=seed, **_sim_grid(spacing))
+    with output.progress("simulate", patients, not no_progress) as advance:
+        manifest = simulate_cohort(cfg, out, progress=lambda i, n: advance())
+    output.log(f"wrote {patients} patients; manifest {manifest}")
+
+
+def _sim_grid(spacing: float) -> dict:
+    """A grid covering the default field of view (~320 x 320 x 224 mm) at the given voxel size."""
+    fov = (320.0, 320.0, 224.0)
+    return {"shape": tuple(round(f / spacing) for f in fov), "spacing": (spacing, spacing, spacing)}
+
+
+@app.command("patients")
+def patients_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List patients with their scan counts and dates."""
+    from db.session import session_scope
+    from db.views import list_patients
+
+    with session_scope(_state(ctx).engine()) as s:
+        rows = list_patients(s)
+    output.print_json(rows) if as_json else output.print_table(rows)
+
+
+@app.command()
+def timeline(
+    ctx: typer.Context,
+    patient: Annotated[str, typer.Argument(help="Patient pseudonym.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """A patient's scans, lesions, tracks, RECIST and risk in date order."""
+    from db.session import session_scope
+    from db.views import timeline as build
+
+    with session_scope(_state(ctx).engine()) as s:
+        data = build(s, patient)
+    if as_json:
+        output.print_json(data)
+        return
+    from cli.render import print_timeline
+
+    print_timeline(data)
+
+
+@app.command()
+def cohort(
+    ctx: typer.Context,
+    as_json: JsonOpt = False,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or parquet.")] = "table",
+    out: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file (parquet needs it).")] = None,
+) -> None:
+    """The cohort table: one row per scan of every patient."""
+    from db.session import session_scope
+    from db.views import cohort as build
+
+    with session_scope(_state(ctx).engine()) as s:
+        rows = build(s)
+    from cli.render import write_cohort
+
+    write_cohort(rows, "json" if as_json else fmt, out)
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    patients: Annotated[int, typer.Option("--patients", "-n", min=1)] = 4,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Simulate a small cohort into the data home, run every pipeline step on it, print the cohort timeline."""
+    from cli.demo import run_demo
+
+    run_demo(_state(ctx), patients=patients, seed=seed)
+
+
+def main() -> None:
+    """Console entry point."""
+    app()

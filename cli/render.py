@@ -1,0 +1,89 @@
+"""Human-readable renderings of the timeline and the cohort table."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Any
+
+from cli import output
+from tracker.errors import MetatrackError
+
+COHORT_TABLE_COLUMNS = (
+    "patient_id",
+    "date",
+    "days_from_baseline",
+    "role",
+    "state",
+    "lesions",
+    "new_lesions",
+    "total_volume_mm3",
+    "recist_sum_mm",
+    "recist_response",
+    "risk_12m",
+)
+
+
+def print_timeline(data: dict[str, Any]) -> None:
+    """One table per patient: a row per scan, then a row per lesion under it."""
+    rows = []
+    for s in data["scans"]:
+        rec = s.get("recist") or {}
+        reg = s.get("registration") or {}
+        risk = {r["horizon_months"]: r["risk"] for r in s.get("risk", [])}
+        rows.append(
+            {
+                "date": s["date"],
+                "day": s["days_from_baseline"],
+                "role": s["role"],
+                "state": s["state"],
+                "lesion": f"{len(s['lesions'])} lesions",
+                "track": "",
+                "change": f"vanished {s['vanished_tracks']}" if s.get("vanished_tracks") else "",
+                "volume_mm3": sum(les["volume_mm3"] for les in s["lesions"]),
+                "diam_mm": rec.get("sum_mm"),
+                "recist": rec.get("response"),
+                "review": "REVIEW" if reg.get("needs_review") else "",
+                "risk_12m": risk.get(12),
+            }
+        )
+        for les in s["lesions"]:
+            rows.append(
+                {
+                    "lesion": f"  #{les['label']} {les.get('organ') or ''}".rstrip(),
+                    "track": f"T{les['track_id']}" if les.get("track_id") else "",
+                    "change": les.get("change") or "",
+                    "volume_mm3": les["volume_mm3"],
+                    "diam_mm": les.get("long_axis_mm"),
+                    "recist": les.get("recist_role") or "",
+                }
+            )
+    cols = ["date", "day", "role", "state", "lesion", "track", "change", "volume_mm3", "diam_mm", "recist"]
+    cols += ["review", "risk_12m"]
+    output.print_table(rows, cols, title=f"patient {data['patient_id']}")
+
+
+def write_cohort(rows: list[dict[str, Any]], fmt: str, out: Path | None) -> None:
+    """The cohort table as a rich table, JSON, CSV or Parquet."""
+    if fmt == "json":
+        output.print_json(rows)
+    elif fmt == "table":
+        output.print_table(rows, COHORT_TABLE_COLUMNS, title="cohort")
+    elif fmt == "csv":
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        fh = open(out, "w", newline="") if out else sys.stdout
+        writer = csv.DictWriter(fh, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows(rows)
+        if out:
+            fh.close()
+    elif fmt == "parquet":
+        if out is None:
+            raise MetatrackError("cohort --format parquet needs --output FILE")
+        import pandas as pd
+
+        pd.DataFrame(rows).to_parquet(out, index=False)
+        output.log(f"wrote {len(rows)} rows to {out}")
+    else:
+        raise MetatrackError(f"--format {fmt!r} is not one of table, csv, parquet")

@@ -1,0 +1,50 @@
+"""Queries and writes the rest of metatrack needs; every function takes the caller's session (its transaction)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.models import Blob, Mask, Patient, Scan
+
+
+def get_patient(session: Session, external_id: str) -> Patient | None:
+    return session.scalar(select(Patient).where(Patient.external_id == external_id))
+
+
+def scan_by_image(session: Session, sha256: str) -> Scan | None:
+    return session.scalar(select(Scan).where(Scan.image_sha256 == sha256))
+
+
+def scan_on_date(session: Session, patient: Patient, day: date) -> Scan | None:
+    return session.scalar(select(Scan).where(Scan.patient_id == patient.id, Scan.scan_date == day))
+
+
+def patient_scans(session: Session, patient: Patient) -> list[Scan]:
+    return list(session.scalars(select(Scan).where(Scan.patient_id == patient.id).order_by(Scan.scan_date)))
+
+
+def ensure_blob(session: Session, sha256: str, kind: str, suffix: str, size_bytes: int) -> Blob:
+    """The blob row for a stored file, created if new."""
+    blob = session.get(Blob, sha256)
+    if blob is None:
+        blob = Blob(sha256=sha256, kind=kind, suffix=suffix, size_bytes=size_bytes)
+        session.add(blob)
+        session.flush()
+    return blob
+
+
+def latest_mask(session: Session, scan: Scan) -> Mask | None:
+    return session.scalar(select(Mask).where(Mask.scan_id == scan.id).order_by(Mask.id.desc()).limit(1))
+
+
+def table_counts(session: Session) -> dict[str, int]:
+    """Row count of every table (used to prove that a failed unit of work changed nothing)."""
+    from db.models import Base
+
+    return {
+        name: int(session.scalar(select(func.count()).select_from(table)) or 0)
+        for name, table in Base.metadata.tables.items()
+    }

@@ -1,0 +1,234 @@
+"""Read models for users: patient list, a patient's timeline (a stable JSON contract), the cohort table."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from db.models import (
+    ClinicalEvent,
+    Lesion,
+    LesionTrack,
+    Mask,
+    ModelVersion,
+    Patient,
+    PatientFeature,
+    RecistAssessment,
+    Registration,
+    RiskScore,
+    Scan,
+    ScanState,
+    TrackLink,
+)
+from tracker.errors import MetatrackError
+
+TIMELINE_VERSION = 1
+
+
+def list_patients(session: Session) -> list[dict[str, Any]]:
+    """One row per patient: scan count, first and last scan date, how many scans are still unprocessed."""
+    rows = session.execute(
+        select(
+            Patient.external_id,
+            func.count(Scan.id),
+            func.min(Scan.scan_date),
+            func.max(Scan.scan_date),
+            func.sum(case((Scan.state == ScanState.INGESTED, 1), else_=0)),
+        )
+        .join(Scan, Scan.patient_id == Patient.id, isouter=True)
+        .group_by(Patient.id)
+        .order_by(Patient.external_id)
+    ).all()
+    return [
+        {
+            "patient_id": pid,
+            "scans": int(n),
+            "first_scan": first.isoformat() if first else None,
+            "last_scan": last.isoformat() if last else None,
+            "unprocessed": int(unproc or 0),
+        }
+        for pid, n, first, last, unproc in rows
+    ]
+
+
+def _lesion_dict(les: Lesion, track_numbers: dict[int, int], link: TrackLink | None, role: str | None) -> dict:
+    return {
+        "id": les.id,
+        "label": les.label,
+        "track_id": track_numbers.get(les.track_id) if les.track_id else None,
+        "change": link.change.value if link else None,
+        "centroid_mm": [les.centroid_x, les.centroid_y, les.centroid_z],
+        "volume_mm3": les.volume_mm3,
+        "long_axis_mm": les.long_axis_mm,
+        "short_axis_mm": les.short_axis_mm,
+        "organ": les.organ,
+        "recist_role": role,
+    }
+
+
+def timeline(session: Session, external_id: str) -> dict[str, Any]:
+    """A patient's scans in date order with lesions, tracks, registration quality, RECIST and risk scores.
+
+    This dictionary is the `timeline --json` contract: keys are only ever added, never renamed or removed.
+    """
+    patient = session.scalar(select(Patient).where(Patient.external_id == external_id))
+    if patient is None:
+        raise MetatrackError(f"unknown patient {external_id!r}")
+    scans = list(session.scalars(select(Scan).where(Scan.patient_id == patient.id).order_by(Scan.scan_date)))
+    scan_ids = [s.id for s in scans]
+    tracks = {t.id: t for t in session.scalars(select(LesionTrack).where(LesionTrack.patient_id == patient.id))}
+    numbers = {tid: t.number for tid, t in tracks.items()}
+    lesions: dict[int, list[Lesion]] = defaultdict(list)
+    for les in session.scalars(select(Lesion).where(Lesion.scan_id.in_(scan_ids)).order_by(Lesion.label)):
+        lesions[les.scan_id].append(les)
+    links: dict[int, list[TrackLink]] = defaultdict(list)
+    for link in session.scalars(select(TrackLink).where(TrackLink.scan_id.in_(scan_ids))):
+        links[link.scan_id].append(link)
+    masks = {m.scan_id: m for m in session.scalars(select(Mask).where(Mask.scan_id.in_(scan_ids)).order_by(Mask.id))}
+    regs = {
+        r.moving_scan_id: r
+        for r in session.scalars(select(Registration).where(Registration.moving_scan_id.in_(scan_ids)))
+    }
+    recist = {
+        r.scan_id: r for r in session.scalars(select(RecistAssessment).where(RecistAssessment.scan_id.in_(scan_ids)))
+    }
+    risks: dict[int, list[dict]] = defaultdict(list)
+    for rs, mv in session.execute(
+        select(RiskScore, ModelVersion)
+        .join(ModelVersion, ModelVersion.id == RiskScore.model_version_id)
+        .where(RiskScore.patient_id == patient.id)
+        .order_by(RiskScore.as_of_date, RiskScore.horizon_months)
+    ):
+        risks[rs.scan_id or 0].append(
+            {
+                "as_of": rs.as_of_date.isoformat(),
+                "model": f"{mv.name}:{mv.version}",
+                "endpoint": mv.endpoint,
+                "horizon_months": rs.horizon_months,
+                "risk": rs.risk,
+            }
+        )
+    pfeat: dict[int, dict[str, float | None]] = defaultdict(dict)
+    for pf in session.scalars(select(PatientFeature).where(PatientFeature.patient_id == patient.id)):
+        pfeat[pf.scan_id][pf.tag] = pf.value
+    baseline_date = scans[0].scan_date if scans else None
+    out_scans = []
+    for s in scans:
+        by_lesion = {ln.lesion_id: ln for ln in links[s.id] if ln.lesion_id is not None and ln.track_id}
+        reg = regs.get(s.id)
+        rec = recist.get(s.id)
+        mask = masks.get(s.id)
+        out_scans.append(
+            {
+                "id": s.id,
+                "date": s.scan_date.isoformat(),
+                "days_from_baseline": (s.scan_date - baseline_date).days if baseline_date else 0,
+                "role": s.role.value,
+                "modality": s.modality,
+                "scanner": s.scanner,
+                "state": s.state.value,
+                "error": s.error,
+                "mask": None if mask is None else {"labels": len(mask.labels), "empty": mask.is_empty},
+                "lesions": [
+                    _lesion_dict(
+                        les,
+                        numbers,
+                        by_lesion.get(les.id),
+                        tracks[les.track_id].recist_role if les.track_id in tracks else None,
+                    )
+                    for les in lesions[s.id]
+                ],
+                "vanished_tracks": sorted(
+                    numbers[ln.track_id] for ln in links[s.id] if ln.lesion_id is None and ln.track_id in numbers
+                ),
+                "registration": None
+                if reg is None
+                else {
+                    "preset": reg.preset,
+                    "similarity_before": reg.similarity_before,
+                    "similarity_after": reg.similarity_after,
+                    "folding_fraction": reg.folding_fraction,
+                    "needs_review": reg.needs_review,
+                    "review_reasons": reg.review_reasons,
+                },
+                "recist": None
+                if rec is None
+                else {
+                    "sum_mm": rec.sum_mm,
+                    "change_from_baseline_pct": rec.change_from_baseline_pct,
+                    "change_from_nadir_pct": rec.change_from_nadir_pct,
+                    "new_lesions": rec.new_lesions,
+                    "response": rec.response,
+                },
+                "patient_features": pfeat.get(s.id, {}),
+                "risk": risks.get(s.id, []),
+            }
+        )
+    events = session.scalars(
+        select(ClinicalEvent).where(ClinicalEvent.patient_id == patient.id).order_by(ClinicalEvent.event_date)
+    )
+    return {
+        "timeline_version": TIMELINE_VERSION,
+        "patient_id": patient.external_id,
+        "scans": out_scans,
+        "events": [{"kind": e.kind.value, "date": e.event_date.isoformat()} for e in events],
+    }
+
+
+def cohort(session: Session) -> list[dict[str, Any]]:
+    """One row per scan of every patient: dates, state, lesion burden, RECIST, latest risk, patient features."""
+    rows: list[dict[str, Any]] = []
+    patients = list(session.scalars(select(Patient).order_by(Patient.external_id)))
+    burden = {
+        sid: (int(n), float(v or 0.0))
+        for sid, n, v in session.execute(
+            select(Lesion.scan_id, func.count(Lesion.id), func.sum(Lesion.volume_mm3)).group_by(Lesion.scan_id)
+        )
+    }
+    new_counts = {
+        sid: int(n)
+        for sid, n in session.execute(
+            select(TrackLink.scan_id, func.count(TrackLink.id))
+            .where(TrackLink.change == "new")
+            .group_by(TrackLink.scan_id)
+        )
+    }
+    recist = {r.scan_id: r for r in session.scalars(select(RecistAssessment))}
+    regs = {r.moving_scan_id: r for r in session.scalars(select(Registration))}
+    risk12: dict[int, float] = {}
+    for rs in session.scalars(select(RiskScore).where(RiskScore.horizon_months == 12).order_by(RiskScore.computed_at)):
+        if rs.scan_id is not None:
+            risk12[rs.scan_id] = rs.risk
+    pfeat: dict[int, dict[str, float | None]] = defaultdict(dict)
+    for pf in session.scalars(select(PatientFeature)):
+        pfeat[pf.scan_id][pf.tag] = pf.value
+    for p in patients:
+        scans = list(session.scalars(select(Scan).where(Scan.patient_id == p.id).order_by(Scan.scan_date)))
+        base = scans[0].scan_date if scans else None
+        for s in scans:
+            n, vol = burden.get(s.id, (0, 0.0))
+            rec = recist.get(s.id)
+            reg = regs.get(s.id)
+            row = {
+                "patient_id": p.external_id,
+                "scan_id": s.id,
+                "date": s.scan_date.isoformat(),
+                "days_from_baseline": (s.scan_date - base).days if base else 0,
+                "role": s.role.value,
+                "modality": s.modality,
+                "scanner": s.scanner,
+                "state": s.state.value,
+                "lesions": n,
+                "new_lesions": new_counts.get(s.id, 0),
+                "total_volume_mm3": round(vol, 3),
+                "recist_sum_mm": rec.sum_mm if rec else None,
+                "recist_response": rec.response if rec else None,
+                "needs_review": reg.needs_review if reg else None,
+                "risk_12m": risk12.get(s.id),
+            }
+            row.update(pfeat.get(s.id, {}))
+            rows.append(row)
+    return rows
