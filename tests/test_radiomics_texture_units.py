@@ -133,3 +133,10 @@ def test_invalid_inputs_raise() -> None:
         texture_features(levels, levels > 0, 5, mode="4D")
     with pytest.raises(MetatrackError, match="families"):
         texture_features(levels, levels > 0, 5, mode="3D", families=("glcm",))
+    nan_levels = np.full((2, 2, 2), np.nan)
+    with pytest.raises(MetatrackError, match="NaN"):
+        texture_features(nan_levels, np.ones((2, 2, 2), bool), 5, mode="3D")
+    # Values outside the ROI are ignored, NaN included.
+    outside = np.where(np.arange(8).reshape(2, 2, 2) < 4, 1.0, np.nan)
+    out = texture_features(outside, np.isfinite(outside), 1, mode="3D", families=("szm",))
+    assert out["szm_sze_3D"] == pytest.approx(1 / 16)

@@ -103,6 +103,8 @@ def _check_inputs(levels: np.ndarray, roi: np.ndarray, morph: np.ndarray, n_leve
     if int(n_levels) < 1:
         raise MetatrackError(f"texture n_levels is {n_levels}; expected a positive integer")
     inside = levels[roi]
+    if inside.size and not np.all(np.isfinite(inside)):
+        raise MetatrackError("texture levels inside the ROI contain NaN/inf; discretise before texture")
     if inside.size and (not np.issubdtype(inside.dtype, np.integer) and np.any(inside != np.round(inside))):
         raise MetatrackError("texture levels inside the ROI are not integers; discretise before texture")
     if inside.size and (inside.min() < 1 or inside.max() > n_levels):

@@ -66,7 +66,9 @@ def build_neighbourhood(
     box = tuple(slice(int(ix.min()), int(ix.max()) + 1) for ix in np.nonzero(roi | morph_roi))
     roi_c = np.ascontiguousarray(roi[box])
     morph_c = np.ascontiguousarray(morph_roi[box])
-    level = np.where(roi_c, levels[box], 0).astype(np.int64).ravel()
+    level = np.zeros(roi_c.shape, dtype=np.int64)
+    level[roi_c] = levels[box][roi_c]
+    level = level.ravel()
     nz = roi_c.shape[0]
     if mode == "2D":
         group = np.repeat(np.arange(nz, dtype=np.int64), roi_c.shape[1] * roi_c.shape[2])
