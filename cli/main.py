@@ -121,6 +121,7 @@ def ingest(
     patient: Annotated[str | None, typer.Option("--patient", "-p", help="Patient pseudonym.")] = None,
     scan_date: Annotated[str | None, typer.Option("--date", "-d", help="Scan date, YYYY-MM-DD.")] = None,
     mask: Annotated[Path | None, typer.Option("--mask", "-m", help="Lesion mask (label or binary).")] = None,
+    organs: Annotated[Path | None, typer.Option(help="Organ label map on the image's grid (optional).")] = None,
     modality: Annotated[str, typer.Option(help="CT or MR.")] = "CT",
     scanner: Annotated[str | None, typer.Option(help="Scanner name (site/vendor/model).")] = None,
     site: Annotated[str | None, typer.Option(help="Site name.")] = None,
@@ -159,6 +160,7 @@ def ingest(
                 site=site,
                 role=ScanRole(role) if role else None,
                 series_uid=series,
+                organs=organs,
             )
         ]
     engine, store = state.engine(), state.store()

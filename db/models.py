@@ -66,13 +66,10 @@ class ScanRole(enum.StrEnum):
 
 
 class ScanState(enum.StrEnum):
-    """Processing state of a scan; each step moves it forward, a failure records the error."""
+    """Processing state of a scan: processing (registration, lesions, tracks, RECIST, features) is one unit."""
 
     INGESTED = "ingested"
-    REGISTERED = "registered"
-    TRACKED = "tracked"
-    MEASURED = "measured"
-    SCORED = "scored"
+    PROCESSED = "processed"
     FAILED = "failed"
 
 
@@ -148,6 +145,7 @@ class Scan(Base):
     error: Mapped[str | None] = mapped_column(Text)
     ingested_at: Mapped[datetime] = mapped_column(default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column()
+    processing: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # step timings, versions, settings
 
     patient: Mapped[Patient] = relationship(back_populates="scans")
     masks: Mapped[list[Mask]] = relationship(back_populates="scan", cascade="all, delete-orphan")
@@ -157,16 +155,18 @@ class Scan(Base):
 
 
 class Mask(Base):
-    """A lesion mask of a scan (label or binary map in the scan's geometry)."""
+    """A label map of a scan on its grid: the lesion mask, or an organ map (organ names in `label_names`)."""
 
     __tablename__ = "masks"
     __table_args__ = (UniqueConstraint("scan_id", "mask_sha256"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16), default="lesions")  # lesions | organs
     mask_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
     source_format: Mapped[str] = mapped_column(String(16))  # nifti | nrrd | dicom-seg | rtstruct
     labels: Mapped[list[Any]] = mapped_column()
+    label_names: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     voxel_count: Mapped[int] = mapped_column(BigInteger)
     is_empty: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

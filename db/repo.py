@@ -36,8 +36,11 @@ def ensure_blob(session: Session, sha256: str, kind: str, suffix: str, size_byte
     return blob
 
 
-def latest_mask(session: Session, scan: Scan) -> Mask | None:
-    return session.scalar(select(Mask).where(Mask.scan_id == scan.id).order_by(Mask.id.desc()).limit(1))
+def latest_mask(session: Session, scan: Scan, kind: str = "lesions") -> Mask | None:
+    """The newest mask of a kind ('lesions' or 'organs') of a scan."""
+    return session.scalar(
+        select(Mask).where(Mask.scan_id == scan.id, Mask.kind == kind).order_by(Mask.id.desc()).limit(1)
+    )
 
 
 def table_counts(session: Session) -> dict[str, int]:

@@ -10,6 +10,7 @@ from datetime import date
 from pathlib import Path
 
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
 from db import repo
 from db.models import Mask, Patient, Scan, ScanRole, ScanState
@@ -19,6 +20,8 @@ from tracker.imageio import LoadedImage, LoadedMask, read_image, read_mask, volu
 from tracker.store import FileStore, StoredFile, sha256_files
 
 MODALITIES = ("CT", "MR")
+# Organ label codes of organ maps (the simulator writes these); lesions take the organ under most of their voxels.
+DEFAULT_ORGAN_NAMES = {1: "soft_tissue", 2: "liver", 3: "lung", 4: "bone", 5: "fat", 6: "lymph_node"}
 MANIFEST_REQUIRED = ("patient_id", "date", "image")
 PATIENT_ID_MAX = 64
 
@@ -36,6 +39,7 @@ class ScanRequest:
     site: str | None = None
     role: ScanRole | None = None  # None: baseline for a new patient, else follow-up
     series_uid: str | None = None
+    organs: Path | None = None  # an organ label map on the image's grid (codes: DEFAULT_ORGAN_NAMES)
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ def _scanner_from_dicom(loaded: LoadedImage) -> str | None:
     return " ".join(p for p in parts if p) or None
 
 
-def _resolve_role(session, req: ScanRequest, patient: Patient | None) -> ScanRole:
+def _resolve_role(session: Session, req: ScanRequest, patient: Patient | None) -> ScanRole:
     """Apply the ordering rules: a baseline first, follow-ups after it, no processed scan left behind."""
     name = req.image
     if patient is None:
@@ -127,6 +131,7 @@ def ingest_scan(engine: Engine, store: FileStore, req: ScanRequest) -> IngestRes
     _check_request(req)
     loaded = read_image(req.image, req.series_uid)
     mask: LoadedMask | None = read_mask(req.mask, loaded.image) if req.mask is not None else None
+    organs: LoadedMask | None = read_mask(req.organs, loaded.image) if req.organs is not None else None
     image_hash = sha256_files(loaded.content_files)
     mask_hash = sha256_files(mask.content_files) if mask else None
     new_files: list[Path] = []
@@ -163,22 +168,9 @@ def ingest_scan(engine: Engine, store: FileStore, req: ScanRequest) -> IngestRes
             )
             session.add(scan)
             session.flush()
-            if mask is not None and mask_hash is not None:
-                msuffix = volume_suffix(mask.content_files[0]) or ".nii.gz"
-                mstored = store.put_file(mask.content_files[0], msuffix, sha256=mask_hash)
-                if not mstored.already_present:
-                    new_files.append(mstored.path)
-                repo.ensure_blob(session, mstored.sha256, "mask", msuffix, mstored.size_bytes)
-                session.add(
-                    Mask(
-                        scan_id=scan.id,
-                        mask_sha256=mstored.sha256,
-                        source_format=mask.source_format,
-                        labels=mask.labels,
-                        voxel_count=mask.voxel_count,
-                        is_empty=mask.voxel_count == 0,
-                    )
-                )
+            for loaded_mask, kind in ((mask, "lesions"), (organs, "organs")):
+                if loaded_mask is not None:
+                    new_files += _add_mask(session, store, scan, loaded_mask, kind)
             return IngestResult(
                 req.patient_id,
                 req.scan_date,
@@ -194,7 +186,28 @@ def ingest_scan(engine: Engine, store: FileStore, req: ScanRequest) -> IngestRes
         raise
 
 
-def _already_present(session, scan: Scan, req: ScanRequest, mask_hash: str | None) -> IngestResult:
+def _add_mask(session: Session, store: FileStore, scan: Scan, loaded: LoadedMask, kind: str) -> list[Path]:
+    """Store a mask file and record it; returns the store files this call added."""
+    suffix = volume_suffix(loaded.content_files[0]) or ".nii.gz"
+    stored = store.put_file(loaded.content_files[0], suffix, sha256=sha256_files(loaded.content_files))
+    repo.ensure_blob(session, stored.sha256, "mask", suffix, stored.size_bytes)
+    names = {str(k): v for k, v in DEFAULT_ORGAN_NAMES.items()} if kind == "organs" else None
+    session.add(
+        Mask(
+            scan_id=scan.id,
+            kind=kind,
+            mask_sha256=stored.sha256,
+            source_format=loaded.source_format,
+            labels=loaded.labels,
+            label_names=names,
+            voxel_count=loaded.voxel_count,
+            is_empty=loaded.voxel_count == 0,
+        )
+    )
+    return [] if stored.already_present else [stored.path]
+
+
+def _already_present(session: Session, scan: Scan, req: ScanRequest, mask_hash: str | None) -> IngestResult:
     patient = session.get(Patient, scan.patient_id)
     if patient.external_id != req.patient_id or scan.scan_date != req.scan_date:
         raise MetatrackError(
@@ -240,6 +253,7 @@ def read_manifest(path: Path) -> list[ScanRequest]:
         if role is not None and role not in {m.value for m in ScanRole}:
             raise MetatrackError(f"{where}: role {role!r} is not baseline or follow-up")
         mask = (r.get("mask") or "").strip()
+        organs = (r.get("organs") or "").strip()
         out.append(
             ScanRequest(
                 patient_id=r["patient_id"].strip(),
@@ -251,6 +265,7 @@ def read_manifest(path: Path) -> list[ScanRequest]:
                 site=(r.get("site") or "").strip() or None,
                 role=ScanRole(role) if role else None,
                 series_uid=(r.get("series") or "").strip() or None,
+                organs=base / organs if organs else None,
             )
         )
     return sorted(out, key=lambda q: (q.patient_id, q.scan_date))

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 21:03:21.408745
+Create Date: 2026-11-27 21:11:28.379662
 """
 
 from collections.abc import Sequence
@@ -219,10 +219,7 @@ def upgrade() -> None:
             "state",
             sa.Enum(
                 "ingested",
-                "registered",
-                "tracked",
-                "measured",
-                "scored",
+                "processed",
                 "failed",
                 name="scan_state",
                 native_enum=False,
@@ -234,6 +231,9 @@ def upgrade() -> None:
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("ingested_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("processed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "processing", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=True
+        ),
         sa.ForeignKeyConstraint(["image_sha256"], ["blobs.sha256"], name=op.f("fk_scans_image_sha256_blobs")),
         sa.ForeignKeyConstraint(
             ["patient_id"], ["patients.id"], name=op.f("fk_scans_patient_id_patients"), ondelete="CASCADE"
@@ -274,10 +274,14 @@ def upgrade() -> None:
         "masks",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("scan_id", sa.Integer(), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("mask_sha256", sa.String(length=64), nullable=False),
         sa.Column("source_format", sa.String(length=16), nullable=False),
         sa.Column(
             "labels", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
+        ),
+        sa.Column(
+            "label_names", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=True
         ),
         sa.Column("voxel_count", sa.BigInteger(), nullable=False),
         sa.Column("is_empty", sa.Boolean(), nullable=False),
