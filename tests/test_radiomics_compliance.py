@@ -32,9 +32,7 @@ def _read(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
 def ct_phantom() -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     folder = _ct_dir()
     if not (folder / "image" / "phantom.nii.gz").is_file():
-        pytest.skip(
-            f"IBSI CT phantom (CC BY-NC, not vendored) not found under {folder}; set METATRACK_IBSI_DATA"
-        )
+        pytest.skip(f"IBSI CT phantom (CC BY-NC, not vendored) not found under {folder}; set METATRACK_IBSI_DATA")
     image, spacing = _read(folder / "image" / "phantom.nii.gz")
     mask, _ = _read(folder / "mask" / "mask.nii.gz")
     # IBSI: convert to float and round to integers before any processing
@@ -58,8 +56,6 @@ def test_ct_phantom_configuration(config: str, ct_phantom) -> None:
     fs = extract(image, mask, spacing, load_config(config))
     report = score(config, fs.values)
     print(report.summary())
-    assert not any(t.startswith(TEXTURE_PREFIXES) for t, why in report.not_scored.items()), (
-        "texture not scored"
-    )
+    assert not any(t.startswith(TEXTURE_PREFIXES) for t, why in report.not_scored.items()), "texture not scored"
     assert report.scored == (346 if config in ("ibsi_A", "ibsi_B") else 210)
     assert report.rate >= REQUIRED_CT_RATE, report.summary()

@@ -47,8 +47,7 @@ class ComplianceReport:
     def summary(self) -> str:
         lines = [f"{self.config}: {self.passed}/{self.scored} within tolerance ({100 * self.rate:.1f}%)"]
         lines += [
-            f"  MISS {t}: ours {v:.6g} (rounded {round_sig(v)}) ref {r:g} tol {tol:g}"
-            for t, v, r, tol in self.misses
+            f"  MISS {t}: ours {v:.6g} (rounded {round_sig(v)}) ref {r:g} tol {tol:g}" for t, v, r, tol in self.misses
         ]
         reasons: dict[str, int] = {}
         for why in self.not_scored.values():
@@ -117,11 +116,7 @@ def score(config_name: str, values: dict[str, float], folder: Path | None = None
         ref, tol = float(row["reference value"]), float(row["tolerance"])
         value = values.get(tag, float("nan"))
         report.scored += 1
-        if (
-            value is not None
-            and math.isfinite(value)
-            and abs(round_sig(value) - ref) <= tol + 1e-12 * abs(ref)
-        ):
+        if value is not None and math.isfinite(value) and abs(round_sig(value) - ref) <= tol + 1e-12 * abs(ref):
             report.passed += 1
         else:
             report.misses.append((tag, float("nan") if value is None else value, ref, tol))

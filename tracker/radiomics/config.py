@@ -145,9 +145,7 @@ def validate_config(cfg: Any, source: str = "<config>") -> dict[str, Any]:
         out["resampling"] = {**_RESAMPLING_DEFAULTS, **out["resampling"]}
     rng = out["resegmentation"]["range"]
     if rng is not None and None not in rng and rng[0] >= rng[1]:
-        raise MetatrackError(
-            f"{source}: radiomics config field 'resegmentation/range': {rng} is not increasing"
-        )
+        raise MetatrackError(f"{source}: radiomics config field 'resegmentation/range': {rng} is not increasing")
     return out
 
 

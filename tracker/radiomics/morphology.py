@@ -9,8 +9,8 @@ import numpy as np
 #: Legendre terms in the ellipsoid surface-area series (IBSI 3.1.20)
 ELLIPSOID_SERIES_TERMS = 20
 #: convergence tolerance of Khachiyan's minimum-volume enclosing ellipsoid iteration
-MVEE_TOLERANCE = 1e-4
-MVEE_MAX_ITER = 2000
+MVEE_TOLERANCE = 1e-3
+MVEE_MAX_ITER = 5000
 
 
 def mesh(mask: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -31,44 +31,53 @@ def mesh_volume_area(verts: np.ndarray, faces: np.ndarray) -> tuple[float, float
 
 
 def ellipsoid_area(a: float, b: float, c: float) -> float:
-    """Surface area of an ellipsoid with semi-axes a >= b >= c (Legendre series of IBSI 3.1.20)."""
-    from scipy.special import eval_legendre
+    """Ellipsoid surface area as IBSI defines it (3.1.20): the Legendre series
+    4 pi a b sum_nu (alpha beta)^nu / (1 - 4 nu^2) P_nu((alpha^2 + beta^2) / (2 alpha beta)), nu <= 20,
+    with alpha = sqrt(1 - b^2/a^2), beta = sqrt(1 - c^2/a^2) and semi-axes a >= b >= c.
+
+    The IBSI reference values use this series, which is close to the true area for near-spherical ellipsoids
+    but not for elongated ones. Where alpha beta -> 0 (a == b) its limit term by term is used.
+    """
+    from scipy.special import comb, eval_legendre
 
     if a <= 0:
         return float("nan")
     alpha = math.sqrt(max(0.0, 1.0 - (b / a) ** 2))
     beta = math.sqrt(max(0.0, 1.0 - (c / a) ** 2))
-    if alpha * beta < 1e-12:
-        # a == b: oblate spheroid (or sphere), where the series degenerates; closed form instead
-        if beta < 1e-12:
-            return 4 * math.pi * a**2
-        return 2 * math.pi * a**2 * (1 + (1 - beta**2) / beta * math.atanh(beta))
     nu = np.arange(ELLIPSOID_SERIES_TERMS + 1)
     ab = alpha * beta
-    x = (alpha**2 + beta**2) / (2 * ab)
-    terms = ab**nu / (1 - 4 * nu**2) * eval_legendre(nu, x)
-    return float(4 * math.pi * a * b * np.sum(terms))
+    if ab < 1e-9:
+        # (alpha beta)^nu P_nu(x) -> leading coefficient of P_nu times ((alpha^2 + beta^2) / 2)^nu
+        powers = comb(2 * nu, nu) / 2.0**nu * ((alpha**2 + beta**2) / 2) ** nu
+    else:
+        powers = ab**nu * eval_legendre(nu, (alpha**2 + beta**2) / (2 * ab))
+    return float(4 * math.pi * a * b * np.sum(powers / (1 - 4 * nu**2)))
 
 
 def mvee(points: np.ndarray, tol: float = MVEE_TOLERANCE) -> tuple[np.ndarray, np.ndarray]:
-    """Khachiyan's minimum-volume enclosing ellipsoid: (A, centre) with (x-c)^T A (x-c) <= 1."""
+    """Minimum-volume enclosing ellipsoid (Khachiyan's algorithm): (A, centre), (x-c)^T A (x-c) <= 1.
+
+    Stops when the ellipsoid is within a factor (1 + tol) of optimal in the Mahalanobis sense, then scales it
+    so that every point is enclosed.
+    """
     n, d = points.shape
     q = np.vstack([points.T, np.ones(n)])
     u = np.full(n, 1.0 / n)
     for _ in range(MVEE_MAX_ITER):
         x = (q * u) @ q.T
-        m = np.einsum("ij,ji->i", q.T, np.linalg.solve(x, q))
+        m = np.einsum("ij,ij->j", q, np.linalg.solve(x, q))
         j = int(np.argmax(m))
-        step = (m[j] - d - 1.0) / ((d + 1.0) * (m[j] - 1.0))
-        new_u = (1.0 - step) * u
-        new_u[j] += step
-        done = np.linalg.norm(new_u - u) < tol
-        u = new_u
-        if done:
+        if m[j] <= (d + 1.0) * (1.0 + tol):
             break
+        step = (m[j] - d - 1.0) / ((d + 1.0) * (m[j] - 1.0))
+        u *= 1.0 - step
+        u[j] += step
     centre = points.T @ u
     cov = (points.T * u) @ points - np.outer(centre, centre)
-    return np.linalg.inv(cov) / d, centre
+    amat = np.linalg.inv(cov) / d
+    diff = points - centre
+    reach = float(np.max(np.einsum("ij,jk,ik->i", diff, amat, diff)))
+    return amat / max(reach, 1.0), centre
 
 
 def _weighted_pair_sums(
@@ -77,9 +86,10 @@ def _weighted_pair_sums(
     """Exact sums over all ordered voxel pairs i != j of the ROI with weights w_ij = 1 / distance:
     (sum w, sum w d_i d_j, sum w (d_i - d_j)^2), with d the centred intensities.
 
-    The weight depends only on the grid offset, so each sum is a correlation with a 1/r kernel, done by FFT.
+    The weight depends only on the grid offset, so each sum is a correlation with a 1/r kernel. It is done by
+    circular FFT convolution with a period >= 2n - 1 per axis, which holds every lag -(n-1)..(n-1) exactly once.
     """
-    from scipy.signal import fftconvolve
+    from scipy import fft
 
     idx = np.argwhere(mask)
     lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
@@ -87,15 +97,20 @@ def _weighted_pair_sums(
     m = mask[sl].astype(np.float64)
     d = np.where(mask[sl], values[sl] - values[mask].mean(), 0.0)
     shape = m.shape
-    axes = [np.arange(-(n - 1), n) * s for n, s in zip(shape, spacing, strict=True)]
-    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
-    r = np.sqrt(zz**2 + yy**2 + xx**2)
-    w = np.zeros_like(r)
-    np.divide(1.0, r, out=w, where=r > 0)
-    conv_m = fftconvolve(m, w, mode="full")
-    conv_d = fftconvolve(d, w, mode="full")
-    core = tuple(slice(n - 1, 2 * n - 1) for n in shape)
-    conv_m, conv_d = conv_m[core], conv_d[core]
+    period = [fft.next_fast_len(2 * n - 1, real=True) for n in shape]
+    lags = []
+    for n, p, s in zip(shape, period, spacing, strict=True):
+        t = np.arange(p)
+        lag = np.where(t < n, t, t - p).astype(np.float64)
+        lag[(t >= n) & (t <= p - n)] = np.inf  # unused residues
+        lags.append(lag * s)
+    r2 = lags[0][:, None, None] ** 2 + lags[1][None, :, None] ** 2 + lags[2][None, None, :] ** 2
+    w = np.zeros(r2.shape)
+    np.divide(1.0, np.sqrt(r2), out=w, where=(r2 > 0) & np.isfinite(r2))
+    kernel = fft.rfftn(w, period)
+    core = tuple(slice(0, n) for n in shape)
+    conv_m = fft.irfftn(kernel * fft.rfftn(m, period), period)[core]
+    conv_d = fft.irfftn(kernel * fft.rfftn(d, period), period)[core]
     w_sum = float(np.sum(m * conv_m))
     cross = float(np.sum(d * conv_d))
     squares = float(2.0 * np.sum(d**2 * conv_m) - 2.0 * cross)

@@ -31,9 +31,7 @@ def peritumoral_shell(
         raise MetatrackError(f"peritumoral shell width_mm: expected > 0, got {width_mm}")
     for name, other in (("body_mask", body_mask), ("other_lesions", other_lesions)):
         if other is not None and np.shape(other) != lesion.shape:
-            raise MetatrackError(
-                f"peritumoral {name}: shape {np.shape(other)} differs from lesion {lesion.shape}"
-            )
+            raise MetatrackError(f"peritumoral {name}: shape {np.shape(other)} differs from lesion {lesion.shape}")
     if not lesion.any():
         return np.zeros_like(lesion)
     # work on the lesion's bounding box grown by the width, to keep the distance transform small

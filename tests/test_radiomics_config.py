@@ -1,0 +1,93 @@
+"""Radiomics configuration (schema, presets) and the extract() contract: fixed columns, NaN where undefined."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tracker.errors import MetatrackError
+from tracker.radiomics import ENGINE_VERSION, extract, feature_columns, load_config, preset_names
+
+
+def test_presets_load_and_validate() -> None:
+    names = preset_names()
+    for name in ("ibsi_dp", "ibsi_A", "ibsi_B", "ibsi_C", "ibsi_D", "ibsi_E", "ct_default", "mr_default"):
+        assert name in names
+        assert load_config(name)["name"] == name
+    c = load_config("ibsi_C")
+    assert c["resampling"]["spacing"] == [2.0, 2.0, 2.0]
+    assert c["resegmentation"] == {"range": [-1000, 400], "outlier_sd": None}
+    assert load_config("ibsi_B")["resampling"]["spacing"] == [None, 2.0, 2.0]
+
+
+def test_schema_error_names_file_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "name: bad\nresampling: null\ndiscretisation: {method: fixed_bin_size}\nivh: {method: none}\n"
+        "texture: {modes: ['3D']}\n"
+    )
+    with pytest.raises(MetatrackError, match=r"bad\.yaml.*discretisation.*bin_width"):
+        load_config(path)
+    path.write_text(
+        "name: x\nresampling: {spacing: [1, 1, -1]}\ndiscretisation: {method: none}\n"
+        "ivh: {method: none}\ntexture: {modes: ['3D']}\n"
+    )
+    with pytest.raises(MetatrackError, match=r"resampling"):
+        load_config(path)
+    with pytest.raises(MetatrackError, match="no such radiomics config"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_feature_columns_counts() -> None:
+    # IBSI tables: 487 feature rows for the digital phantom (all variants), 346 for 2D configs, 210 for 3D
+    assert len(feature_columns("ibsi_dp")) == 487
+    assert len(feature_columns("ibsi_A")) == 346 + 5
+    assert len(feature_columns("ibsi_C")) == 210 + 5
+    cols = feature_columns("ibsi_C")
+    assert cols[0] == "morph_volume" and "cm_joint_max_3D_avg" in cols and "szm_sze_2D" not in cols
+
+
+def test_extract_fixed_columns_and_nan_for_one_voxel_lesion() -> None:
+    cfg = load_config("ct_default")
+    image = np.full((20, 20, 20), 50.0)
+    mask = np.zeros(image.shape, bool)
+    mask[10, 10, 10] = True
+    fs = extract(image, mask, (1.0, 1.0, 1.0), cfg)
+    assert list(fs.values) == feature_columns(cfg)
+    assert fs.engine_version == ENGINE_VERSION and fs.config["name"] == "ct_default"
+    assert fs.values["stat_mean"] == 50.0
+    assert fs.values["morph_vol_approx"] == pytest.approx(1.0)
+    assert math.isnan(fs.values["morph_pca_elongation"])
+    assert math.isnan(fs.values["stat_skew"])  # zero variance
+    recs = fs.records()
+    assert len(recs) == len(fs.values)
+    assert recs[0] == {
+        "tag": "morph_volume",
+        "family": "Morphology",
+        "feature": "Volume (mesh)",
+        "value": fs.values["morph_volume"],
+    }
+    empty = extract(image, np.zeros(image.shape, bool), (1.0, 1.0, 1.0), cfg)
+    assert list(empty.values) == feature_columns(cfg)
+    assert all(math.isnan(v) for v in empty.values.values())
+
+
+def test_extract_rejects_bad_inputs() -> None:
+    with pytest.raises(MetatrackError, match="mask"):
+        extract(np.zeros((4, 4, 4)), np.zeros((4, 4, 5), bool), (1.0, 1.0, 1.0), "ct_default")
+    with pytest.raises(MetatrackError, match="spacing"):
+        extract(np.zeros((4, 4, 4)), np.ones((4, 4, 4), bool), (1.0, 0.0, 1.0), "ct_default")
+
+
+def test_mr_default_zscore_makes_features_scale_invariant() -> None:
+    rng = np.random.default_rng(3)
+    image = rng.normal(100.0, 20.0, size=(24, 24, 24))
+    mask = np.zeros(image.shape, bool)
+    mask[6:18, 6:18, 6:18] = True
+    a = extract(image, mask, (1.0, 1.0, 1.0), "mr_default").values
+    b = extract(3.0 * image + 500.0, mask, (1.0, 1.0, 1.0), "mr_default").values
+    for tag in ("stat_mean", "stat_var", "ih_entropy", "cm_joint_entr_3D_avg", "loc_peak_glob"):
+        assert b[tag] == pytest.approx(a[tag], rel=1e-6, abs=1e-9), tag
