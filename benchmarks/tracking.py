@@ -73,7 +73,16 @@ class Tracking:
 # --------------------------------------------------------------------------------------------- frame mapping
 def truth_mapper(truth_patient: dict[str, Any]) -> PointMapper:
     """Map points between a patient's scans with the simulator's true transforms (through the baseline)."""
-    from tracker.simulator import true_map_to_baseline, true_map_to_scan
+    try:
+        from tracker.simulator import true_map_to_baseline, true_map_to_scan
+    except ImportError:  # older simulator: apply the stored motion parameters directly
+        from tracker.simulator.motion import to_anatomy, to_scan
+
+        def true_map_to_baseline(patient: dict[str, Any], k: int, pts: np.ndarray) -> np.ndarray:
+            return to_anatomy(patient["scans"][k]["transform"], pts)
+
+        def true_map_to_scan(patient: dict[str, Any], k: int, pts: np.ndarray) -> np.ndarray:
+            return to_scan(patient["scans"][k]["transform"], pts)
 
     def mapper(points: np.ndarray, src: int, dst: int) -> np.ndarray:
         pts = np.asarray(points, dtype=float).reshape(-1, 3)
