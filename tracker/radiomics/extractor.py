@@ -11,6 +11,7 @@ import numpy as np
 from tracker.errors import MetatrackError
 from tracker.radiomics.catalog import NON_TEXTURE, TEXTURE_FEATURES, TEXTURE_VARIANTS
 from tracker.radiomics.config import TEXTURE_FAMILIES, load_config
+from tracker.radiomics.preprocess import Prepared
 
 ENGINE_VERSION = "metatrack-radiomics 0.1.0"
 
@@ -79,7 +80,7 @@ def _check_inputs(image: np.ndarray, mask: np.ndarray, spacing: tuple[float, ...
 
 def _texture(
     levels_img: np.ndarray,
-    prep: Any,
+    prep: Prepared,
     n_levels: int,
     cfg: dict[str, Any],
     notes: list[str],
@@ -101,6 +102,17 @@ def _texture(
             )
         )
     return out
+
+
+def _crop_to_roi(prep: Prepared) -> Prepared:
+    """``prep`` cut to the morphological mask's bounding box plus one empty voxel on every side."""
+    if not prep.morph_mask.any():
+        return prep
+    idx = np.argwhere(prep.morph_mask)
+    lo = np.maximum(idx.min(axis=0) - 1, 0)
+    hi = np.minimum(idx.max(axis=0) + 2, prep.morph_mask.shape)
+    sl = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    return Prepared(prep.image[sl], prep.morph_mask[sl], prep.int_mask[sl], prep.spacing)
 
 
 def extract(
@@ -140,10 +152,11 @@ def extract(
         fams = set(cfg["families"])
         vals = prep.image[prep.int_mask]
         with np.errstate(divide="ignore", invalid="ignore"):
-            if "morph" in fams and prep.morph_mask.any():
-                found.update(morphology_features(prep.image, prep.morph_mask, prep.int_mask, prep.spacing))
             if "loc" in fams:
                 found.update(local_intensity_features(prep.image, prep.int_mask, prep.spacing))
+            prep = _crop_to_roi(prep)  # the local peak needed the margin around the ROI; nothing else does
+            if "morph" in fams and prep.morph_mask.any():
+                found.update(morphology_features(prep.image, prep.morph_mask, prep.int_mask, prep.spacing))
             if "stat" in fams:
                 found.update(statistics_features(vals))
             if "ivh" in fams:

@@ -55,23 +55,37 @@ def ellipsoid_area(a: float, b: float, c: float) -> float:
 
 
 def mvee(points: np.ndarray, tol: float = MVEE_TOLERANCE) -> tuple[np.ndarray, np.ndarray]:
-    """Minimum-volume enclosing ellipsoid (Khachiyan's algorithm): (A, centre), (x-c)^T A (x-c) <= 1.
+    """Minimum-volume enclosing ellipsoid: (A, centre) with (x-c)^T A (x-c) <= 1 for every point.
 
-    Stops when the ellipsoid is within a factor (1 + tol) of optimal in the Mahalanobis sense, then scales it
-    so that every point is enclosed.
+    Khachiyan's algorithm with Wolfe-Atwood away steps (Todd and Yildirim 2007) and rank-one updates of the
+    inverse. Stops when the ellipsoid is within a factor (1 + tol) of optimal in the Mahalanobis sense, then
+    scales it so that every point is enclosed.
     """
     n, d = points.shape
+    k = d + 1.0
     q = np.vstack([points.T, np.ones(n)])
     u = np.full(n, 1.0 / n)
+    x_inv = np.linalg.inv((q * u) @ q.T)
+    m = np.einsum("ij,ij->j", q, x_inv @ q)
     for _ in range(MVEE_MAX_ITER):
-        x = (q * u) @ q.T
-        m = np.einsum("ij,ij->j", q, np.linalg.solve(x, q))
-        j = int(np.argmax(m))
-        if m[j] <= (d + 1.0) * (1.0 + tol):
+        j_add = int(np.argmax(m))
+        support = np.flatnonzero(u > 0)
+        j_away = int(support[np.argmin(m[support])])
+        gain_add, gain_away = m[j_add] / k - 1.0, 1.0 - m[j_away] / k
+        if max(gain_add, gain_away) <= tol:
             break
-        step = (m[j] - d - 1.0) / ((d + 1.0) * (m[j] - 1.0))
-        u *= 1.0 - step
-        u[j] += step
+        j = j_add if gain_add >= gain_away else j_away
+        tau = (m[j] - k) / (k * (m[j] - 1.0))
+        if j == j_away:
+            tau = max(tau, -u[j] / (1.0 - u[j]))
+        xq = x_inv @ q[:, j]
+        g = q.T @ xq
+        denom = (1.0 - tau) + tau * m[j]
+        x_inv = (x_inv - tau * np.outer(xq, xq) / denom) / (1.0 - tau)
+        m = (m - tau * g**2 / denom) / (1.0 - tau)
+        u *= 1.0 - tau
+        u[j] += tau
+        u[u < 0] = 0.0
     centre = points.T @ u
     cov = (points.T * u) @ points - np.outer(centre, centre)
     amat = np.linalg.inv(cov) / d
