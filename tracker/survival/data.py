@@ -16,6 +16,7 @@ from tracker.survival.config import DAYS_PER_MONTH, DAYS_PER_YEAR, SurvivalModel
 
 CLIP_Z = 10.0  # standardised values are clipped to +-CLIP_Z so that one wild measurement cannot dominate
 MIN_STD = 1e-12
+MIN_RATE_YEARS = 1.0 / 24.0  # no rate of change over less than about two weeks
 RESERVED_COLUMNS = ("visit_index",)
 
 
@@ -129,7 +130,7 @@ class Standardizer:
 class Sequences:
     """Padded per-patient visit sequences.
 
-    ``x`` is (patients, max_visits, 4 * n_features + 2), see :func:`build_sequences`; ``times_days`` is NaN-padded.
+    ``x`` is (patients, max_visits, 5 * n_features + 2), see :func:`build_sequences`; ``times_days`` is NaN-padded.
     """
 
     patient_ids: np.ndarray
@@ -142,8 +143,9 @@ def build_sequences(visits: pd.DataFrame, stats: Standardizer, cfg: SurvivalMode
     """Turn a prepared (sorted) visit table into padded model inputs.
 
     Per visit: standardised features (NaN -> 0), observed masks, change of each standardised feature since the
-    previous visit and since the first visit (0 where either is missing), years since the previous visit, years
-    since baseline. Only the visit itself and earlier visits of the same patient enter a row (causal).
+    previous visit and since the first visit, that change's rate per year (0 where missing), years since the
+    previous visit, years since baseline. Only the visit itself and earlier visits of the same patient enter a
+    row (causal).
     """
     pid, tcol = cfg.patient_col, cfg.time_col
     features = list(stats.features)
@@ -162,9 +164,13 @@ def build_sequences(visits: pd.DataFrame, stats: Standardizer, cfg: SurvivalMode
     gap = np.where(new_patient, 0.0, times - times[prev])
     d_prev = np.where(new_patient[:, None], 0.0, z_nan - z_nan[prev])
     d_first = z_nan - z_nan[first]
+    since_first = (times - times[first]) / DAYS_PER_YEAR
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # average rate of change since the first visit (per year), the least noisy slope estimate per visit
+        rate = np.where(since_first[:, None] >= MIN_RATE_YEARS, d_first / since_first[:, None], 0.0)
     clip = lambda a: np.clip(np.nan_to_num(a, nan=0.0), -CLIP_Z, CLIP_Z)  # noqa: E731
     time_feats = np.stack([gap / DAYS_PER_YEAR, times / DAYS_PER_YEAR], axis=1)
-    rows = np.concatenate([z, mask, clip(d_prev), clip(d_first), time_feats], axis=1)
+    rows = np.concatenate([z, mask, clip(d_prev), clip(d_first), clip(rate), time_feats], axis=1)
     x = np.zeros((n_pat, max_len, rows.shape[1]), dtype=np.float32)
     x[codes, step] = rows
     times_days = np.full((n_pat, max_len), np.nan)
