@@ -217,6 +217,34 @@ def _sim_grid(spacing: float) -> dict:
     return {"shape": tuple(round(f / spacing) for f in fov), "spacing": (spacing, spacing, spacing)}
 
 
+@app.command()
+def process(
+    ctx: typer.Context,
+    patient: Annotated[str | None, typer.Option("--patient", "-p", help="Only this patient.")] = None,
+    preset: Annotated[str, typer.Option(help="Registration preset: fast or accurate.")] = "fast",
+    threads: Annotated[int, typer.Option(min=1, help="Threads for registration (ITK/ANTs).")] = 2,
+    seed: Annotated[int, typer.Option(help="Registration seed.")] = 0,
+    features: Annotated[str, typer.Option(help="Radiomics preset or YAML config for lesion features.")] = "ct_default",
+    shell_mm: Annotated[float, typer.Option(help="Peritumoral shell width in mm (0: none).")] = 5.0,
+    no_features: Annotated[bool, typer.Option("--no-features", help="Skip radiomics.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register, find lesions, track, assess RECIST and measure every unprocessed scan (one transaction each)."""
+    from cli.pipeline import run_process
+
+    run_process(
+        _state(ctx),
+        patient=patient,
+        preset=preset,
+        threads=threads,
+        seed=seed,
+        features=features,
+        shell_mm=shell_mm,
+        no_features=no_features,
+        as_json=as_json,
+    )
+
+
 @app.command("patients")
 def patients_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List patients with their scan counts and dates."""

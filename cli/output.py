@@ -13,7 +13,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-out = Console(soft_wrap=True)
+# Piped output is not wrapped at 80 columns: tables keep their rows on one line.
+PIPE_WIDTH = 200
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else PIPE_WIDTH)
 err = Console(stderr=True, soft_wrap=True)
 
 

@@ -20,6 +20,7 @@ from db.models import (
     Registration,
     RiskScore,
     Scan,
+    ScanRole,
     ScanState,
     TrackLink,
 )
@@ -222,7 +223,7 @@ def cohort(session: Session) -> list[dict[str, Any]]:
                 "scanner": s.scanner,
                 "state": s.state.value,
                 "lesions": n,
-                "new_lesions": new_counts.get(s.id, 0),
+                "new_lesions": new_counts.get(s.id, 0) if s.role == ScanRole.FOLLOW_UP else 0,
                 "total_volume_mm3": round(vol, 3),
                 "recist_sum_mm": rec.sum_mm if rec else None,
                 "recist_response": rec.response if rec else None,

@@ -1,0 +1,72 @@
+"""The `process` command's body: run the pipeline with a progress bar, then score what changed."""
+
+from __future__ import annotations
+
+from cli import output
+from cli.context import AppState
+from tracker.errors import MetatrackError
+
+
+def run_process(
+    state: AppState,
+    *,
+    patient: str | None,
+    preset: str,
+    threads: int,
+    seed: int,
+    features: str,
+    shell_mm: float,
+    no_features: bool,
+    as_json: bool,
+) -> dict:
+    """Process pending scans; returns (and prints) the report."""
+    from tracker.home import data_home
+    from tracker.pipeline import Settings
+    from tracker.process import count_pending, process_pending
+
+    if not no_features:
+        from tracker.radiomics import load_config
+
+        load_config(features)  # a bad config fails here, before any scan is touched
+    settings = Settings(
+        preset=preset, threads=threads, seed=seed, feature_config=features, shell_mm=shell_mm, features=not no_features
+    )
+    engine, store = state.engine(), state.store()
+    total = count_pending(engine, patient)
+    with output.progress("process", total, state.progress) as advance:
+
+        def on_scan(scan_id: int, error: str | None) -> None:
+            advance()
+            if error:
+                output.err.print(f"error: scan {scan_id}: {error}", highlight=False, markup=False)
+
+        report = process_pending(engine, store, settings, data_home() / "tmp", patient=patient, on_scan=on_scan)
+    scored = _score(state, report.patients)
+    summary = {
+        "processed": len(report.processed),
+        "failed": {str(k): v for k, v in report.failed.items()},
+        "waiting": len(report.waiting),
+        "scored_patients": scored,
+    }
+    if as_json:
+        output.print_json(summary)
+    else:
+        output.log(
+            f"processed {summary['processed']} scans, {len(report.failed)} failed, {summary['waiting']} waiting"
+            + (f"; risk scored for {scored} patients" if scored else "")
+        )
+    if report.failed:
+        raise MetatrackError(f"{len(report.failed)} scans failed (errors above and in `metatrack timeline`)")
+    return summary
+
+
+def _score(state: AppState, patients: list[str]) -> int:
+    """Risk scores for the patients whose scans were processed, when a model is promoted."""
+    if not patients:
+        return 0
+    try:
+        from tracker.rescore import score_patients
+    except ImportError:  # the scoring module is optional for processing
+        return 0
+    result = score_patients(state.engine(), state.store(), patients)
+    return int(result) if isinstance(result, int) else len(patients)

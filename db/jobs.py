@@ -1,0 +1,243 @@
+"""A job queue in the database: enqueue with dedupe, claim, complete/fail/retry, reclaim jobs of lost workers.
+
+PostgreSQL: any number of workers; a claim takes queued rows with ``SELECT ... FOR UPDATE SKIP LOCKED`` so two
+workers never take the same job. SQLite: one worker at a time, enforced by an exclusive ``flock`` on a lock file
+next to the database (:func:`worker_lock`); a second worker fails at once with a one-line error.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, case, func, select, update
+from sqlalchemy.orm import Session
+
+from db.models import Job, JobState
+from db.types import utcnow
+from tracker.errors import MetatrackError
+
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_STALE_AFTER_S = 15 * 60  # a running job older than this is taken to belong to a dead worker
+MAX_ERROR_CHARS = 2000
+LOCK_SUFFIX = ".worker.lock"
+
+
+def default_worker_name() -> str:
+    """host:pid, unique among live workers."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _insert(session: Session):
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise MetatrackError(f"database backend {name!r} is not supported (use SQLite or PostgreSQL)")
+    return insert
+
+
+def enqueue(
+    session: Session,
+    kind: str,
+    items: Sequence[tuple[str, dict[str, Any]]],
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+) -> int:
+    """Queue (dedupe_key, payload) jobs; returns how many were added or re-queued.
+
+    A key that exists is left alone while queued, running or failed (failed jobs wait for `jobs retry`); a key
+    whose job is done is re-queued (its output was asked for again, so it must have gone missing).
+    """
+    if not items:
+        return 0
+    insert = _insert(session)
+    table = Job.__table__
+    now = utcnow()
+    total = 0
+    for start in range(0, len(items), 1000):
+        rows = [
+            {
+                "kind": kind,
+                "dedupe_key": key,
+                "payload": payload,
+                "state": JobState.QUEUED,
+                "attempts": 0,
+                "max_attempts": max_attempts,
+                "created_at": now,
+            }
+            for key, payload in items[start : start + 1000]
+        ]
+        stmt = insert(table).values(rows)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[table.c.dedupe_key],
+            set_={"state": JobState.QUEUED, "attempts": 0, "error": None, "payload": stmt.excluded.payload},
+            where=table.c.state == JobState.DONE,
+        )
+        total += session.execute(stmt).rowcount or 0
+    return total
+
+
+def claim(
+    session: Session, kind: str, worker: str, limit: int, keys: Sequence[str] | None = None
+) -> list[tuple[int, dict[str, Any]]]:
+    """Mark up to `limit` queued jobs of `kind` (optionally only these dedupe keys) running for `worker`.
+
+    Returns (id, payload), oldest first. Commit the caller's transaction right after, so other workers see the claim.
+    """
+    table = Job.__table__
+    ids = select(table.c.id).where(table.c.state == JobState.QUEUED, table.c.kind == kind)
+    if keys is not None:
+        ids = ids.where(table.c.dedupe_key.in_(list(keys)))
+    ids = ids.order_by(table.c.id).limit(limit).with_for_update(skip_locked=True)
+    stmt = (
+        update(table)
+        .where(table.c.id.in_(ids))
+        .values(state=JobState.RUNNING, worker=worker, started_at=utcnow(), attempts=table.c.attempts + 1)
+        .returning(table.c.id, table.c.payload)
+    )
+    rows = [(int(i), p) for i, p in session.execute(stmt)]
+    return sorted(rows)
+
+
+def complete(session: Session, job_ids: Sequence[int], worker: str) -> int:
+    """Mark this worker's running jobs done; returns how many (a job reclaimed by someone else is not counted)."""
+    if not job_ids:
+        return 0
+    table = Job.__table__
+    res = session.execute(
+        update(table)
+        .where(table.c.id.in_(list(job_ids)), table.c.worker == worker, table.c.state == JobState.RUNNING)
+        .values(state=JobState.DONE, finished_at=utcnow(), error=None)
+    )
+    return res.rowcount or 0
+
+
+def fail(session: Session, job_id: int, worker: str, error: str) -> None:
+    """Mark a running job failed with its error (one line kept short); `retry` queues it again."""
+    table = Job.__table__
+    session.execute(
+        update(table)
+        .where(table.c.id == job_id, table.c.worker == worker, table.c.state == JobState.RUNNING)
+        .values(state=JobState.FAILED, finished_at=utcnow(), error=error[:MAX_ERROR_CHARS])
+    )
+
+
+def retry(session: Session, job_id: int | None = None, all_failed: bool = False, kind: str | None = None) -> int:
+    """Queue a failed job again (or every failed job); returns how many; attempts start over."""
+    if (job_id is None) == (not all_failed):
+        raise MetatrackError("jobs retry: give a JOB_ID or --all-failed")
+    table = Job.__table__
+    if job_id is not None:
+        state = session.scalar(select(table.c.state).where(table.c.id == job_id))
+        if state is None:
+            raise MetatrackError(f"job {job_id} does not exist")
+        if state is not JobState.FAILED:
+            raise MetatrackError(f"job {job_id} is {state.value}, only failed jobs can be retried")
+    q = update(table).where(table.c.state == JobState.FAILED)
+    if job_id is not None:
+        q = q.where(table.c.id == job_id)
+    if kind is not None:
+        q = q.where(table.c.kind == kind)
+    res = session.execute(q.values(state=JobState.QUEUED, attempts=0, error=None, worker=None, finished_at=None))
+    return res.rowcount or 0
+
+
+def reclaim(session: Session, kind: str | None = None, older_than_s: float | None = DEFAULT_STALE_AFTER_S) -> int:
+    """Give running jobs of lost workers back to the queue (None = every running job); returns how many.
+
+    A job that has used up its attempts is marked failed instead, so a patient that kills its worker cannot loop.
+    """
+    table = Job.__table__
+    q = update(table).where(table.c.state == JobState.RUNNING)
+    if kind is not None:
+        q = q.where(table.c.kind == kind)
+    if older_than_s is not None:
+        q = q.where(table.c.started_at < utcnow() - timedelta(seconds=older_than_s))
+    exhausted = table.c.attempts >= table.c.max_attempts
+    res = session.execute(
+        q.values(
+            state=case((exhausted, JobState.FAILED), else_=JobState.QUEUED),
+            error=case((exhausted, "worker lost while running the job (attempts used up)"), else_=None),
+            worker=None,
+        )
+    )
+    return res.rowcount or 0
+
+
+def counts(session: Session, kind: str | None = None) -> dict[str, int]:
+    """Number of jobs per state."""
+    q = select(Job.state, func.count()).group_by(Job.state)
+    if kind is not None:
+        q = q.where(Job.kind == kind)
+    got = {s.value: int(n) for s, n in session.execute(q)}
+    return {s.value: got.get(s.value, 0) for s in JobState}
+
+
+def list_jobs(
+    session: Session, state: str | None = None, kind: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """The newest jobs (optionally of one state/kind) as plain dicts."""
+    q = select(Job).order_by(Job.id.desc()).limit(limit)
+    if state is not None:
+        try:
+            q = q.where(Job.state == JobState(state))
+        except ValueError as exc:
+            raise MetatrackError(f"--state {state!r}: use one of {[s.value for s in JobState]}") from exc
+    if kind is not None:
+        q = q.where(Job.kind == kind)
+    return [
+        {
+            "id": j.id,
+            "kind": j.kind,
+            "state": j.state.value,
+            "attempts": j.attempts,
+            "worker": j.worker,
+            "created_at": j.created_at,
+            "finished_at": j.finished_at,
+            "error": j.error,
+            "payload": j.payload,
+        }
+        for j in session.scalars(q)
+    ]
+
+
+def sqlite_lock_path(engine: Engine) -> Path | None:
+    """The worker lock file of a SQLite database file (None for PostgreSQL or in-memory SQLite)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    db = engine.url.database
+    if not db or db == ":memory:":
+        return None
+    return Path(db).with_name(Path(db).name + LOCK_SUFFIX)
+
+
+@contextmanager
+def worker_lock(engine: Engine, wait: bool = False) -> Iterator[None]:
+    """On SQLite, hold the single-worker lock (fail at once if taken, unless `wait`); on PostgreSQL, nothing."""
+    path = sqlite_lock_path(engine)
+    if path is None:
+        yield
+        return
+    fh = open(path, "a+")  # held open for the lifetime of the lock
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise MetatrackError(
+                f"another worker is already running on this SQLite database (lock {path}); "
+                "SQLite allows one worker, use PostgreSQL for several"
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    finally:
+        fh.close()

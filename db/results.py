@@ -1,0 +1,383 @@
+"""Loading a patient's processed history for the pipeline, and writing one scan's results."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db import repo
+from db.models import (
+    Blob,
+    ChangeClass,
+    FeatureConfig,
+    FeatureExtraction,
+    FeatureValue,
+    Lesion,
+    LesionTrack,
+    Patient,
+    PatientFeature,
+    RecistAssessment,
+    Registration,
+    Scan,
+    ScanState,
+    TrackDelta,
+    TrackLink,
+)
+from db.types import utcnow
+from tracker.errors import MetatrackError
+from tracker.imageio import volume_suffix
+from tracker.pipeline import OpenTrack, PatientContext, ScanFiles, ScanOutcome, Settings
+from tracker.store import FileStore
+
+if TYPE_CHECKING:
+    from tracker.store import StoredFile
+
+ENGINE_NAME = "metatrack-radiomics"
+
+
+def _blob_path(session: Session, store: FileStore, sha256: str) -> Path:
+    blob = session.get(Blob, sha256)
+    if blob is None:
+        raise MetatrackError(f"store object {sha256[:12]} is not registered in the database")
+    return store.find(sha256, blob.suffix)
+
+
+def _scan_files(session: Session, store: FileStore, scan: Scan, index: int, reg: Registration | None) -> ScanFiles:
+    mask = repo.latest_mask(session, scan)
+    organs = repo.latest_mask(session, scan, kind="organs")
+    return ScanFiles(
+        scan_id=scan.id,
+        index=index,
+        scan_date=scan.scan_date,
+        modality=scan.modality,
+        image=_blob_path(session, store, scan.image_sha256),
+        mask=_blob_path(session, store, mask.mask_sha256) if mask else None,
+        organs=_blob_path(session, store, organs.mask_sha256) if organs else None,
+        organ_names={int(k): v for k, v in (organs.label_names or {}).items()} if organs else None,
+        forward=[_blob_path(session, store, h) for h in reg.forward_sha256] if reg else [],
+        inverse=[_blob_path(session, store, h) for h in reg.inverse_sha256] if reg else [],
+        needs_review=reg.needs_review if reg else False,
+    )
+
+
+def _lesion_features(session: Session, lesion_ids: list[int]) -> dict[int, dict[str, float | None]]:
+    out: dict[int, dict[str, float | None]] = {i: {} for i in lesion_ids}
+    if lesion_ids:
+        rows = session.execute(
+            select(FeatureValue.lesion_id, FeatureValue.tag, FeatureValue.value).where(
+                FeatureValue.lesion_id.in_(lesion_ids), FeatureValue.region == "lesion"
+            )
+        )
+        for lid, tag, value in rows:
+            out[lid][tag] = value
+    return out
+
+
+def load_context(session: Session, store: FileStore, scan: Scan) -> PatientContext:
+    """The processed history of `scan`'s patient, with `scan` last; earlier scans must all be processed."""
+    patient = session.get(Patient, scan.patient_id)
+    scans = repo.patient_scans(session, patient)
+    earlier = [s for s in scans if s.scan_date < scan.scan_date]
+    pending = [s for s in earlier if s.state != ScanState.PROCESSED]
+    if pending:
+        raise MetatrackError(f"scan of {scan.scan_date}: earlier scan of {pending[0].scan_date} is not processed yet")
+    regs = {
+        r.moving_scan_id: r
+        for r in session.scalars(select(Registration).where(Registration.moving_scan_id.in_([s.id for s in scans])))
+    }
+    history = [*earlier, scan]
+    files = [_scan_files(session, store, s, i, regs.get(s.id)) for i, s in enumerate(history)]
+    index_of = {s.id: i for i, s in enumerate(history)}
+    tracks = list(session.scalars(select(LesionTrack).where(LesionTrack.patient_id == patient.id)))
+    links = list(
+        session.scalars(select(TrackLink).where(TrackLink.scan_id.in_([s.id for s in earlier])).order_by(TrackLink.id))
+    )
+    lesions = {
+        les.id: les for les in session.scalars(select(Lesion).where(Lesion.scan_id.in_([s.id for s in earlier])))
+    }
+    feats = _lesion_features(session, list(lesions))
+    by_track: dict[int, list[TrackLink]] = {}
+    for link in sorted(links, key=lambda ln: (index_of[ln.scan_id], ln.id)):
+        by_track.setdefault(link.track_id, []).append(link)
+    open_tracks = []
+    for t in tracks:
+        tl = by_track.get(t.id, [])
+        if not tl or tl[-1].change == ChangeClass.MERGED:
+            continue  # a track that merged into another ends there
+        seen = [ln for ln in tl if ln.lesion_id is not None]
+        if not seen:
+            continue
+        last, first = lesions[seen[-1].lesion_id], lesions[seen[0].lesion_id]
+        last_scan, first_scan = history[index_of[last.scan_id]], history[index_of[first.scan_id]]
+        open_tracks.append(
+            OpenTrack(
+                number=t.number,
+                last_scan_index=index_of[last.scan_id],
+                last_label=last.label,
+                last_volume_mm3=last.volume_mm3,
+                last_centroid=(last.centroid_x, last.centroid_y, last.centroid_z),
+                last_features=feats.get(last.id, {}),
+                last_date=last_scan.scan_date,
+                last_scan_id=last_scan.id,
+                first_features=feats.get(first.id, {}),
+                first_date=first_scan.scan_date,
+                first_scan_id=first_scan.id,
+            )
+        )
+    targets: dict[int, tuple[str | None, float, float]] = {}
+    non_targets: list[int] = []
+    baseline_sum = nadir = None
+    if earlier:
+        base_lesions = {les.track_id: les for les in lesions.values() if les.scan_id == earlier[0].id}
+        for t in tracks:
+            les = base_lesions.get(t.id)
+            if t.recist_role == "target" and les is not None:
+                targets[t.number] = (les.organ, les.long_axis_mm or 0.0, les.short_axis_mm or 0.0)
+            elif t.recist_role == "non-target":
+                non_targets.append(t.number)
+        sums = {
+            r.scan_id: r
+            for r in session.scalars(
+                select(RecistAssessment).where(RecistAssessment.scan_id.in_([s.id for s in earlier]))
+            )
+        }
+        if earlier[0].id in sums:
+            baseline_sum = sums[earlier[0].id].baseline_sum_mm
+            nadir = min(r.sum_mm for r in sums.values())
+    pf = _patient_features(session, [s.id for s in earlier])
+    return PatientContext(
+        patient_id=patient.external_id,
+        scans=files,
+        open_tracks=open_tracks,
+        next_track_number=max([0, *(t.number for t in tracks)]) + 1,
+        targets=targets,
+        non_targets=non_targets,
+        nadir_mm=nadir,
+        baseline_sum_mm=baseline_sum,
+        previous_patient_features=pf.get(earlier[-1].id) if earlier else None,
+        baseline_patient_features=pf.get(earlier[0].id) if earlier else None,
+    )
+
+
+def _patient_features(session: Session, scan_ids: list[int]) -> dict[int, dict[str, float | None]]:
+    out: dict[int, dict[str, float | None]] = {}
+    for sid, tag, value in session.execute(
+        select(PatientFeature.scan_id, PatientFeature.tag, PatientFeature.value).where(
+            PatientFeature.scan_id.in_(scan_ids)
+        )
+    ):
+        out.setdefault(sid, {})[tag] = value
+    return out
+
+
+def _store_transforms(session: Session, store: FileStore, paths: list[Path]) -> list[str]:
+    hashes = []
+    for p in paths:
+        suffix = volume_suffix(p) or p.suffix
+        stored: StoredFile = store.put_file(p, suffix)
+        repo.ensure_blob(session, stored.sha256, "transform", suffix, stored.size_bytes)
+        hashes.append(stored.sha256)
+    return hashes
+
+
+def _feature_config(session: Session, cfg: dict[str, Any], engine_version: str) -> FeatureConfig:
+    canonical = json.dumps({"config": cfg, "engine_version": engine_version}, sort_keys=True, default=str)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    row = session.scalar(select(FeatureConfig).where(FeatureConfig.config_sha256 == digest))
+    if row is None:
+        row = FeatureConfig(
+            name=str(cfg.get("name", "custom")),
+            config_sha256=digest,
+            config=json.loads(json.dumps(cfg, default=str)),
+            engine=ENGINE_NAME,
+            engine_version=engine_version,
+        )
+        session.add(row)
+        session.flush()
+    return row
+
+
+def save_outcome(
+    session: Session, store: FileStore, scan: Scan, outcome: ScanOutcome, settings: Settings, baseline_id: int
+) -> None:
+    """Write everything processing `scan` produced; the caller's transaction makes it all-or-nothing."""
+    reg_review = False
+    if outcome.registration is not None:
+        r = outcome.registration
+        m = r.metrics
+        session.add(
+            Registration(
+                moving_scan_id=scan.id,
+                fixed_scan_id=baseline_id,
+                preset=str(m.get("preset", settings.preset)),
+                forward_sha256=_store_transforms(session, store, list(r.forward)),
+                inverse_sha256=_store_transforms(session, store, list(r.inverse)),
+                similarity_before=_num(m.get("similarity_before")),
+                similarity_after=_num(m.get("similarity_after")),
+                jacobian_min=_num(m.get("jacobian_min")),
+                folding_fraction=_num(m.get("folding_fraction")),
+                runtime_s=_num(m.get("runtime_s")),
+                threads=settings.threads,
+                seed=settings.seed,
+                metrics={k: (v if isinstance(v, str | int | bool) else _num(v)) for k, v in m.items()},
+                needs_review=bool(r.needs_review),
+                review_reasons=list(r.review_reasons),
+            )
+        )
+        reg_review = bool(r.needs_review)
+    mask = repo.latest_mask(session, scan)
+    tracks = {
+        t.number: t for t in session.scalars(select(LesionTrack).where(LesionTrack.patient_id == scan.patient_id))
+    }
+    for number, parent in sorted(outcome.new_tracks.items()):
+        t = LesionTrack(
+            patient_id=scan.patient_id,
+            number=number,
+            first_scan_id=scan.id,
+            parent_track_id=tracks[parent].id if parent is not None and parent in tracks else None,
+            recist_role=outcome.recist_roles.get(number),
+        )
+        session.add(t)
+        tracks[number] = t
+    session.flush()
+    lesion_rows: dict[int, Lesion] = {}
+    for les in outcome.lesions:
+        row = Lesion(
+            scan_id=scan.id,
+            mask_id=mask.id,
+            label=les.label,
+            voxels=les.voxels,
+            volume_mm3=les.volume_mm3,
+            centroid_x=les.centroid_lps[0],
+            centroid_y=les.centroid_lps[1],
+            centroid_z=les.centroid_lps[2],
+            long_axis_mm=les.long_axis_mm,
+            short_axis_mm=les.short_axis_mm,
+            max_diameter_mm=les.max_3d_diameter_mm,
+            organ=les.organ,
+            track_id=tracks[outcome.lesion_track[les.label]].id if les.label in outcome.lesion_track else None,
+        )
+        session.add(row)
+        lesion_rows[les.label] = row
+    session.flush()
+    for link in outcome.links:
+        session.add(
+            TrackLink(
+                track_id=tracks[link.track_number].id,
+                scan_id=scan.id,
+                lesion_id=lesion_rows[link.lesion_label].id if link.lesion_label is not None else None,
+                change=ChangeClass(link.change),
+                related_track_id=tracks[link.related_track_number].id if link.related_track_number else None,
+                score=link.score,
+                needs_review=reg_review,
+            )
+        )
+    if outcome.recist is not None or (outcome.is_baseline and outcome.baseline_sum_mm is not None):
+        rec = outcome.recist
+        session.add(
+            RecistAssessment(
+                scan_id=scan.id,
+                sum_mm=rec.sum_mm if rec else outcome.baseline_sum_mm,
+                baseline_sum_mm=outcome.baseline_sum_mm or 0.0,
+                nadir_mm=rec.nadir_mm if rec else outcome.baseline_sum_mm,
+                change_from_baseline_pct=rec.change_from_baseline_pct if rec else None,
+                change_from_nadir_pct=rec.change_from_nadir_pct if rec else None,
+                new_lesions=outcome.new_lesion,
+                response=rec.response if rec else "BL",
+            )
+        )
+    _save_features(session, scan, outcome, lesion_rows, tracks)
+    session.add_all(
+        PatientFeature(patient_id=scan.patient_id, scan_id=scan.id, tag=tag, value=_num(v))
+        for tag, v in sorted(outcome.patient_features.items())
+    )
+    scan.state = ScanState.PROCESSED
+    scan.error = None
+    scan.processed_at = utcnow()
+    scan.processing = {"settings": settings.to_dict(), "timings": outcome.timings}
+
+
+def _save_features(
+    session: Session, scan: Scan, outcome: ScanOutcome, lesion_rows: dict[int, Lesion], tracks: dict[int, Any]
+) -> None:
+    if outcome.feature_config is None:
+        return
+    cfg = _feature_config(session, outcome.feature_config, outcome.engine_version or "unknown")
+    values = []
+    for label, regions in outcome.features.items():
+        for region, feats in regions.items():
+            values += [
+                {
+                    "lesion_id": lesion_rows[label].id,
+                    "scan_id": scan.id,
+                    "config_id": cfg.id,
+                    "region": region,
+                    "tag": tag,
+                    "value": _num(v),
+                }
+                for tag, v in feats.items()
+            ]
+    if values:
+        session.execute(FeatureValue.__table__.insert(), values)
+    for (label, region), runtime in outcome.feature_runtime_s.items():
+        error = outcome.feature_errors.get((label, region))
+        session.add(
+            FeatureExtraction(
+                lesion_id=lesion_rows[label].id,
+                config_id=cfg.id,
+                region=region,
+                ok=error is None,
+                error=error,
+                runtime_s=runtime,
+            )
+        )
+    deltas = [
+        {
+            "track_id": tracks[number].id,
+            "scan_id": scan.id,
+            "reference_scan_id": ref_scan,
+            "config_id": cfg.id,
+            "reference": reference,
+            "tag": tag,
+            "abs_change": _num(c.abs_change),
+            "rel_change": _num(c.rel_change),
+            "change_per_30d": _num(c.change_per_30d),
+        }
+        for number, ref_scan, reference, changes in outcome.deltas
+        for tag, c in changes.items()
+    ]
+    if deltas:
+        session.execute(TrackDelta.__table__.insert(), deltas)
+
+
+def _num(v: Any) -> float | None:
+    """A finite float, or None (NaN/inf/None/non-numbers are stored as NULL)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if f == f and abs(f) != float("inf") else None
+
+
+def record_failure(session: Session, scan_id: int, error: str) -> None:
+    """Mark a scan failed with its error (its results were rolled back)."""
+    scan = session.get(Scan, scan_id)
+    scan.state = ScanState.FAILED
+    scan.error = error[:2000]
+
+
+def pending_scans(session: Session, external_id: str | None = None) -> list[tuple[str, list[int]]]:
+    """Patients with scans to process, each with its unprocessed scan ids in date order."""
+    q = select(Patient.external_id, Scan.id).join(Scan, Scan.patient_id == Patient.id)
+    q = q.where(Scan.state != ScanState.PROCESSED)
+    if external_id is not None:
+        q = q.where(Patient.external_id == external_id)
+    out: dict[str, list[int]] = {}
+    for pid, sid in session.execute(q.order_by(Patient.external_id, Scan.scan_date)):
+        out.setdefault(pid, []).append(sid)
+    return list(out.items())

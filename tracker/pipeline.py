@@ -1,0 +1,412 @@
+"""The per-scan pipeline: registration -> lesions -> tracks -> RECIST -> features -> deltas, for one scan.
+
+`compute_scan` reads the scan's files and calls the pure steps; it never touches the database. The caller
+(`tracker.process`) loads the patient's context from the database before and writes the outcome after, in
+one transaction per scan. Frames: every follow-up is registered to the patient's baseline; registration lists
+apply to a point in list order, so scan j -> scan k is ``inverse_j + forward_k``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tracker.deltas import Change, patient_deltas, patient_features, track_deltas
+from tracker.errors import MetatrackError
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
+    from registration import RegistrationResult
+    from tracker.lesions import Lesion
+    from tracker.recist import RecistAssessment
+
+CT_BODY_THRESHOLD_HU = -500.0
+SHELL_MARGIN_VOXELS = 2
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How scans are processed; stored with every processed scan."""
+
+    preset: str = "fast"
+    threads: int = 2
+    seed: int = 0
+    min_lesion_mm3: float = 10.0
+    feature_config: str = "ct_default"
+    shell_mm: float = 5.0  # peritumoral shell width; 0 disables shell features
+    features: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ScanFiles:
+    """One scan of the patient as the pipeline sees it (files in the store)."""
+
+    scan_id: int
+    index: int  # position in the patient's date order, baseline = 0
+    scan_date: date
+    modality: str
+    image: Path
+    mask: Path | None
+    organs: Path | None = None
+    organ_names: dict[int, str] | None = None
+    forward: list[Path] = field(default_factory=list)  # baseline points -> this scan's points
+    inverse: list[Path] = field(default_factory=list)  # this scan's points -> baseline points
+    needs_review: bool = False
+
+
+@dataclass
+class OpenTrack:
+    """A track that can still continue: where it was last seen and the features it had then and first."""
+
+    number: int
+    last_scan_index: int
+    last_label: int
+    last_volume_mm3: float
+    last_centroid: tuple[float, float, float]  # in the last scan's frame
+    last_features: dict[str, float | None]
+    last_date: date
+    last_scan_id: int
+    first_features: dict[str, float | None]
+    first_date: date
+    first_scan_id: int
+
+
+@dataclass
+class PatientContext:
+    """What processing the next scan needs to know of the patient's earlier, processed scans."""
+
+    patient_id: str
+    scans: list[ScanFiles]  # processed scans in date order, then the scan to process last
+    open_tracks: list[OpenTrack]
+    next_track_number: int
+    targets: dict[int, tuple[str | None, float, float]]  # baseline target track -> (organ, long, short axis)
+    non_targets: list[int]
+    nadir_mm: float | None
+    baseline_sum_mm: float | None
+    previous_patient_features: dict[str, float | None] | None
+    baseline_patient_features: dict[str, float | None] | None
+
+
+@dataclass
+class LinkOut:
+    track_number: int
+    lesion_label: int | None
+    change: str
+    score: float
+    related_track_number: int | None = None
+
+
+@dataclass
+class ScanOutcome:
+    """Everything processing one scan produced, ready to be written in one transaction."""
+
+    is_baseline: bool
+    registration: RegistrationResult | None
+    lesions: list[Lesion]
+    links: list[LinkOut]
+    new_tracks: dict[int, int | None]  # track number -> parent track number (splits)
+    lesion_track: dict[int, int]  # lesion label -> track number it belongs to
+    recist: RecistAssessment | None
+    recist_roles: dict[int, str]  # baseline only: track number -> target | non-target
+    baseline_sum_mm: float | None
+    new_lesion: bool
+    features: dict[int, dict[str, dict[str, float | None]]]  # lesion label -> region -> tag -> value
+    feature_errors: dict[tuple[int, str], str]
+    feature_runtime_s: dict[tuple[int, str], float]
+    feature_config: dict[str, Any] | None
+    engine_version: str | None
+    deltas: list[tuple[int, int, str, dict[str, Change]]]  # (track number, reference scan id, reference, changes)
+    patient_features: dict[str, float | None]
+    timings: dict[str, float]
+
+
+def _read(path: Path) -> sitk.Image:
+    import SimpleITK as sitk
+
+    return sitk.ReadImage(str(path))
+
+
+def _register(ctx: PatientContext, scan: ScanFiles, settings: Settings, workdir: Path) -> RegistrationResult:
+    from registration import RegistrationResult, register
+
+    fixed, moving = _read(ctx.scans[0].image), _read(scan.image)
+    previous = [s for s in ctx.scans[1:-1] if s.forward]
+    initial = (
+        RegistrationResult(forward=list(previous[-1].forward), inverse=list(previous[-1].inverse)) if previous else None
+    )
+    return register(
+        fixed,
+        moving,
+        preset=settings.preset,
+        seed=settings.seed,
+        threads=settings.threads,
+        workdir=workdir,
+        initial=initial,
+    )
+
+
+def _frame_transforms(src: ScanFiles, dst: ScanFiles) -> list[Path]:
+    """Transforms mapping points of scan `src` to points of scan `dst` (both registered to the baseline)."""
+    return [*src.inverse, *dst.forward]
+
+
+def _match(
+    ctx: PatientContext, scan: ScanFiles, labels: np.ndarray, lesions: list[Lesion], image: sitk.Image
+) -> tuple[Any, dict[int, int]]:
+    """Match this follow-up's lesions against every open track, on this scan's grid."""
+    import SimpleITK as sitk
+
+    from registration import map_points, warp_labels
+    from tracker.lesions import Geometry
+    from tracker.matching import MatchConfig, TrackState, match_lesions
+
+    warped: dict[int, np.ndarray] = {}
+    states = []
+    for t in sorted(ctx.open_tracks, key=lambda t: t.number):
+        src = ctx.scans[t.last_scan_index]
+        if t.last_scan_index not in warped:
+            src_labels = _read(src.mask) if src.mask else None
+            if src_labels is None:
+                raise MetatrackError(f"scan {src.scan_id}: track T{t.number} was seen there but the mask is gone")
+            # resampling takes this scan's points to the source scan: scan -> baseline -> source
+            out = warp_labels(sitk.Cast(src_labels, sitk.sitkUInt16), image, _frame_transforms(scan, src))
+            warped[t.last_scan_index] = sitk.GetArrayFromImage(out)
+        centroid = map_points(np.asarray([t.last_centroid]), _frame_transforms(src, scan))[0]
+        states.append(
+            TrackState(
+                track_id=t.number,
+                last_label_mask=warped[t.last_scan_index] == t.last_label,
+                centroid_lps=tuple(centroid),
+                volume_mm3=t.last_volume_mm3,
+                last_seen_index=t.last_scan_index,
+            )
+        )
+    geometry = Geometry.from_image(image)
+    result = match_lesions(
+        states,
+        labels,
+        lesions,
+        geometry.spacing_zyx,
+        MatchConfig(),
+        visit_index=scan.index,
+        next_track_id=ctx.next_track_number,
+        geometry=geometry,
+    )
+    return result, {label: t for label, t in result.label_to_track.items() if t is not None}
+
+
+def _recist_baseline(lesions: list[Lesion], lesion_track: dict[int, int]) -> tuple[Any, dict[int, str]]:
+    from tracker.recist import RecistLesion, select_targets
+
+    selection = select_targets(
+        [
+            RecistLesion(lesion_track[les.label], les.organ, les.long_axis_mm, les.short_axis_mm)
+            for les in lesions
+            if les.label in lesion_track
+        ]
+    )
+    roles = {t.track_id: "target" for t in selection.targets}
+    roles.update({t.track_id: "non-target" for t in selection.non_targets})
+    return selection, roles
+
+
+def _recist_follow_up(ctx: PatientContext, lesions: list[Lesion], links: list[LinkOut], new_lesion: bool) -> Any:
+    from tracker.recist import Measurement, RecistLesion, TargetSelection, VisitMeasurements, assess
+
+    if ctx.baseline_sum_mm is None:
+        return None
+    targets = tuple(
+        RecistLesion(number, organ, long_ax, short_ax) for number, (organ, long_ax, short_ax) in ctx.targets.items()
+    )
+    selection = TargetSelection(targets=targets, non_targets=(), baseline_sum_mm=ctx.baseline_sum_mm)
+    by_label = {les.label: les for les in lesions}
+    diameters: dict[int, Measurement | None] = {}
+    for link in links:
+        if link.track_number in ctx.targets:
+            les = by_label.get(link.lesion_label) if link.lesion_label is not None else None
+            if link.change == "merged":
+                # a target merged into another lesion: RECIST measures the merged lesion once, on the survivor
+                les = None
+            diameters[link.track_number] = Measurement(les.long_axis_mm, les.short_axis_mm) if les else None
+    nadir = ctx.nadir_mm if ctx.nadir_mm is not None else ctx.baseline_sum_mm
+    return assess(selection, VisitMeasurements(diameters=diameters, new_lesion=new_lesion), nadir)
+
+
+def _extract_features(
+    image: sitk.Image, labels: np.ndarray, lesions: list[Lesion], scan: ScanFiles, settings: Settings
+) -> tuple[dict, dict, dict, dict[str, Any], str]:
+    import SimpleITK as sitk
+
+    from tracker.radiomics import ENGINE_VERSION, extract, load_config, peritumoral_shell
+
+    cfg = load_config(settings.feature_config)
+    arr = sitk.GetArrayFromImage(image).astype(np.float64)
+    spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
+    body = (
+        sitk.GetArrayFromImage(_read(scan.organs)) > 0
+        if scan.organs
+        else (arr > CT_BODY_THRESHOLD_HU if scan.modality == "CT" else None)
+    )
+    margin = [int(np.ceil(settings.shell_mm / s)) + SHELL_MARGIN_VOXELS for s in spacing]
+    values: dict[int, dict[str, dict[str, float | None]]] = {}
+    errors: dict[tuple[int, str], str] = {}
+    runtimes: dict[tuple[int, str], float] = {}
+    for les in lesions:
+        roi = labels == les.label
+        idx = np.argwhere(roi)
+        lo = np.maximum(idx.min(axis=0) - margin, 0)
+        hi = np.minimum(idx.max(axis=0) + 1 + np.asarray(margin), labels.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        regions = {"lesion": roi[box]}
+        if settings.shell_mm > 0:
+            regions["shell"] = peritumoral_shell(
+                roi[box],
+                spacing,
+                settings.shell_mm,
+                body_mask=body[box] if body is not None else None,
+                other_lesions=(labels[box] > 0) & ~roi[box],
+            )
+        values[les.label] = {}
+        for region, mask in regions.items():
+            t0 = time.perf_counter()
+            try:
+                fs = extract(arr[box], mask, spacing, cfg)
+                values[les.label][region] = {k: (None if v is None or not np.isfinite(v) else float(v))
+                                             for k, v in fs.values.items()}  # fmt: skip
+            except Exception as exc:
+                errors[(les.label, region)] = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            runtimes[(les.label, region)] = time.perf_counter() - t0
+    return values, errors, runtimes, cfg, ENGINE_VERSION
+
+
+def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> ScanOutcome:
+    """Process the last scan of `ctx.scans` given the patient's processed history."""
+    import SimpleITK as sitk
+
+    from tracker.lesions import Geometry, label_lesions, measure_lesions
+
+    timings: dict[str, float] = {}
+    scan = ctx.scans[-1]
+    is_baseline = scan.index == 0
+    t0 = time.perf_counter()
+    registration = None
+    if not is_baseline:
+        registration = _register(ctx, scan, settings, workdir)
+        scan.forward, scan.inverse = list(registration.forward), list(registration.inverse)
+    timings["registration_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    image = _read(scan.image)
+    geometry = Geometry.from_image(image)
+    if scan.mask is not None:
+        mask_arr = sitk.GetArrayFromImage(_read(scan.mask))
+        labels = label_lesions(mask_arr, geometry, min_volume_mm3=settings.min_lesion_mm3)
+    else:
+        labels = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.int32)
+    organ_map = sitk.GetArrayFromImage(_read(scan.organs)) if scan.organs else None
+    lesions = measure_lesions(labels, geometry, organ_map=organ_map, organ_names=scan.organ_names)
+    timings["lesions_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    links: list[LinkOut] = []
+    new_tracks: dict[int, int | None] = {}
+    if is_baseline:
+        lesion_track = {les.label: ctx.next_track_number + i for i, les in enumerate(lesions)}
+        for les in lesions:
+            links.append(LinkOut(lesion_track[les.label], les.label, "new", 0.0))
+            new_tracks[lesion_track[les.label]] = None
+    else:
+        result, lesion_track = _match(ctx, scan, labels, lesions, image)
+        known = {t.number for t in ctx.open_tracks}
+        for link in result.links:
+            number = link.track_id if link.track_id is not None else lesion_track[link.lesion_label]
+            links.append(LinkOut(number, link.lesion_label, link.change, float(link.score), link.related_track_id))
+            if number not in known:
+                new_tracks[number] = link.related_track_id if link.change == "split" else None
+    new_lesion = any(link.change == "new" for link in links) and not is_baseline
+    timings["matching_s"] = time.perf_counter() - t0
+
+    recist, roles, baseline_sum = None, {}, ctx.baseline_sum_mm
+    if is_baseline:
+        selection, roles = _recist_baseline(lesions, lesion_track)
+        baseline_sum = selection.baseline_sum_mm
+    else:
+        recist = _recist_follow_up(ctx, lesions, links, new_lesion)
+
+    t0 = time.perf_counter()
+    features, errors, runtimes, cfg, engine_version = {}, {}, {}, None, None
+    if settings.features and lesions:
+        features, errors, runtimes, cfg, engine_version = _extract_features(image, labels, lesions, scan, settings)
+    timings["features_s"] = time.perf_counter() - t0
+
+    deltas = _track_deltas(ctx, scan, links, features)
+    recist_sum = recist.sum_mm if recist is not None else baseline_sum
+    pf = patient_features(
+        [les.volume_mm3 for les in lesions],
+        [features.get(les.label, {}).get("lesion", {}) for les in lesions],
+        new_lesions=sum(link.change == "new" for link in links) if not is_baseline else 0,
+        vanished_tracks=sum(link.change == "vanished" for link in links),
+        recist_sum_mm=recist_sum,
+        days_from_baseline=(scan.scan_date - ctx.scans[0].scan_date).days,
+    )
+    prev_date = ctx.scans[-2].scan_date if len(ctx.scans) > 1 else scan.scan_date
+    pf.update(
+        patient_deltas(
+            pf,
+            ctx.previous_patient_features,
+            ctx.baseline_patient_features,
+            days_since_previous=(scan.scan_date - prev_date).days,
+            days_since_baseline=(scan.scan_date - ctx.scans[0].scan_date).days,
+        )
+    )
+    return ScanOutcome(
+        is_baseline=is_baseline,
+        registration=registration,
+        lesions=lesions,
+        links=links,
+        new_tracks=new_tracks,
+        lesion_track=lesion_track,
+        recist=recist,
+        recist_roles=roles,
+        baseline_sum_mm=baseline_sum,
+        new_lesion=new_lesion,
+        features=features,
+        feature_errors=errors,
+        feature_runtime_s=runtimes,
+        feature_config=cfg,
+        engine_version=engine_version,
+        deltas=deltas,
+        patient_features=pf,
+        timings=timings,
+    )
+
+
+def _track_deltas(
+    ctx: PatientContext, scan: ScanFiles, links: list[LinkOut], features: dict[int, dict[str, dict]]
+) -> list[tuple[int, int, str, dict[str, Change]]]:
+    """Per continuing track: feature changes against its previous sighting and its first one."""
+    by_number = {t.number: t for t in ctx.open_tracks}
+    out = []
+    for link in links:
+        track = by_number.get(link.track_number)
+        if track is None or link.lesion_label is None or link.change not in ("persistent", "merged"):
+            continue
+        now = features.get(link.lesion_label, {}).get("lesion")
+        if not now:
+            continue
+        if track.last_features:
+            days = (scan.scan_date - track.last_date).days
+            out.append((track.number, track.last_scan_id, "previous", track_deltas(now, track.last_features, days)))
+        if track.first_features:
+            days = (scan.scan_date - track.first_date).days
+            out.append((track.number, track.first_scan_id, "baseline", track_deltas(now, track.first_features, days)))
+    return out
