@@ -26,10 +26,11 @@ from registration.transforms import is_field_file, read_transform, write_affine,
 from tracker.errors import MetatrackError
 
 MI_BINS = 32
+LINEAR_STAGE_THREADS = 1
 OPTIMIZER_MAX_STEP_MM = 2.0
 OPTIMIZER_MIN_STEP_MM = 1e-3
 OPTIMIZER_RELAXATION = 0.5
-FIELD_STORE_SHRINK = 2
+FIELD_STORE_SPACING_MM = 3.0
 INVERSE_ITERATIONS = 30
 INVERSE_MEAN_TOLERANCE_MM = 1e-3
 INVERSE_MAX_TOLERANCE_MM = 0.1
@@ -38,14 +39,18 @@ QUALITY_SHRINK = 2
 
 @dataclass(frozen=True)
 class Preset:
-    """Settings of one registration preset (shrink factors are per pyramid level, coarse first)."""
+    """Settings of one registration preset.
+
+    Pyramid levels are given as target voxel sizes in mm (coarse first); each becomes an integer shrink
+    factor of the fixed grid, so a preset behaves alike on 1 mm and 3 mm scans.
+    """
 
     name: str
-    rigid_shrink: tuple[int, ...] = (4, 2)
-    affine_shrink: tuple[int, ...] = (4, 2)
+    rigid_levels_mm: tuple[float, ...] = (6.0, 3.0)
+    affine_levels_mm: tuple[float, ...] = (6.0, 3.0)
     linear_iterations: int = 100
     sampling_share: float = 0.05
-    demons_shrink: tuple[int, ...] = (4, 2)
+    demons_levels_mm: tuple[float, ...] = (6.0, 3.0)
     demons_iterations: tuple[int, ...] = (100, 50)
     field_sigma_voxels: float = 2.0
     presmooth_voxels: float = 0.5
@@ -56,11 +61,11 @@ PRESETS: dict[str, Preset] = {
     "fast": Preset("fast"),
     "accurate": Preset(
         "accurate",
-        demons_shrink=(4, 2, 1),
+        demons_levels_mm=(6.0, 3.0, 1.5),
         demons_iterations=(100, 50, 10),
         field_sigma_voxels=2.5,
     ),
-    "affine": Preset("affine", demons_shrink=(), demons_iterations=()),
+    "affine": Preset("affine", demons_levels_mm=(), demons_iterations=()),
 }
 
 
@@ -116,15 +121,16 @@ def _linear_stage(
     fixed: sitk.Image,
     moving: sitk.Image,
     initial: sitk.Transform,
-    shrink: tuple[int, ...],
+    levels_mm: tuple[float, ...],
     preset: Preset,
     seed: int,
     mask: sitk.Image | None,
 ) -> sitk.Transform:
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(MI_BINS)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(preset.sampling_share, seed)
+    if preset.sampling_share < 1.0:
+        reg.SetMetricSamplingStrategy(reg.RANDOM)
+        reg.SetMetricSamplingPercentage(preset.sampling_share, seed + 1)  # seed 0 would mean "wall clock"
     if mask is not None:
         reg.SetMetricFixedMask(mask)
     reg.SetInterpolator(sitk.sitkLinear)
@@ -135,11 +141,24 @@ def _linear_stage(
         relaxationFactor=OPTIMIZER_RELAXATION,
     )
     reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel(list(shrink))
+    shrink = shrink_factors(levels_mm, fixed.GetSpacing())
+    reg.SetShrinkFactorsPerLevel(shrink)
     reg.SetSmoothingSigmasPerLevel([s / 2.0 for s in shrink])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     reg.SetInitialTransform(initial, inPlace=False)
-    return reg.Execute(fixed, moving)
+    # ITK draws the random metric samples per thread, so only one thread makes the result reproducible.
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(LINEAR_STAGE_THREADS)
+    try:
+        return reg.Execute(fixed, moving)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def shrink_factors(levels_mm: tuple[float, ...], spacing: tuple[float, ...]) -> list[int]:
+    """Integer shrink factors that bring the finest axis of ``spacing`` near each target voxel size."""
+    finest = min(spacing)
+    return [max(1, round(level / finest)) for level in levels_mm]
 
 
 def _level(image: sitk.Image, shrink: int, presmooth: float) -> sitk.Image:
@@ -151,7 +170,8 @@ def _level(image: sitk.Image, shrink: int, presmooth: float) -> sitk.Image:
 def _demons(fixed: sitk.Image, moving: sitk.Image, preset: Preset) -> sitk.Image:
     """Multi-resolution demons; returns the displacement field on the finest level's grid."""
     disp: sitk.Image | None = None
-    for shrink, iterations in zip(preset.demons_shrink, preset.demons_iterations, strict=True):
+    shrinks = shrink_factors(preset.demons_levels_mm, fixed.GetSpacing())
+    for shrink, iterations in zip(shrinks, preset.demons_iterations, strict=True):
         fixed_l = _level(fixed, shrink, preset.presmooth_voxels)
         moving_l = _level(moving, shrink, preset.presmooth_voxels)
         if preset.diffeomorphic:
@@ -252,6 +272,7 @@ def register(
     workdir.mkdir(parents=True, exist_ok=True)
     start_wall = time.perf_counter()
     start_cpu = _cpu_seconds()
+    stage_cpu: dict[str, float] = {}
     previous_threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     previous_env = os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
@@ -273,17 +294,20 @@ def register(
             rigid0 = sitk.CenteredTransformInitializer(
                 fixed_c, moving_c, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
             )
-            rigid = _linear_stage(fixed_c, moving_c, rigid0, cfg.rigid_shrink, cfg, seed, metric_mask)
+            rigid = _linear_stage(fixed_c, moving_c, rigid0, cfg.rigid_levels_mm, cfg, seed, metric_mask)
             start_tx = _to_affine(rigid)
-        affine = _to_affine(_linear_stage(fixed_c, moving_c, start_tx, cfg.affine_shrink, cfg, seed, metric_mask))
+        affine = _to_affine(_linear_stage(fixed_c, moving_c, start_tx, cfg.affine_levels_mm, cfg, seed, metric_mask))
+        stage_cpu["linear_cpu_s"] = _cpu_seconds() - start_cpu
 
         disp = None
-        if cfg.demons_shrink:
+        if cfg.demons_levels_mm:
             air = harmonise.HU_WINDOW_LOW
             moved = sitk.Resample(moving_c, fixed_c, affine, sitk.sitkLinear, air, sitk.sitkFloat32)
             moved = harmonise.match_histogram(moved, fixed_c)
             disp = _demons(fixed_c, moved, cfg)
-            store_grid = sitk.Shrink(fixed_c, [FIELD_STORE_SHRINK] * 3)
+            stage_cpu["deformable_cpu_s"] = _cpu_seconds() - start_cpu - stage_cpu["linear_cpu_s"]
+            store_shrink = shrink_factors((FIELD_STORE_SPACING_MM,), fixed_c.GetSpacing())[0]
+            store_grid = sitk.Shrink(fixed_c, [store_shrink] * 3)
             if disp.GetSize() != store_grid.GetSize():
                 disp = sitk.Resample(disp, store_grid, sitk.Transform(), sitk.sitkLinear, 0.0, disp.GetPixelID())
 
@@ -301,7 +325,9 @@ def register(
             inverse.append(write_field(disp_inv, workdir / "warp_inverse.nii.gz"))
             # Evaluate quality on the field as stored (float32), so metrics describe the files.
             disp = sitk.Cast(sitk.Cast(disp, sitk.sitkVectorFloat32), sitk.sitkVectorFloat64)
+        before_quality = _cpu_seconds()
         metrics = _quality(fixed_c, moving_c, mask, affine, disp)
+        stage_cpu["quality_cpu_s"] = _cpu_seconds() - before_quality
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous_threads)
         if previous_env is None:
@@ -319,6 +345,7 @@ def register(
             "cpu_s": _cpu_seconds() - start_cpu,
         }
     )
+    metrics.update(stage_cpu)
     metrics.update(_versions())
     reasons = quality.review(metrics)
     return RegistrationResult(forward, inverse, metrics, bool(reasons), reasons)
