@@ -1,0 +1,117 @@
+"""The per-scan pipeline end to end on a simulated patient, scored against the simulator's ground truth."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select
+
+from db import migrate, repo
+from db.models import Lesion, Scan, ScanState
+from db.session import make_engine, session_scope
+from db.views import timeline
+from tracker.ingest import ingest_many, read_manifest
+from tracker.pipeline import Settings
+from tracker.process import process_pending
+from tracker.simulator import SimulationConfig, simulate_cohort
+from tracker.store import FileStore
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cohort")
+    cfg = SimulationConfig(n_patients=1, seed=3, shape=(64, 64, 48), spacing=(4.0, 4.0, 4.0))
+    simulate_cohort(cfg, out)
+    return out
+
+
+def _truth_edges(truth_patient: dict) -> set[tuple[int, int, int, int]]:
+    """Consecutive sightings of the same true lesion: (scan j, label, scan k, label)."""
+    last: dict[str, tuple[int, int]] = {}
+    edges = set()
+    for k, scan in enumerate(truth_patient["scans"]):
+        for label, ids in sorted(scan["labels"].items(), key=lambda kv: int(kv[0])):
+            for true_id in ids:
+                if true_id in last:
+                    edges.add((*last[true_id], k, int(label)))
+        for label, ids in scan["labels"].items():
+            for true_id in ids:
+                last[true_id] = (k, int(label))
+    return edges
+
+
+def _predicted_edges(tl: dict) -> set[tuple[int, int, int, int]]:
+    last: dict[int, tuple[int, int]] = {}
+    edges = set()
+    for k, scan in enumerate(tl["scans"]):
+        for les in scan["lesions"]:
+            if les["track_id"] in last and les["change"] in ("persistent", "merged"):
+                edges.add((*last[les["track_id"]], k, les["label"]))
+        for les in scan["lesions"]:
+            last[les["track_id"]] = (k, les["label"])
+    return edges
+
+
+def _process(engine: Engine, store: FileStore, work: Path) -> object:
+    settings = Settings(preset="fast", shell_mm=3.0)
+    return process_pending(engine, store, settings, work)
+
+
+def test_process_tracks_against_truth_and_is_idempotent(engine: Engine, cohort: Path, tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    done, failed = ingest_many(engine, store, read_manifest(cohort / "manifest.csv"))
+    assert not failed
+    n_scans = len(done)
+    report = _process(engine, store, tmp_path / "work")
+    assert not report.failed and len(report.processed) == n_scans
+    truth = json.loads((cohort / "truth.json").read_text())["patients"]["SIM001"]
+    with session_scope(engine) as s:
+        tl = timeline(s, "SIM001")
+    true_edges, pred_edges = _truth_edges(truth), _predicted_edges(tl)
+    hits = len(true_edges & pred_edges)
+    assert hits / max(len(pred_edges), 1) >= 0.9, (true_edges, pred_edges)
+    assert hits / max(len(true_edges), 1) >= 0.9, (true_edges, pred_edges)
+    scans = tl["scans"]
+    assert all(s["state"] == "processed" for s in scans)
+    assert scans[0]["recist"]["response"] == "BL"
+    assert all(s["recist"]["response"] in {"CR", "PR", "SD", "PD"} for s in scans[1:])
+    assert all(s["registration"] is not None for s in scans[1:]) and scans[0]["registration"] is None
+    assert all(s["patient_features"]["lesion_count"] == len(s["lesions"]) for s in scans)
+    truth_volumes = [sum(les["volume_mm3"] for les in s["lesions"]) for s in scans]
+    assert [s["patient_features"]["total_volume_mm3"] for s in scans] == pytest.approx(truth_volumes)
+    # re-running is a no-op
+    with session_scope(engine) as s:
+        before = repo.table_counts(s)
+    again = _process(engine, store, tmp_path / "work")
+    assert not again.processed and not again.failed
+    with session_scope(engine) as s:
+        assert repo.table_counts(s) == before
+
+
+def test_failed_scan_writes_nothing_and_holds_back_later_scans(cohort: Path, tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'mt.db'}")
+    migrate.upgrade(engine)
+    store = FileStore(tmp_path / "store")
+    ingest_many(engine, store, read_manifest(cohort / "manifest.csv"))
+    with session_scope(engine) as s:
+        scans = list(s.scalars(select(Scan).order_by(Scan.scan_date)))
+        second = scans[1]
+        broken = store.find(second.image_sha256, ".nii.gz")
+    saved = tmp_path / "saved.nii.gz"
+    shutil.move(broken, saved)
+    report = _process(engine, store, tmp_path / "work")
+    assert report.processed == [scans[0].id]
+    assert list(report.failed) == [second.id] and "missing" in report.failed[second.id]
+    assert report.waiting == [s.id for s in scans[2:]]
+    with session_scope(engine) as s:
+        failed = s.get(Scan, second.id)
+        assert failed.state == ScanState.FAILED and "missing" in failed.error
+        assert s.scalars(select(Lesion).where(Lesion.scan_id == second.id)).first() is None
+    shutil.move(saved, broken)
+    report = _process(engine, store, tmp_path / "work")
+    assert report.processed == [s.id for s in scans[1:]] and not report.failed
