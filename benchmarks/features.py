@@ -11,13 +11,15 @@ Lesions are synthetic CT blobs (seeded) at 1 mm isotropic spacing: small (~500 v
 large (~150,000), each in a crop of the lesion's bounding box plus 20 mm. Every engine uses the same settings:
 resampling to 1 mm (trilinear), re-segmentation [-1000, 400] HU, fixed bin size 25 HU, all IBSI families
 (pyradiomics: all its default classes). The time per lesion excludes imports and start-up (one warm-up lesion
-first) and includes reading the NIfTI files for the peers. Ratios are peer time / our time, measured in one run.
+first) and includes reading the NIfTI files for the peers. Ratios are peer time / our time; runs are interleaved
+lesion by lesion (ours, then each peer) so that a busy machine slows all engines alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,6 +36,8 @@ TUMOUR_HU, TUMOUR_SD_HU = 40.0, 60.0
 LUNG_HU, LUNG_SD_HU = -820.0, 60.0
 DEFAULT_ENVS = Path("/work/bench-envs")
 
+# Peer workers: import once, then time one extraction per request line ("image mask" paths as JSON) and answer
+# with a JSON line, so that our runs and the peers' runs can be interleaved under the same machine load.
 PYRADIOMICS_WORKER = r"""
 import json, sys, time, logging
 import SimpleITK as sitk
@@ -44,37 +48,77 @@ params = {"setting": {"binWidth": 25, "resampledPixelSpacing": [1, 1, 1], "inter
           "imageType": {"Original": {}}}
 ext = featureextractor.RadiomicsFeatureExtractor(params)
 ext.enableAllFeatures()
-jobs = json.loads(sys.argv[1])
-out = {}
-for name, img, msk, reps in jobs:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        res = ext.execute(sitk.ReadImage(img), sitk.ReadImage(msk))
-        times.append(time.perf_counter() - t0)
-    out[name] = {"seconds": times, "n_features": sum(1 for k in res if not k.startswith("diagnostics"))}
-print("RESULT" + json.dumps(out))
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    img, msk = json.loads(line)
+    t0 = time.perf_counter()
+    res = ext.execute(sitk.ReadImage(img), sitk.ReadImage(msk))
+    dt = time.perf_counter() - t0
+    n = sum(1 for k in res if not k.startswith("diagnostics"))
+    print(json.dumps({"seconds": dt, "n_features": n}), flush=True)
 """
 
 MIRP_WORKER = r"""
 import json, sys, time, warnings
 warnings.filterwarnings("ignore")
 from mirp import extract_features
-jobs = json.loads(sys.argv[1])
-out = {}
-for name, img, msk, reps in jobs:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        res = extract_features(image=img, mask=msk, image_modality="CT", base_feature_families="all",
-                               base_discretisation_method="fixed_bin_size", base_discretisation_bin_width=25.0,
-                               ivh_discretisation_method="fixed_bin_size", ivh_discretisation_bin_width=2.5,
-                               new_spacing=1.0, resegmentation_intensity_range=[-1000.0, 400.0],
-                               export_features=True, write_features=False, num_cpus=None)
-        times.append(time.perf_counter() - t0)
-    out[name] = {"seconds": times, "n_features": int(res[0].shape[1])}
-print("RESULT" + json.dumps(out))
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    img, msk = json.loads(line)
+    t0 = time.perf_counter()
+    res = extract_features(image=img, mask=msk, image_modality="CT", base_feature_families="all",
+                           base_discretisation_method="fixed_bin_size", base_discretisation_bin_width=25.0,
+                           ivh_discretisation_method="fixed_bin_size", ivh_discretisation_bin_width=2.5,
+                           new_spacing=1.0, resegmentation_intensity_range=[-1000.0, 400.0],
+                           export_features=True, write_features=False, num_cpus=None)
+    dt = time.perf_counter() - t0
+    print(json.dumps({"seconds": dt, "n_features": int(res[0].shape[1])}), flush=True)
 """
+
+
+class Peer:
+    """A peer engine running in its own venv's python, timing one lesion per request."""
+
+    def __init__(self, name: str, python: Path, worker: str) -> None:
+        self.name, self.proc, self.reason = name, None, ""
+        if not python.is_file():
+            self.reason = f"not installed ({python} missing)"
+            return
+        self.proc = subprocess.Popen(
+            [str(python), "-c", worker],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        if not self._read():
+            self.reason = "failed to start"
+
+    def _read(self) -> dict | None:
+        while self.proc is not None:
+            line = self.proc.stdout.readline()
+            if not line:
+                self.close()
+                return None
+            if line.startswith("{"):
+                return json.loads(line)
+        return None
+
+    def time(self, image: str, mask: str) -> dict | None:
+        if self.proc is None:
+            return None
+        self.proc.stdin.write(json.dumps([image, mask]) + "\n")
+        self.proc.stdin.flush()
+        out = self._read()
+        if out is None:
+            self.reason = self.reason or "crashed during a run"
+        return out
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+            self.proc = None
 
 
 def make_lesion(n_voxels: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -111,22 +155,6 @@ def write_nifti(folder: Path, name: str, image: np.ndarray, mask: np.ndarray) ->
     return paths[0], paths[1]
 
 
-def run_peer(python: Path, worker: str, jobs: list, timeout: int) -> dict | str:
-    """Run a worker script in a peer's venv; its per-lesion times, or the reason it failed."""
-    if not python.is_file():
-        return f"not installed ({python} missing)"
-    try:
-        proc = subprocess.run(
-            [str(python), "-c", worker, json.dumps(jobs)], capture_output=True, text=True, timeout=timeout
-        )
-    except subprocess.TimeoutExpired:
-        return f"timed out after {timeout} s"
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT"):
-            return json.loads(line[len("RESULT") :])
-    return f"failed (rc {proc.returncode}): {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}"
-
-
 def main() -> None:
     from tracker.radiomics import extract, load_config
 
@@ -142,64 +170,75 @@ def main() -> None:
     lesions = {name: make_lesion(n, rng) for name, n in LESION_VOXELS.items()}
     cfg = load_config("ct_default")
     tmp = Path(tempfile.mkdtemp(prefix="mt_bench_features_"))
-    jobs_full = [["warmup", *write_nifti(tmp, "warmup", *lesions["small"]), 1]]
-    for name, (image, mask) in lesions.items():
-        jobs_full.append([name, *write_nifti(tmp, name, image, mask), args.repeats])
-
+    files = {name: write_nifti(tmp, name, image, mask) for name, (image, mask) in lesions.items()}
+    peers = [Peer("pyradiomics", args.pyradiomics_python, PYRADIOMICS_WORKER)]
+    if not args.skip_mirp:
+        peers.append(Peer("MIRP", args.mirp_python, MIRP_WORKER))
     extract(*lesions["small"], SPACING, cfg)  # warm-up: imports, caches
-    ours: dict[str, float] = {}
-    n_ours = 0
-    for name, (image, mask) in lesions.items():
-        times = []
-        for _ in range(args.repeats):
+    for peer in peers:
+        peer.time(*files["small"])
+
+    # interleave: ours, then each peer, lesion by lesion, so that all see the same machine load
+    ours: dict[str, list[float]] = {name: [] for name in lesions}
+    theirs: dict[str, dict[str, list[float]]] = {p.name: {name: [] for name in lesions} for p in peers}
+    n_features = {}
+    for rep in range(args.repeats):
+        for name, (image, mask) in lesions.items():
             t0 = time.perf_counter()
             fs = extract(image, mask, SPACING, cfg)
-            times.append(time.perf_counter() - t0)
-        ours[name] = float(np.median(times))
-        n_ours = sum(np.isfinite(v) for v in fs.values.values())
-
-    peers: dict[str, dict | str] = {
-        "pyradiomics": run_peer(args.pyradiomics_python, PYRADIOMICS_WORKER, jobs_full, 1800)
-    }
-    if args.skip_mirp:
-        peers["MIRP"] = "skipped (--skip-mirp)"
-    else:
-        mirp_jobs = [[*j[:3], 1] for j in jobs_full]  # MIRP is slow: one run per lesion
-        peers["MIRP"] = run_peer(args.mirp_python, MIRP_WORKER, mirp_jobs, 3600)
+            ours[name].append(time.perf_counter() - t0)
+            n_features["metatrack"] = sum(bool(np.isfinite(v)) for v in fs.values.values())
+            for peer in peers:
+                if peer.name == "MIRP" and rep > 0:
+                    continue  # MIRP is slow: one run per lesion
+                out = peer.time(*files[name])
+                if out:
+                    theirs[peer.name][name].append(out["seconds"])
+                    n_features[peer.name] = out["n_features"]
 
     print("lesions (voxels): " + ", ".join(f"{k} {int(m.sum())}" for k, (_, m) in lesions.items()))
-    print(f"metatrack: {n_ours} finite features per lesion (config ct_default)")
+    print("features per lesion: " + ", ".join(f"{k} {v}" for k, v in n_features.items()))
     header = f"{'lesion':8s} {'ours s':>9s}"
     for peer in peers:
-        header += f" {peer + ' s':>15s} {peer + '/ours':>17s}"
+        header += f" {peer.name + ' s':>15s} {peer.name + '/ours':>17s}"
     print(header)
     for name in lesions:
-        line = f"{name:8s} {ours[name]:9.3f}"
-        for result in peers.values():
-            if isinstance(result, dict) and name in result:
-                t = float(np.median(result[name]["seconds"]))
-                line += f" {t:15.3f} {t / ours[name]:16.1f}x"
+        t_ours = float(np.median(ours[name]))
+        line = f"{name:8s} {t_ours:9.3f}"
+        for peer in peers:
+            if theirs[peer.name][name]:
+                t = float(np.median(theirs[peer.name][name]))
+                line += f" {t:15.3f} {t / t_ours:16.1f}x"
             else:
                 line += f" {'-':>15s} {'-':>17s}"
         print(line)
-    for peer, result in peers.items():
-        if isinstance(result, str):
-            print(f"{peer}: {result}")
-        else:
-            print(f"{peer}: {result['small']['n_features']} features per lesion")
+    for peer in peers:
+        if peer.reason:
+            print(f"{peer.name}: {peer.reason}")
+    if args.skip_mirp:
+        print("MIRP: skipped (--skip-mirp)")
 
-    # throughput on a batch of lesions of mixed size (small to medium, as metastases are)
+    # throughput on a batch of lesions of mixed size (small to medium, as metastases are); pyradiomics runs
+    # on the same lesions, interleaved
     batch_rng = np.random.default_rng(SEED + 1)
     sizes = batch_rng.integers(200, 20_000, size=args.batch)
-    batch = [make_lesion(int(n), batch_rng) for n in sizes]
-    t0 = time.perf_counter()
-    for image, mask in batch:
+    t_ours = t_pyrad = 0.0
+    pyrad = peers[0]
+    for i, n in enumerate(sizes):
+        image, mask = make_lesion(int(n), batch_rng)
+        t0 = time.perf_counter()
         extract(image, mask, SPACING, cfg)
-    elapsed = time.perf_counter() - t0
+        t_ours += time.perf_counter() - t0
+        out = pyrad.time(*write_nifti(tmp, f"batch{i}", image, mask))
+        t_pyrad += out["seconds"] if out else float("nan")
     print(
         f"batch: {args.batch} lesions ({int(sizes.min())}-{int(sizes.max())} voxels, median {int(np.median(sizes))})"
-        f" in {elapsed:.1f} s = {args.batch / elapsed:.1f} lesions/s ({elapsed / args.batch:.3f} s/lesion)"
+        f": ours {t_ours:.1f} s = {args.batch / t_ours:.1f} lesions/s ({t_ours / args.batch:.3f} s/lesion);"
+        f" pyradiomics {t_pyrad:.1f} s ({t_pyrad / args.batch:.3f} s/lesion); ratio {t_pyrad / t_ours:.2f}x"
     )
+    for peer in peers:
+        peer.close()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -30,10 +30,14 @@ def local_intensity_features(
     if not int_mask.any():
         return {}
     kernel = sphere_kernel(spacing).astype(np.float64)
-    sums = fftconvolve(image, kernel, mode="same")
-    counts = fftconvolve(np.ones_like(image), kernel, mode="same")
-    means = sums / np.maximum(np.round(counts), 1.0)
+    sums = fftconvolve(image, kernel, mode="same")[int_mask]
+    half = np.array(kernel.shape) // 2
+    idx = np.argwhere(int_mask)
+    if np.all(idx.min(axis=0) >= half) and np.all(idx.max(axis=0) < np.array(image.shape) - half):
+        counts = float(kernel.sum())  # every sphere lies inside the array
+    else:
+        counts = np.round(fftconvolve(np.ones_like(image), kernel, mode="same")[int_mask])
+    roi_means = sums / counts
     roi_vals = image[int_mask]
-    roi_means = means[int_mask]
     brightest = roi_vals == roi_vals.max()
     return {"loc_peak_loc": float(roi_means[brightest].max()), "loc_peak_glob": float(roi_means.max())}
