@@ -44,3 +44,17 @@ def test_shell_of_sphere_matches_brute_force_distances() -> None:
     shell = peritumoral_shell(lesion, tuple(spacing), 2.0)
     assert shell.sum() == expected.sum() > 0
     assert np.array_equal(shell, expected)
+
+
+def test_features_on_the_shell_use_only_shell_voxels() -> None:
+    from tracker.radiomics import extract
+
+    lesion = np.zeros((24, 24, 24), bool)
+    lesion[9:15, 9:15, 9:15] = True
+    image = np.where(lesion, 100.0, 0.0)
+    image[:, :, :12] += 20.0  # left half of the surroundings is brighter
+    shell = peritumoral_shell(lesion, (1.0, 1.0, 1.0), 3.0)
+    values = extract(image, shell, (1.0, 1.0, 1.0), "ct_default").values
+    assert values["stat_mean"] == float(image[shell].mean())
+    assert values["stat_max"] == 20.0  # no lesion voxel leaks into the shell
+    assert values["morph_vol_approx"] == float(shell.sum())
