@@ -245,6 +245,44 @@ def process(
     )
 
 
+@app.command()
+def locate(
+    ctx: typer.Context,
+    patient: Annotated[str, typer.Argument(help="Patient pseudonym.")],
+    x: Annotated[float, typer.Argument(help="x (mm, LPS)")],
+    y: Annotated[float, typer.Argument(help="y (mm, LPS)")],
+    z: Annotated[float, typer.Argument(help="z (mm, LPS)")],
+    from_date: Annotated[str, typer.Option("--from", help="Date of the scan the point is in.")],
+    to_date: Annotated[str, typer.Option("--to", help="Date of the scan to map it to.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Map a physical point (mm, ITK/LPS) from one of a patient's timepoints to another.
+
+    Put `--` before negative coordinates: metatrack locate P --from 2024-01-10 --to 2024-03-20 -- -12.5 40 -7
+    """
+    from tracker.ingest import parse_date
+    from tracker.locate import locate as run
+
+    state = _state(ctx)
+    res = run(
+        state.engine(),
+        state.store(),
+        patient,
+        parse_date(from_date, "--from"),
+        parse_date(to_date, "--to"),
+        [[x, y, z]],
+    )
+    if as_json:
+        output.print_json(res)
+        return
+    p = res["points"][0]
+    flag = "  (registration flagged for review)" if res["needs_review"] else ""
+    output.out.print(
+        f"{res['from']} ({', '.join(f'{v:.2f}' for v in p['from'])}) -> "
+        f"{res['to']} ({', '.join(f'{v:.2f}' for v in p['to'])}) mm LPS{flag}"
+    )
+
+
 @app.command("patients")
 def patients_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List patients with their scan counts and dates."""

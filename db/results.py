@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -381,3 +382,19 @@ def pending_scans(session: Session, external_id: str | None = None) -> list[tupl
     for pid, sid in session.execute(q.order_by(Patient.external_id, Scan.scan_date)):
         out.setdefault(pid, []).append(sid)
     return list(out.items())
+
+
+def scan_frame(session: Session, store: FileStore, external_id: str, day: date) -> ScanFiles:
+    """A processed scan's files and transforms to the baseline frame, by patient and date."""
+    patient = repo.get_patient(session, external_id)
+    if patient is None:
+        raise MetatrackError(f"unknown patient {external_id!r}")
+    scans = repo.patient_scans(session, patient)
+    for i, scan in enumerate(scans):
+        if scan.scan_date == day:
+            if i > 0 and scan.state != ScanState.PROCESSED:
+                raise MetatrackError(f"patient {external_id!r}: scan of {day} is not registered yet; run `process`")
+            reg = session.scalar(select(Registration).where(Registration.moving_scan_id == scan.id))
+            return _scan_files(session, store, scan, i, reg)
+    dates = ", ".join(s.scan_date.isoformat() for s in scans)
+    raise MetatrackError(f"patient {external_id!r} has no scan dated {day} (scans: {dates})")

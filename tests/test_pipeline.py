@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import Engine, select
 
@@ -14,6 +16,7 @@ from db.models import Lesion, Scan, ScanState
 from db.session import make_engine, session_scope
 from db.views import timeline
 from tracker.ingest import ingest_many, read_manifest
+from tracker.locate import locate
 from tracker.pipeline import Settings
 from tracker.process import process_pending
 from tracker.simulator import SimulationConfig, simulate_cohort
@@ -84,6 +87,16 @@ def test_process_tracks_against_truth_and_is_idempotent(engine: Engine, cohort: 
     assert all(s["patient_features"]["lesion_count"] == len(s["lesions"]) for s in scans)
     truth_volumes = [sum(les["volume_mm3"] for les in s["lesions"]) for s in scans]
     assert [s["patient_features"]["total_volume_mm3"] for s in scans] == pytest.approx(truth_volumes)
+    # locate: the truth's landmark pairs, mapped baseline -> follow-up through the stored registration
+    follow_up = truth["scans"][1]
+    pairs = follow_up["landmarks"]
+    base_pts = np.array([p["baseline"] for p in pairs])
+    res = locate(engine, store, "SIM001", date.fromisoformat(scans[0]["date"]),
+                 date.fromisoformat(follow_up["date"]), base_pts)  # fmt: skip
+    mapped = np.array([p["to"] for p in res["points"]])
+    err = np.linalg.norm(mapped - np.array([p["scan"] for p in pairs]), axis=1)
+    initial = np.linalg.norm(base_pts - np.array([p["scan"] for p in pairs]), axis=1)
+    assert err.mean() < 2.5 < initial.mean(), (err.mean(), initial.mean())  # 4 mm voxels
     # re-running is a no-op
     with session_scope(engine) as s:
         before = repo.table_counts(s)
