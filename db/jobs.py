@@ -81,7 +81,7 @@ def enqueue(
             set_={"state": JobState.QUEUED, "attempts": 0, "error": None, "payload": stmt.excluded.payload},
             where=table.c.state == JobState.DONE,
         )
-        total += session.execute(stmt).rowcount or 0
+        total += len(session.execute(stmt.returning(table.c.id)).all())  # rowcount is -1 on some drivers
     return total
 
 

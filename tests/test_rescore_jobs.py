@@ -1,0 +1,265 @@
+"""Re-scoring: conditional risk from curves, idempotent/resumable/concurrent rescore, failures and retry."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import Engine, func, select, update
+from test_events_tables import FEATURES, fill_cohort, synthetic_tables, tiny_model
+
+import tracker.rescore as rescore
+from db import jobs
+from db.migrate import upgrade
+from db.models import ClinicalEvent, EventKind, Job, JobState, PatientFeature, RiskScore
+from db.registry import promote, register_model
+from db.session import make_engine, session_scope
+from tracker.errors import MetatrackError
+from tracker.scoring import DAYS_PER_MONTH, conditional_risk, curve_row_horizon, survival_at
+from tracker.store import FileStore
+from tracker.survival.model import interpolate_survival
+
+AS_OF = date(2024, 6, 1)  # later than every synthetic scan (they end before mid-2023)
+HORIZONS = (6, 12, 24)
+
+
+def test_conditional_risk_hand_computed() -> None:
+    grid = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    s = np.array([[0.9, 0.8, 0.72, 0.6, 0.5, 0.45]])
+    assert conditional_risk(s, grid, np.array([0.0]), 2.0)[0] == pytest.approx(1 - 0.8)
+    assert conditional_risk(s, grid, np.array([1.0]), 2.0)[0] == pytest.approx(1 - 0.72 / 0.9)
+    # log-linear inside a bin: S(1.5) = sqrt(0.9 * 0.8), S(2.5) = sqrt(0.8 * 0.72)
+    assert conditional_risk(s, grid, np.array([1.5]), 1.0)[0] == pytest.approx(1 - np.sqrt(0.72 / 0.9))
+    assert survival_at(s, grid, np.array([0.5]))[0] == pytest.approx(np.sqrt(0.9))
+    # past the grid the last bin's hazard continues: S(7) = 0.45 * (0.45 / 0.5)
+    assert conditional_risk(s, grid, np.array([5.0]), 2.0)[0] == pytest.approx(1 - 0.45 * 0.9 / 0.5)
+    assert curve_row_horizon([6, 12, 24]) == 12 and curve_row_horizon([3, 6]) == 3
+
+
+def _setup(engine: Engine, tmp_path: Path, n: int = 30, seed: int = 11) -> tuple[FileStore, dict[str, int], object]:
+    store = FileStore(tmp_path / "store")
+    visits, events = synthetic_tables(n, seed=seed)
+    ids = fill_cohort(engine, visits, events)
+    with session_scope(engine) as s:
+        register_model(s, store, tiny_model(), "gru", "metastasis")
+        promote(s, "gru:1")
+    return store, ids, (visits, events)
+
+
+def _expected_rows(visits, events, as_of: date) -> int:
+    """Scans x horizons, plus a tick per patient without a metastasis by the as-of date."""
+    had_event = set(events.loc[(events["event"] == 1) & (events["event_date"] <= as_of), "patient_id"])
+    ticks = sum(1 for p in visits["patient_id"].unique() if p not in had_event)
+    return (len(visits) + ticks) * len(HORIZONS)
+
+
+def _snapshot(engine: Engine) -> tuple[int, object, int]:
+    with session_scope(engine) as s:
+        return (
+            s.scalar(select(func.count()).select_from(RiskScore)),
+            s.scalar(select(func.max(RiskScore.computed_at))),
+            s.scalar(select(func.count()).select_from(Job)),
+        )
+
+
+def test_rescore_idempotent_and_matches_model(engine: Engine, tmp_path: Path) -> None:
+    store, ids, (visits, events) = _setup(engine, tmp_path)
+    first = rescore.rescore_all(engine, store, as_of=AS_OF, batch_size=7)
+    assert first["planned"] == 30 and first["jobs_done"] == 30 and first["jobs_failed"] == 0
+    n_rows, computed, n_jobs = _snapshot(engine)
+    assert n_rows == _expected_rows(visits, events, AS_OF) == first["rows_written"]
+    second = rescore.rescore_all(engine, store, as_of=AS_OF, batch_size=7)
+    assert second["planned"] == 0 and second["rows_written"] == 0
+    assert rescore.plan(engine, as_of=AS_OF) == 0
+    assert _snapshot(engine) == (n_rows, computed, n_jobs)
+    # risks at scan dates are the model's own 1 - S(h) from each visit
+    truth = tiny_model().predict_all_visits(visits[["patient_id", "time_days", *FEATURES]], HORIZONS)
+    with session_scope(engine) as s:
+        got = s.execute(
+            select(RiskScore.patient_id, RiskScore.as_of_date, RiskScore.horizon_months, RiskScore.risk).where(
+                RiskScore.scan_id.is_not(None)
+            )
+        ).all()
+        curves = s.scalar(select(func.count()).select_from(RiskScore).where(RiskScore.curve.is_not(None)))
+    assert curves == n_rows // len(HORIZONS)
+    by_key = {(p, d, h): r for p, d, h, r in got}
+    name_of = {v: k for k, v in ids.items()}
+    visits = visits.assign(visit_index=visits.groupby("patient_id").cumcount() + 1)
+    merged = truth.merge(visits[["patient_id", "visit_index", "scan_date"]], on=["patient_id", "visit_index"])
+    stored = [by_key[(ids[p], d, int(h))] for p, d, h in merged[["patient_id", "scan_date", "horizon_months"]].values]
+    # float32 GRU: batch composition moves results by ~1e-7 (relative)
+    np.testing.assert_allclose(stored, merged["risk"], rtol=1e-5, atol=1e-7)
+    assert len(by_key) == len(merged) and set(name_of) == set(ids.values())
+
+
+def test_calendar_tick_is_conditional_risk_from_last_visit(engine: Engine, tmp_path: Path) -> None:
+    store, ids, (visits, events) = _setup(engine, tmp_path, n=12, seed=12)
+    rescore.rescore_all(engine, store, as_of=AS_OF)
+    free = events[events["event"] == 0]["patient_id"].iloc[0]
+    sick = events[events["event"] == 1]["patient_id"].iloc[0]
+    mine = visits[visits["patient_id"] == free]
+    later = date.fromordinal(mine["scan_date"].max().toordinal() + 100)
+    rescore.rescore_all(engine, store, as_of=later)  # a later tick for everyone still event-free
+    _, surv = tiny_model().survival_all_visits(mine[["patient_id", "time_days", *FEATURES]])
+    grid = tiny_model().grid_months
+    t = 100 / DAYS_PER_MONTH
+    with session_scope(engine) as s:
+        rows = dict(
+            s.execute(
+                select(RiskScore.horizon_months, RiskScore.risk).where(
+                    RiskScore.patient_id == ids[free], RiskScore.as_of_date == later, RiskScore.scan_id.is_(None)
+                )
+            ).all()
+        )
+        sick_ticks = s.scalar(
+            select(func.count())
+            .select_from(RiskScore)
+            .where(RiskScore.patient_id == ids[sick], RiskScore.scan_id.is_(None))
+        )
+    for h in HORIZONS:
+        s_t = interpolate_survival(surv[-1:], grid, t)[0]
+        s_th = interpolate_survival(surv[-1:], grid, t + h)[0]
+        assert rows[h] == pytest.approx(1.0 - s_th / s_t, rel=1e-9)
+    assert sick_ticks == 0  # a patient with a metastasis before the as-of date gets no calendar tick
+
+
+def test_changed_inputs_rescore_only_that_patient(engine: Engine, tmp_path: Path) -> None:
+    store, ids, _ = _setup(engine, tmp_path, n=10, seed=13)
+    rescore.rescore_all(engine, store, as_of=AS_OF)
+    with session_scope(engine) as s:
+        before = dict(s.execute(select(RiskScore.id, RiskScore.computed_at)).all())
+        s.execute(
+            update(PatientFeature)
+            .where(PatientFeature.patient_id == ids["S00004"], PatientFeature.tag == "burden_log")
+            .values(value=PatientFeature.value + 1.0)
+        )
+    assert rescore.plan(engine, as_of=AS_OF) == 1
+    assert rescore.plan(engine, as_of=AS_OF) == 0  # planned twice: deduplicated
+    stats = rescore.work(engine, store)
+    assert stats.jobs_done == 1
+    with session_scope(engine) as s:
+        after = s.execute(select(RiskScore.id, RiskScore.patient_id, RiskScore.computed_at)).all()
+    assert len(after) == len(before)
+    changed = {p for i, p, c in after if c != before[i]}
+    assert changed == {ids["S00004"]}
+
+
+def test_crash_then_resume_completes_without_duplicates(engine: Engine, tmp_path: Path, monkeypatch) -> None:
+    store, _, (visits, events) = _setup(engine, tmp_path, n=25, seed=14)
+    real = rescore._write_batch
+    calls = {"n": 0}
+
+    def crash_on_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("worker killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rescore, "_write_batch", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        rescore.rescore_all(engine, store, as_of=AS_OF, batch_size=10)
+    with session_scope(engine) as s:
+        assert jobs.counts(s, rescore.JOB_KIND) == {"queued": 5, "running": 10, "done": 10, "failed": 0}
+    monkeypatch.setattr(rescore, "_write_batch", real)
+    # PostgreSQL keeps running jobs for the stale timeout unless asked; SQLite's lock proves the worker is gone
+    stats = rescore.rescore_all(engine, store, as_of=AS_OF, batch_size=10, reclaim=engine.dialect.name != "sqlite")
+    assert stats["reclaimed"] == 10 and stats["jobs_done"] == 15
+    n_rows, _, n_jobs = _snapshot(engine)
+    assert n_rows == _expected_rows(visits, events, AS_OF) and n_jobs == 25
+    with session_scope(engine) as s:
+        assert jobs.counts(s, rescore.JOB_KIND)["done"] == 25
+
+
+def test_failing_patient_fails_its_job_then_retry(engine: Engine, tmp_path: Path, monkeypatch) -> None:
+    store, ids, _ = _setup(engine, tmp_path, n=8, seed=15)
+    real = rescore._score_group
+    bad = ids["S00002"]
+
+    def broken(model, visits, *args, **kwargs):
+        if (visits["db_patient_id"] == bad).any():
+            raise ValueError("corrupt features")
+        return real(model, visits, *args, **kwargs)
+
+    monkeypatch.setattr(rescore, "_score_group", broken)
+    stats = rescore.rescore_all(engine, store, as_of=AS_OF)
+    assert (stats["jobs_done"], stats["jobs_failed"]) == (7, 1)
+    with session_scope(engine) as s:
+        failed = jobs.list_jobs(s, state="failed")
+        assert len(failed) == 1 and failed[0]["payload"]["patient_id"] == bad
+        assert "corrupt features" in failed[0]["error"] and failed[0]["attempts"] == 1
+        assert s.scalar(select(func.count()).select_from(RiskScore).where(RiskScore.patient_id == bad)) == 0
+    assert rescore.plan(engine, as_of=AS_OF) == 0  # a failed job waits for `jobs retry`
+    monkeypatch.setattr(rescore, "_score_group", real)
+    with session_scope(engine) as s:
+        assert jobs.retry(s, all_failed=True) == 1
+    assert rescore.work(engine, store).jobs_done == 1
+    with session_scope(engine) as s:
+        assert s.scalar(select(func.count()).select_from(RiskScore).where(RiskScore.patient_id == bad)) > 0
+        with pytest.raises(MetatrackError, match="only failed"):
+            jobs.retry(s, job_id=failed[0]["id"])
+
+
+def test_sqlite_allows_one_worker(tmp_path: Path) -> None:
+    eng = make_engine(f"sqlite:///{tmp_path / 'one.db'}")
+    upgrade(eng)
+    with jobs.worker_lock(eng), pytest.raises(MetatrackError, match="another worker"):
+        rescore.work(eng, FileStore(tmp_path / "store"))
+    with pytest.raises(MetatrackError, match="PostgreSQL"):
+        rescore.rescore_all(eng, FileStore(tmp_path / "store"), workers=2)
+    eng.dispose()
+
+
+def test_score_patients_noop_without_model_then_scores_only_those(engine: Engine, tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    visits, events = synthetic_tables(8, seed=16)
+    ids = fill_cohort(engine, visits, events)
+    free = list(events.loc[events["event"] == 0, "patient_id"])
+    a, b = ids[free[0]], ids[free[1]]
+    assert rescore.score_patients(engine, store, [a], as_of=AS_OF).jobs_done == 0
+    with session_scope(engine) as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 0
+        register_model(s, store, tiny_model(), "gru", "metastasis")
+        promote(s, "gru")
+    assert rescore.plan(engine, as_of=AS_OF) == 8  # queued for everyone ...
+    stats = rescore.score_patients(engine, store, [a, b], as_of=AS_OF)
+    assert stats.jobs_done == 2  # ... but only these two are worked now
+    with session_scope(engine) as s:
+        scored = set(s.scalars(select(RiskScore.patient_id).distinct()))
+        assert scored == {a, b}
+        assert jobs.counts(s)["queued"] == 6
+        assert s.scalar(select(func.count()).where(RiskScore.patient_id == a, RiskScore.scan_id.is_(None))) == 3
+        # an event recorded before the as-of date removes the tick: the patient is stale again
+        s.add(ClinicalEvent(patient_id=a, kind=EventKind.METASTASIS, event_date=AS_OF - timedelta(1)))
+    assert rescore.score_patients(engine, store, [a], as_of=AS_OF).jobs_done == 1
+    with session_scope(engine) as s:
+        fps = set(s.scalars(select(RiskScore.input_fingerprint).where(RiskScore.patient_id == a)))
+        ticks = s.scalars(
+            select(RiskScore.input_fingerprint).where(RiskScore.patient_id == a, RiskScore.scan_id.is_(None))
+        )
+        # the old tick rows stay (history of what was reported), the scan rows carry the new fingerprint
+        assert len(fps) == 2 and len(set(ticks)) == 1
+
+
+@pytest.mark.postgres
+def test_concurrent_workers_postgres_each_job_once(pg_url: str, tmp_path: Path) -> None:
+    eng = make_engine(pg_url)
+    upgrade(eng)
+    store, _, (visits, events) = _setup(eng, tmp_path, n=60, seed=17)
+    stats = rescore.rescore_all(eng, store, as_of=AS_OF, workers=2, batch_size=4)
+    assert stats["jobs_done"] == 60 and stats["jobs_failed"] == 0
+    with session_scope(eng) as s:
+        attempts = list(s.scalars(select(Job.attempts)))
+        states = set(s.scalars(select(Job.state)))
+        workers = set(s.scalars(select(Job.worker)))
+        n_rows = s.scalar(select(func.count()).select_from(RiskScore))
+        distinct = s.scalar(
+            select(func.count()).select_from(
+                select(RiskScore.patient_id, RiskScore.as_of_date, RiskScore.horizon_months).distinct().subquery()
+            )
+        )
+    assert attempts == [1] * 60 and states == {JobState.DONE}
+    assert n_rows == distinct == _expected_rows(visits, events, AS_OF)
+    assert len(workers) >= 1
+    eng.dispose()

@@ -1,0 +1,480 @@
+"""Re-scoring: find patients whose stored risk scores are stale, queue one job per patient, work the jobs.
+
+For each promoted model (one per endpoint) a patient is expected to have a score for every horizon as of every
+processed scan's date, plus a calendar tick (as-of = the first day of the current month, or a given date) when that
+is later than the last scan and the patient has had no endpoint event by then. Every score row carries an input
+fingerprint: sha256 over the model version, its features, the horizons, the tick date and the patient's visit rows
+(scan ids, dates, feature values). A patient whose rows with the current fingerprint are not all present is stale.
+
+The survival curve (the model's, seen from the as-of date) is stored on the 12-month row of each as-of date only
+(on the smallest horizon's row when 12 is not among the horizons): see :func:`tracker.scoring.curve_row_horizon`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from tracker.errors import MetatrackError
+from tracker.scoring import DEFAULT_HORIZONS, curve_row_horizon, month_start, months_between, risk_table
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session
+
+    from tracker.store import FileStore
+    from tracker.survival import RiskModel
+
+JOB_KIND = "rescore"
+DEFAULT_BATCH = 500
+CURVE_DECIMALS = 6
+_PREDICT_LOCK = threading.Lock()  # torch thread settings are process-global: one prediction at a time
+
+
+@dataclass
+class WorkStats:
+    """What a worker did."""
+
+    batches: int = 0
+    jobs_done: int = 0
+    jobs_failed: int = 0
+    patients: int = 0
+    rows_written: int = 0
+    reclaimed: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: WorkStats) -> None:
+        for name in ("batches", "jobs_done", "jobs_failed", "patients", "rows_written", "reclaimed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors += other.errors
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "errors"} | {"errors": self.errors[:20]}
+
+
+def default_as_of() -> date:
+    """The calendar tick: the first day of the current (UTC) month."""
+    return month_start(datetime.now(UTC).date())
+
+
+@dataclass
+class PatientPlan:
+    """What one patient's scores should be: the tick date (or None) and the fingerprint of the inputs."""
+
+    db_patient_id: int
+    tick: date | None
+    fingerprint: str
+    n_rows: int
+
+
+def plan_patients(
+    visits: pd.DataFrame,
+    features: Sequence[str],
+    model_version_id: int,
+    as_of: date,
+    horizons: Sequence[int],
+    event_dates: dict[int, date],
+) -> list[PatientPlan]:
+    """Expected score rows and input fingerprint per patient of a visit table (sorted by patient and time)."""
+    if visits.empty:
+        return []
+    header = json.dumps(
+        {"model_version_id": int(model_version_id), "features": list(features), "horizons": [int(h) for h in horizons]},
+        sort_keys=True,
+    ).encode()
+    pids = visits["db_patient_id"].to_numpy(dtype=np.int64)
+    days = pd.to_datetime(visits["scan_date"]).to_numpy().astype("datetime64[D]").astype(np.int64)
+    mat = np.column_stack(
+        [
+            visits["scan_id"].to_numpy(dtype=np.float64),
+            days.astype(np.float64),
+            visits[list(features)].to_numpy(dtype=np.float64) if features else np.zeros((len(visits), 0)),
+        ]
+    )
+    mat = np.where(np.isnan(mat), np.nan, mat)  # one NaN bit pattern
+    starts = np.flatnonzero(np.r_[True, pids[1:] != pids[:-1]])
+    ends = np.r_[starts[1:], len(pids)]
+    last_dates = visits["scan_date"].to_numpy()[ends - 1]
+    out = []
+    for s, e, last in zip(starts, ends, last_dates, strict=True):
+        pid = int(pids[s])
+        ev = event_dates.get(pid)
+        tick = as_of if as_of > last and (ev is None or ev > as_of) else None
+        h = hashlib.sha256(header)
+        h.update((tick.isoformat() if tick else "-").encode())
+        h.update(np.ascontiguousarray(mat[s:e]).tobytes())
+        out.append(PatientPlan(pid, tick, h.hexdigest(), (e - s + (tick is not None)) * len(horizons)))
+    return out
+
+
+def _dedupe_key(model_version_id: int, plan: PatientPlan) -> str:
+    return f"{JOB_KIND}:m{model_version_id}:p{plan.db_patient_id}:{plan.fingerprint}"
+
+
+def _stored_counts(session: Session, model_version_id: int, db_ids: list[int] | None) -> dict[tuple[int, str], int]:
+    from sqlalchemy import func, select
+
+    from db.models import RiskScore
+
+    q = (
+        select(RiskScore.patient_id, RiskScore.input_fingerprint, func.count())
+        .where(RiskScore.model_version_id == model_version_id)
+        .group_by(RiskScore.patient_id, RiskScore.input_fingerprint)
+    )
+    if db_ids is not None:
+        q = q.where(RiskScore.patient_id.in_(db_ids))
+    return {(int(p), f): int(n) for p, f, n in session.execute(q)}
+
+
+def _plan_in_session(
+    session: Session,
+    endpoint: str | None,
+    as_of: date,
+    horizons: Sequence[int],
+    db_ids: list[int] | None,
+) -> tuple[list[str], int]:
+    """Queue jobs for stale patients; returns (dedupe keys of every stale patient's job, jobs added)."""
+    from db import jobs
+    from db.registry import promoted_models
+    from db.visits import first_event_dates, visit_table
+
+    keys: list[str] = []
+    added = 0
+    for mv in promoted_models(session, endpoint):
+        visits = visit_table(session, db_ids, tags=list(mv.features))
+        if visits.empty:
+            continue
+        events = first_event_dates(session, mv.endpoint, db_ids, on_or_before=as_of)
+        plans = plan_patients(visits, list(mv.features), mv.id, as_of, horizons, events)
+        stored = _stored_counts(session, mv.id, db_ids)
+        stale = [p for p in plans if stored.get((p.db_patient_id, p.fingerprint), 0) != p.n_rows]
+        items = [
+            (
+                _dedupe_key(mv.id, p),
+                {
+                    "patient_id": p.db_patient_id,
+                    "model_version_id": mv.id,
+                    "as_of": as_of.isoformat(),
+                    "horizons": [int(h) for h in horizons],
+                    "fingerprint": p.fingerprint,
+                },
+            )
+            for p in stale
+        ]
+        added += jobs.enqueue(session, JOB_KIND, items)
+        keys += [k for k, _ in items]
+    return keys, added
+
+
+def plan(
+    engine: Engine,
+    endpoint: str | None = None,
+    as_of: date | None = None,
+    horizons: Sequence[int] = DEFAULT_HORIZONS,
+    patient_ids: Sequence[int] | None = None,
+) -> int:
+    """Queue a re-scoring job for every patient whose scores are stale; returns the number of jobs added.
+
+    Planning twice adds nothing (jobs are deduplicated by model, patient and input fingerprint). `patient_ids`
+    (DB ids) restricts planning to those patients.
+    """
+    from db.session import session_scope
+
+    as_of = as_of or default_as_of()
+    with session_scope(engine) as s:
+        _, added = _plan_in_session(
+            s, endpoint, as_of, horizons, list(patient_ids) if patient_ids is not None else None
+        )
+    return added
+
+
+def _score_group(
+    model: RiskModel,
+    visits: pd.DataFrame,
+    plans: dict[int, PatientPlan],
+    model_version_id: int,
+    horizons: Sequence[int],
+    computed_at: datetime,
+) -> list[dict[str, Any]]:
+    """Score rows for the patients of `visits` (all must be scorable: the caller isolates failures)."""
+    from db.visits import model_inputs
+
+    inputs = model_inputs(visits)[["patient_id", "time_days", *model.features]]
+    with _PREDICT_LOCK:
+        index, surv = model.survival_all_visits(inputs)
+    if len(index) != len(visits) or not np.array_equal(index["patient_id"].to_numpy(), inputs["patient_id"].to_numpy()):
+        raise MetatrackError("rescore: model output rows do not line up with the visit table")
+    grid = model.grid_months
+    horizons = [int(h) for h in horizons]
+    curve_h = curve_row_horizon(horizons)
+    pids = visits["db_patient_id"].to_numpy(dtype=np.int64)
+    scan_ids = visits["scan_id"].to_numpy(dtype=np.int64)
+    dates = list(visits["scan_date"])
+    # as of each scan (t = 0), then as of the tick from each patient's last visit's curve
+    risks, curves = risk_table(surv, grid, np.zeros(len(visits)), horizons)
+    is_last = np.r_[pids[1:] != pids[:-1], True]
+    tick_rows = [i for i in np.flatnonzero(is_last) if plans[int(pids[i])].tick is not None]
+    t_tick = np.array([months_between(dates[i], plans[int(pids[i])].tick) for i in tick_rows])
+    if tick_rows:
+        tick_risks, tick_curves = risk_table(surv[tick_rows], grid, t_tick, horizons)
+    rows: list[dict[str, Any]] = []
+
+    def emit(pid: int, scan_id: int | None, day: date, r: np.ndarray, curve: np.ndarray) -> None:
+        fp = plans[pid].fingerprint
+        for k, h in enumerate(horizons):
+            rows.append(
+                {
+                    "patient_id": pid,
+                    "scan_id": scan_id,
+                    "as_of_date": day,
+                    "model_version_id": model_version_id,
+                    "horizon_months": h,
+                    "risk": float(r[k]),
+                    "curve": np.round(curve, CURVE_DECIMALS).tolist() if h == curve_h else None,
+                    "input_fingerprint": fp,
+                    "computed_at": computed_at,
+                }
+            )
+
+    for i in range(len(visits)):
+        emit(int(pids[i]), int(scan_ids[i]), dates[i], risks[i], curves[i])
+    for j, i in enumerate(tick_rows):
+        pid = int(pids[i])
+        emit(pid, None, plans[pid].tick, tick_risks[j], tick_curves[j])
+    return rows
+
+
+def _upsert_scores(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert score rows; a row with the same key and another fingerprint is replaced, an identical one kept."""
+    if not rows:
+        return
+    from db.jobs import _insert
+    from db.models import RiskScore
+
+    table = RiskScore.__table__
+    stmt = _insert(session)(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[table.c.patient_id, table.c.as_of_date, table.c.model_version_id, table.c.horizon_months],
+        set_={c: stmt.excluded[c] for c in ("scan_id", "risk", "curve", "input_fingerprint", "computed_at")},
+        where=table.c.input_fingerprint != stmt.excluded.input_fingerprint,
+    )
+    # rows without a curve leave the column out, so that it is SQL NULL rather than JSON 'null'
+    with_curve = [r for r in rows if r["curve"] is not None]
+    without = [{k: v for k, v in r.items() if k != "curve"} for r in rows if r["curve"] is None]
+    for part in (with_curve, without):
+        if part:
+            session.execute(stmt, part)
+
+
+def _write_batch(
+    engine: Engine, worker: str, rows: list[dict[str, Any]], done: list[int], failed: dict[int, str]
+) -> None:
+    """One transaction: the batch's score rows, its jobs done, its failed jobs with their errors."""
+    from db import jobs
+    from db.session import session_scope
+
+    with session_scope(engine) as s:
+        _upsert_scores(s, rows)
+        jobs.complete(s, done, worker)
+        for job_id, error in failed.items():
+            jobs.fail(s, job_id, worker, error)
+
+
+def _run_batch(engine: Engine, store: FileStore, worker: str, claimed: list[tuple[int, dict[str, Any]]]) -> WorkStats:
+    """Score the patients of claimed jobs (one vectorised call per model/as-of group) and write the results."""
+    from db.models import ModelVersion
+    from db.registry import load_file
+    from db.session import session_scope
+    from db.visits import first_event_dates, visit_table
+
+    stats = WorkStats(batches=1)
+    groups: dict[tuple, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+    for job_id, payload in claimed:
+        key = (int(payload["model_version_id"]), payload["as_of"], tuple(payload.get("horizons", DEFAULT_HORIZONS)))
+        groups[key].append((job_id, payload))
+    computed_at = datetime.now(UTC)
+    rows: list[dict[str, Any]] = []
+    done: list[int] = []
+    failed: dict[int, str] = {}
+    for (mv_id, as_of_s, horizons), items in groups.items():
+        job_of = {int(p["patient_id"]): j for j, p in items}
+        db_ids = sorted(job_of)
+        try:
+            with session_scope(engine) as s:
+                mv = s.get(ModelVersion, mv_id)
+                if mv is None:
+                    raise MetatrackError(f"model version id {mv_id} no longer exists")
+                model = load_file(store, mv)
+                visits = visit_table(s, db_ids, tags=list(mv.features))
+                events = first_event_dates(s, mv.endpoint, db_ids, on_or_before=date.fromisoformat(as_of_s))
+            plans = {
+                p.db_patient_id: p
+                for p in plan_patients(visits, list(mv.features), mv_id, date.fromisoformat(as_of_s), horizons, events)
+            }
+        except Exception as exc:  # the whole group cannot be scored: every job fails with the reason
+            for pid in db_ids:
+                failed[job_of[pid]] = f"{type(exc).__name__}: {exc}"
+            continue
+        try:
+            rows += _score_group(model, visits, plans, mv_id, horizons, computed_at)
+            done += [job_of[p] for p in db_ids]
+        except Exception:  # isolate the failing patients, score the others one by one
+            for pid in db_ids:
+                one = visits[visits["db_patient_id"] == pid]
+                try:
+                    rows += _score_group(model, one, plans, mv_id, horizons, computed_at) if len(one) else []
+                    done.append(job_of[pid])
+                except Exception as exc:
+                    failed[job_of[pid]] = f"{type(exc).__name__}: {exc}"
+        stats.patients += len(db_ids)
+    _write_batch(engine, worker, rows, done, failed)
+    stats.jobs_done, stats.jobs_failed, stats.rows_written = len(done), len(failed), len(rows)
+    stats.errors = [f"job {j}: {e}" for j, e in failed.items()]
+    return stats
+
+
+def work(
+    engine: Engine,
+    store: FileStore,
+    worker: str | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    *,
+    reclaim: bool = False,
+    stale_after_s: float | None = None,
+    max_batches: int | None = None,
+    keys: Sequence[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+    lock: bool = True,
+) -> WorkStats:
+    """Claim and score batches of queued re-scoring jobs until none is left (or `max_batches`).
+
+    Running jobs of lost workers go back to the queue first: on SQLite all of them (the single-worker lock proves
+    their worker is gone), on PostgreSQL those older than `stale_after_s` (default 15 minutes), or all with
+    `reclaim`. Each batch is one transaction for its scores and job states.
+    """
+    from db import jobs
+    from db.session import session_scope
+
+    worker = worker or jobs.default_worker_name()
+    stats = WorkStats()
+    start = time.perf_counter()
+    guard = jobs.worker_lock(engine, wait=keys is not None) if lock else _null()
+    with guard:
+        with session_scope(engine) as s:
+            everything = reclaim or engine.dialect.name == "sqlite"
+            stats.reclaimed = jobs.reclaim(
+                s, JOB_KIND, None if everything else (stale_after_s or jobs.DEFAULT_STALE_AFTER_S)
+            )
+        while max_batches is None or stats.batches < max_batches:
+            with session_scope(engine) as s:
+                claimed = jobs.claim(s, JOB_KIND, worker, batch_size, keys=keys)
+            if not claimed:
+                break
+            stats.add(_run_batch(engine, store, worker, claimed))
+            if progress is not None:
+                progress(len(claimed))
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def queued_count(engine: Engine) -> int:
+    """Number of queued re-scoring jobs."""
+    from db import jobs
+    from db.session import session_scope
+
+    with session_scope(engine) as s:
+        return jobs.counts(s, JOB_KIND)["queued"]
+
+
+def rescore_all(
+    engine: Engine,
+    store: FileStore,
+    endpoint: str | None = None,
+    as_of: date | None = None,
+    *,
+    horizons: Sequence[int] = DEFAULT_HORIZONS,
+    workers: int = 1,
+    batch_size: int = DEFAULT_BATCH,
+    reclaim: bool = False,
+    progress: Callable[[int], None] | None = None,
+    on_planned: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Plan, then work until the queue is empty; several workers (threads) only on PostgreSQL."""
+    from db import jobs
+    from db.session import session_scope
+
+    if workers < 1:
+        raise MetatrackError(f"--workers must be >= 1, got {workers}")
+    if workers > 1 and engine.dialect.name != "postgresql":
+        raise MetatrackError("--workers > 1 needs PostgreSQL; SQLite allows one worker")
+    start = time.perf_counter()
+    planned = plan(engine, endpoint, as_of, horizons)
+    if on_planned is not None:
+        on_planned(queued_count(engine))
+    if workers == 1:
+        stats = work(engine, store, batch_size=batch_size, reclaim=reclaim, progress=progress)
+    else:
+        stats = WorkStats()
+        with session_scope(engine) as s:
+            stats.reclaimed = jobs.reclaim(s, JOB_KIND, None if reclaim else jobs.DEFAULT_STALE_AFTER_S)
+        results: list[WorkStats | BaseException] = []
+        base = jobs.default_worker_name()
+
+        def run(i: int) -> None:
+            try:
+                results.append(work(engine, store, f"{base}/{i}", batch_size, progress=progress, lock=False))
+            except BaseException as exc:  # reported after the join
+                results.append(exc)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+            stats.add(r)
+    out = stats.as_dict()
+    out.update(planned=planned, seconds=time.perf_counter() - start)
+    return out
+
+
+def score_patients(
+    engine: Engine,
+    store: FileStore,
+    patient_ids: Sequence[int],
+    as_of: date | None = None,
+    horizons: Sequence[int] = DEFAULT_HORIZONS,
+) -> WorkStats:
+    """Bring the scores of these patients (DB ids) up to date now, e.g. after processing their new scans.
+
+    A no-op when no model is promoted. Only these patients' jobs are worked; failures are recorded on the jobs.
+    """
+    from db.session import session_scope
+
+    as_of = as_of or default_as_of()
+    with session_scope(engine) as s:
+        keys, _ = _plan_in_session(s, None, as_of, horizons, list(patient_ids))
+    if not keys:
+        return WorkStats()
+    return work(engine, store, keys=keys, batch_size=max(len(keys), 1))
