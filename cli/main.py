@@ -283,6 +283,22 @@ def locate(
     )
 
 
+@app.command()
+def features(
+    image: Annotated[Path | None, typer.Argument(help="Image file (NIfTI/NRRD/MHA) or DICOM folder.")] = None,
+    mask: Annotated[Path | None, typer.Argument(help="Mask on the image's grid.")] = None,
+    config: Annotated[str, typer.Option("--config", "-c", help="Preset name or YAML config.")] = "ct_default",
+    label: Annotated[int | None, typer.Option(help="Only this mask label (default: all non-zero voxels).")] = None,
+    batch: Annotated[Path | None, typer.Option(help="CSV of image,mask[,label] rows: one output row each.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv or json.")] = "csv",
+    out: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+) -> None:
+    """IBSI radiomics of one image/mask pair (one record per feature), or of a batch (one row per pair)."""
+    from cli.featurescmd import run_features
+
+    run_features(image, mask, config, label, batch, fmt, out)
+
+
 @app.command("patients")
 def patients_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List patients with their scan counts and dates."""

@@ -1,0 +1,62 @@
+"""Radiomics for image/mask files outside the database (the pyradiomics-style entry point)."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tracker.errors import MetatrackError
+from tracker.imageio import read_image, read_mask
+
+BATCH_REQUIRED = ("image", "mask")
+
+
+@dataclass(frozen=True)
+class FeatureJob:
+    image: Path
+    mask: Path
+    label: int | None = None  # None: every non-zero voxel is the ROI
+
+
+def extract_files(job: FeatureJob, config: str | Path) -> Any:
+    """Validate and read an image and its mask, then extract features of the ROI (one label, or all of them)."""
+    import SimpleITK as sitk
+
+    from tracker.radiomics import extract, load_config
+
+    cfg = load_config(str(config))
+    loaded = read_image(job.image)
+    mask = read_mask(job.mask, loaded.image)
+    labels = sitk.GetArrayFromImage(mask.mask)
+    if job.label is not None and job.label not in mask.labels:
+        raise MetatrackError(f"{job.mask}: no voxels with label {job.label} (labels present: {mask.labels})")
+    roi = labels == job.label if job.label is not None else labels > 0
+    if not roi.any():
+        raise MetatrackError(f"{job.mask}: the mask is empty; there is no region to measure")
+    image = sitk.GetArrayFromImage(loaded.image).astype(np.float64)
+    spacing = tuple(float(s) for s in reversed(loaded.image.GetSpacing()))
+    return extract(image, roi, spacing, cfg)
+
+
+def read_batch(path: Path) -> list[FeatureJob]:
+    """Image/mask pairs from a CSV (image, mask[, label]); relative paths are relative to the CSV's folder."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise MetatrackError(f"{path}: cannot read the batch file ({exc})") from exc
+    if rows and any(c not in rows[0] for c in BATCH_REQUIRED):
+        raise MetatrackError(f"{path}: batch file needs the columns image and mask")
+    jobs = []
+    for i, r in enumerate(rows, start=2):
+        label = (r.get("label") or "").strip()
+        if label and not label.isdigit():
+            raise MetatrackError(f"{path}:{i}: label {label!r} is not a non-negative integer")
+        jobs.append(FeatureJob(path.parent / r["image"].strip(), path.parent / r["mask"].strip(),
+                               int(label) if label else None))  # fmt: skip
+    return jobs
