@@ -17,7 +17,7 @@ from tracker.survival.config import DAYS_PER_MONTH, DAYS_PER_YEAR, SurvivalModel
 CLIP_Z = 10.0  # standardised values are clipped to +-CLIP_Z so that one wild measurement cannot dominate
 MIN_STD = 1e-12
 MIN_RATE_YEARS = 1.0 / 24.0  # no rate of change over less than about two weeks
-RESERVED_COLUMNS = ("visit_index",)
+RESERVED_COLUMNS = ("visit_index", "visit")  # visit counters are not features
 
 
 def prepare_visits(visits: pd.DataFrame, cfg: SurvivalModelConfig) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -150,15 +151,18 @@ class RiskModel:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape the model's numbers."""
-    import lifelines
     import torch
 
+    try:
+        lifelines_version = importlib.metadata.version("lifelines")
+    except importlib.metadata.PackageNotFoundError:
+        lifelines_version = "absent"
     return {
         "python": platform.python_version(),
         "numpy": np.__version__,
         "pandas": pd.__version__,
         "torch": torch.__version__,
-        "lifelines": lifelines.__version__,
+        "lifelines": lifelines_version,
         "format": str(FORMAT_VERSION),
     }
 

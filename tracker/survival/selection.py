@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 MIN_OBSERVED_FRACTION = 0.05  # features seen in fewer visits than this are never selected
 
 
 def _rank_columns(values: np.ndarray) -> np.ndarray:
     """Column-wise average ranks with NaNs replaced by the column's mean rank (0 after centring)."""
+    from scipy.stats import rankdata
+
     out = np.zeros_like(values, dtype=np.float64)
     for j in range(values.shape[1]):
         col = values[:, j]
