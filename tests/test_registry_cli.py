@@ -1,0 +1,94 @@
+"""Risk commands end to end on SQLite: model train/list/promote/show/predict, events import, train, rescore, jobs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+from test_events_tables import FEATURES, fill_cohort, synthetic_tables
+from typer.testing import CliRunner
+
+from cli.main import app
+from db.migrate import upgrade
+from db.models import ClinicalEvent, RiskScore
+from db.registry import load_model
+from db.repo import table_counts
+from db.session import make_engine, session_scope
+from tracker.store import FileStore
+
+
+@pytest.fixture()
+def cli(home: Path, tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    runner = CliRunner()
+
+    def run(*args: str, code: int = 0):
+        result = runner.invoke(app, ["--db", url, "--no-progress", *args])
+        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
+        return result
+
+    engine = make_engine(url)
+    upgrade(engine)
+    yield run, engine
+    engine.dispose()
+
+
+def test_model_commands_round_trip(cli, tmp_path: Path, home: Path) -> None:
+    run, engine = cli
+    visits, events = synthetic_tables(80, seed=21)
+    visits[["patient_id", "time_days", *FEATURES]].to_csv(tmp_path / "v.csv", index=False)
+    events[["patient_id", "time_days", "event"]].to_csv(tmp_path / "e.csv", index=False)
+    files = ["--visits", str(tmp_path / "v.csv"), "--events", str(tmp_path / "e.csv")]
+    out = json.loads(run("model", "train", *files, "--epochs", "3", "--json").stdout)
+    assert out["model"] == "rnn-metastasis:1" and out["n_patients"] == 80
+    run("model", "promote", "rnn-metastasis:1")
+    shown = json.loads(run("model", "show", "rnn-metastasis", "--json").stdout)
+    assert shown["state"] == "promoted" and shown["features"] == out["features"]
+    assert [r["model"] for r in json.loads(run("model", "list", "--json").stdout)] == ["rnn-metastasis:1"]
+    horizons = ["--horizon", "12m", "--horizon", "2y"]
+    pred = json.loads(run("model", "predict", "--model", "rnn-metastasis:1", *files[:2], *horizons, "--json").stdout)
+    with session_scope(engine) as s:
+        _, model = load_model(s, FileStore(home / "store"), "rnn-metastasis:1")
+    truth = model.risk_at(visits[["patient_id", "time_days", *FEATURES]], [12, 24])
+    truth12 = truth[truth["horizon_months"] == 12].set_index("patient_id")["risk"]
+    assert pred["horizons_months"] == [12, 24] and len(pred["predictions"]) == 80
+    got = {r["patient_id"]: r["risk_12m"] for r in pred["predictions"]}
+    np.testing.assert_allclose([got[p] for p in truth12.index], truth12.to_numpy(), rtol=1e-6)
+    err = run("model", "promote", "rnn-metastasis:7", code=1).stderr
+    assert err.strip() == "error: model 'rnn-metastasis:7' is not registered (see `metatrack model list`)"
+
+
+def test_events_import_train_rescore_jobs(cli, tmp_path: Path) -> None:
+    run, engine = cli
+    visits, events = synthetic_tables(40, seed=22)
+    fill_cohort(engine, visits)
+    bad = events[["patient_id", "event", "event_date"]].copy()
+    bad.loc[5, "patient_id"] = "UNKNOWN"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    with session_scope(engine) as s:
+        before = table_counts(s)
+    err = run("events", "import", str(tmp_path / "bad.csv"), code=1).stderr
+    assert "row 7" in err and "UNKNOWN" in err
+    with session_scope(engine) as s:
+        assert table_counts(s) == before
+    events[["patient_id", "event", "event_date"]].to_csv(tmp_path / "ev.csv", index=False)
+    assert json.loads(run("events", "import", str(tmp_path / "ev.csv"), "--json").stdout)["imported"] == 40
+    with session_scope(engine) as s:
+        assert s.scalar(select(func.count()).select_from(ClinicalEvent)) == 40  # events and censorings
+    out = json.loads(run("train", "--epochs", "2", "--name", "db", "--json").stdout)
+    assert out["model"] == "db:1" and out["n_patients"] == 40 and out["n_events"] == int(events["event"].sum())
+    run("model", "promote", "db:1")
+    first = json.loads(run("rescore", "--as-of", "2024-06-01", "--batch-size", "16", "--json").stdout)
+    assert first["planned"] == 40 and first["jobs_done"] == 40 and first["batches"] == 3
+    second = json.loads(run("rescore", "--as-of", "2024-06-01", "--json").stdout)
+    assert second["planned"] == 0 and second["rows_written"] == 0
+    with session_scope(engine) as s:
+        assert s.scalar(select(func.count()).select_from(RiskScore)) == first["rows_written"]
+    listed = json.loads(run("jobs", "list", "--json").stdout)
+    assert listed["counts"] == {"queued": 0, "running": 0, "done": 40, "failed": 0}
+    assert json.loads(run("jobs", "retry", "--all-failed", "--json").stdout) == {"requeued": 0}
+    assert "only failed" in run("jobs", "retry", str(listed["jobs"][0]["id"]), code=1).stderr
+    assert "--workers > 1 needs PostgreSQL" in run("rescore", "--workers", "2", code=1).stderr
