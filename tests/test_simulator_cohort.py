@@ -170,11 +170,14 @@ def test_mask_matches_lesion_membership_at_psi(cohort: tuple[Path, dict[str, Any
 
 def test_hard_cases_present(cohort: tuple[Path, dict[str, Any]]) -> None:
     _, truth = cohort
-    merged = vanished_then_back = 0
+    merged = vanished_then_back = split = 0
     for pat in truth["patients"].values():
         fates = {lid: les["fate"] for lid, les in pat["lesions"].items()}
         for scan in pat["scans"]:
             merged += any(len(v) >= 2 and all(fates[i] == "merge" for i in v) for v in scan["labels"].values())
+        for scan in pat["scans"]:
+            held = [lid for ids in scan["labels"].values() for lid in ids]
+            split += any(fates[lid] == "split" and held.count(lid) == 2 for lid in held)
         for lid, fate in fates.items():
             present = [lid in s["lesions"] for s in pat["scans"]]
             if fate == "return" and present[0] and not all(present) and present[-1]:
@@ -186,6 +189,7 @@ def test_hard_cases_present(cohort: tuple[Path, dict[str, Any]]) -> None:
         assert not any(set(pair) <= set(v) for v in base_labels)
     assert merged >= 1
     assert vanished_then_back >= 1
+    assert split >= 1
 
 
 def test_intensities_and_scanner_noise(cohort: tuple[Path, dict[str, Any]]) -> None:
@@ -212,3 +216,15 @@ def test_intensities_and_scanner_noise(cohort: tuple[Path, dict[str, Any]]) -> N
             if (mask > 0).sum() > 30:
                 assert -60 < np.median(hu[mask > 0]) < 90
     assert len(seen_scanners) >= 2
+
+
+def test_worker_processes_give_the_same_cohort(tmp_path: Path) -> None:
+    cfg = SimulationConfig(n_patients=2, seed=5, shape=(48, 48, 32), spacing=(5.0, 5.0, 5.0), workers=2)
+    simulate_cohort(cfg, tmp_path)
+    truth = load_truth(tmp_path / "truth.json")["patients"]["SIM002"]
+    direct = simulate_patient(cfg, 1)
+    assert truth["time_days"] == direct["truth"]["time_days"]
+    for scan, arrays in zip(truth["scans"], direct["scans"], strict=True):
+        image, _ = _read(tmp_path / scan["image"])
+        mask, _ = _read(tmp_path / scan["mask"])
+        assert np.array_equal(image, arrays["image"]) and np.array_equal(mask, arrays["mask"])

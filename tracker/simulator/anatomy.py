@@ -31,7 +31,7 @@ VERTEBRA_PERIOD_MM = 27.0
 DISC_MM = 5.0
 CORTEX_MM = 2.5
 LESION_TEXTURE_WAVES = 16
-VESSEL_WIDTH = 0.18  # in units of the (unit-sd) vessel fields: sets the vessel volume fraction (~3 %)
+VESSEL_WIDTH = 0.25  # in units of the (unit-sd) vessel fields: sets the vessel volume fraction (~5 %)
 
 
 @dataclass(frozen=True)

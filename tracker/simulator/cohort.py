@@ -139,6 +139,8 @@ def simulate_patient(cfg: SimulationConfig, index: int) -> dict[str, Any]:
             "day": day,
             "role": "baseline" if k == 0 else "follow-up",
             "scanner": scanner.name,
+            "noise_sd": scanner.noise_sd,
+            "hu_offset": scanner.hu_offset,
             "grid": grid.to_dict(),
             "transform": motion,
             "labels": {str(lab): ids for lab, ids in out["labels"].items()},

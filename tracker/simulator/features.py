@@ -1,4 +1,8 @@
-"""Observable per-visit features computed from the latent truth with realistic measurement noise (no images)."""
+"""Observable per-visit features computed from the latent truth with realistic measurement noise (no images).
+
+Volumes carry a lognormal segmentation error, diameters a Gaussian reading error, HU values the scanner's
+calibration offset (as a harmonisation step would see it) plus noise; lesions below MIN_DETECTABLE_MM are missed.
+"""
 
 from __future__ import annotations
 
@@ -77,7 +81,7 @@ def latent_visit_table(latent: list[dict[str, Any]], rng_seed: int = 0) -> tuple
                 mean, sd, frac = _lesion_hu(les, day)
                 vols.append(v)
                 diams.append(max(d * LONGEST_DIAMETER_FACTOR + rng.normal(0.0, DIAMETER_SD_MM), 0.0))
-                hus.append(mean + rng.normal(0.0, HU_SD))
+                hus.append(mean + pat["scanner_hu_offsets"][k] + rng.normal(0.0, HU_SD))
                 sds.append(abs(sd + rng.normal(0.0, HU_SD)))
                 fracs.append(frac)
                 organs.append(les["organ"])

@@ -200,6 +200,7 @@ def sample_patient(cfg: SimulationConfig, index: int) -> dict[str, Any]:
         "dates": [(baseline + dt.timedelta(days=int(d))).isoformat() for d in kept],
         "scanners": [cfg.scanners[s].name for s in scanners],
         "scanner_index": scanners,
+        "scanner_hu_offsets": [cfg.scanners[s].hu_offset for s in scanners],
         "resistance": resist,
         "large_motion": large_motion,
         "lesions": lesions,

@@ -22,6 +22,7 @@ NECROTIC_HU = {"liver": 8.0, "lung": 4.0}
 MAX_NECROSIS = 0.7
 BRIDGE_MIN = 0.05  # a bridge blob thinner than this fraction is gone
 DAYS_PER_YEAR = 365.25
+SPLIT_SEPARATION = 1.6  # lobe centre distance from the lesion centre, in lobe radii (gap 1.2 radii)
 MEASURE_POINTS_PER_RADIUS = 24.0  # fine-grid density for true volumes/centroids (< 1 % volume error)
 
 
@@ -157,7 +158,7 @@ def make_blobs(rng: np.random.Generator, d0_mm: float, kind: str) -> list[dict[s
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)
         lobe_r = r0 * 0.62
-        sep = lobe_r * 1.35
+        sep = lobe_r * SPLIT_SEPARATION
         blobs = []
         for sign in (-1.0, 1.0):
             lobe = {"offset": (sign * sep * direction).tolist(), "axes": [lobe_r] * 3, "angles": [0.0, 0.0, 0.0]}

@@ -58,10 +58,17 @@ def _sample_linear(
 
 
 def _sample_nearest(vol: np.ndarray, grid: Grid, px: np.ndarray, py: np.ndarray, pz: np.ndarray) -> np.ndarray:
-    iz = np.clip(np.rint((pz - grid.origin[2]) / grid.spacing[2]), 0, vol.shape[0] - 1).astype(np.intp)
-    iy = np.clip(np.rint((py - grid.origin[1]) / grid.spacing[1]), 0, vol.shape[1] - 1).astype(np.intp)
-    ix = np.clip(np.rint((px - grid.origin[0]) / grid.spacing[0]), 0, vol.shape[2] - 1).astype(np.intp)
-    return vol[iz, iy, ix]
+    """Nearest-voxel samples of ``vol`` at physical points (clamped to the grid)."""
+    flat = np.zeros(px.shape, dtype=np.int32)
+    tmp = np.empty(px.shape, dtype=np.float32)
+    stride = 1
+    for pts, o, s, n in zip((px, py, pz), grid.origin, grid.spacing, grid.shape, strict=True):
+        np.multiply(pts, np.float32(1.0 / s), out=tmp)
+        tmp += np.float32(0.5 - o / s)  # + 0.5 then truncation = rounding (after clamping to >= 0)
+        np.clip(tmp, 0.0, n - 1, out=tmp)
+        flat += tmp.astype(np.int32) * np.int32(stride)
+        stride *= n
+    return np.take(vol.ravel(), flat)
 
 
 def render_scan(
@@ -139,10 +146,19 @@ def render_scan(
         hu[sl] = block.reshape(hu[sl].shape)
         organs[sl][inside] = ORGAN_CODE[les["organ"]]
 
-    comp, n_comp = ndimage.label(lesion_any, structure=CONNECTIVITY)
-    order = rng.permutation(n_comp) + 1  # component c gets label order[c-1]: the order says nothing of identity
-    relabel = np.concatenate([[0], order]).astype(np.uint16)
-    mask = relabel[comp]
+    mask = np.zeros(grid.array_shape, dtype=np.uint16)
+    n_comp = 0
+    if members:
+        # connected components inside the bounding box of all lesion voxels (the rest is background)
+        box = tuple(
+            slice(min(sl[a].start for sl, _ in members.values()), max(sl[a].stop for sl, _ in members.values()))
+            for a in range(3)
+        )
+        comp, n_comp = ndimage.label(lesion_any[box], structure=CONNECTIVITY)
+        order = rng.permutation(n_comp) + 1  # component c gets label order[c-1]: the order says nothing of identity
+        mask[box] = np.concatenate([[0], order]).astype(np.uint16)[comp]
+    else:
+        rng.permutation(0)
     labels: dict[int, list[str]] = {}
     n_voxels: dict[str, int] = {}
     for lid, (sl, inside) in members.items():
