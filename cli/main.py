@@ -40,6 +40,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+harmonise_app = typer.Typer(help="ComBat harmonisation of lesion features across scanners.", no_args_is_help=True)
+app.add_typer(harmonise_app, name="harmonise")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
@@ -298,6 +300,38 @@ def features(
     from cli.featurescmd import run_features
 
     run_features(image, mask, config, label, batch, fmt, out)
+
+
+@harmonise_app.command("fit")
+def harmonise_fit(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Name of the new harmonisation model.")],
+    config: Annotated[str, typer.Option(help="Feature configuration whose values are harmonised.")] = "ct_default",
+    non_parametric: Annotated[bool, typer.Option("--non-parametric", help="Non-parametric EB priors.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit ComBat on every stored lesion (batches = scanners), store it, and harmonise the stored values."""
+    from tracker.harmonise_cohort import fit
+
+    res = fit(_state(ctx).engine(), name, config, parametric=not non_parametric)
+    output.print_json(res) if as_json else output.log(
+        f"model {res['model']}: {res['lesions']} lesions, {res['tags']} features, scanners {res['batches']}"
+    )
+
+
+@harmonise_app.command("apply")
+def harmonise_apply(
+    ctx: typer.Context,
+    config: Annotated[str, typer.Option(help="Feature configuration.")] = "ct_default",
+    as_json: JsonOpt = False,
+) -> None:
+    """Harmonise values not yet harmonised with the active model (never refits)."""
+    from tracker.harmonise_cohort import apply_pending
+
+    res = apply_pending(_state(ctx).engine(), config)
+    output.print_json(res) if as_json else output.log(
+        f"model {res['model']}: {res['values_written']} values harmonised; unknown scanners {res['skipped_scanners']}"
+    )
 
 
 @app.command("patients")

@@ -41,6 +41,15 @@ def run_process(
                 output.err.print(f"error: scan {scan_id}: {error}", highlight=False, markup=False)
 
         report = process_pending(engine, store, settings, data_home() / "tmp", patient=patient, on_scan=on_scan)
+    if report.processed and not no_features:
+        from tracker.harmonise_cohort import apply_pending
+
+        harmonised = apply_pending(engine, features)
+        if harmonised["skipped_scanners"]:
+            output.log(
+                f"warning: scanners {harmonised['skipped_scanners']} are unknown to harmonisation model "
+                f"{harmonised['model']}; their features stay unharmonised (fit a new model to include them)"
+            )
     scored = _score(state, report.patients)
     summary = {
         "processed": len(report.processed),
