@@ -41,11 +41,16 @@ def feature_matrix(
     return wide, batch
 
 
-def save_model(session: Session, name: str, config_id: int, params: dict[str, Any], fitted_on: dict[str, Any]) -> None:
+def ensure_new_name(session: Session, name: str) -> None:
+    """Refuse a name that is taken: a fitted model is never refitted in place."""
     if session.scalar(select(HarmonisationModel).where(HarmonisationModel.name == name)) is not None:
         raise MetatrackError(
             f"harmonisation model {name!r} exists; models are never refitted silently, pick a new name"
         )
+
+
+def save_model(session: Session, name: str, config_id: int, params: dict[str, Any], fitted_on: dict[str, Any]) -> None:
+    ensure_new_name(session, name)
     for old in session.scalars(select(HarmonisationModel).where(HarmonisationModel.config_id == config_id)):
         old.active = False
     session.add(
