@@ -30,7 +30,7 @@ TEXTURE_HU = {ORGAN_BODY: 8.0, ORGAN_LIVER: 6.0, ORGAN_FAT: 10.0}
 VERTEBRA_PERIOD_MM = 27.0
 DISC_MM = 5.0
 CORTEX_MM = 2.5
-LESION_TEXTURE_WAVES = 16
+LESION_TEXTURE_WAVES = 32
 VESSEL_WIDTH = 0.25  # in units of the (unit-sd) vessel fields: sets the vessel volume fraction (~5 %)
 
 
@@ -124,10 +124,10 @@ def _smooth_field(rng: np.random.Generator, grid: Grid, sigma_mm: float) -> np.n
 
 
 def lesion_texture_params(seed: int) -> dict[str, np.ndarray]:
-    """Random plane waves defining the lesions' internal texture field (unit sd, wavelengths 5-12 mm)."""
+    """Random plane waves defining the lesions' internal texture field (unit sd, wavelengths 4-10 mm)."""
     rng = np.random.default_rng(seed)
     k = rng.normal(size=(LESION_TEXTURE_WAVES, 3))
-    k *= (2 * np.pi / rng.uniform(5.0, 12.0, size=LESION_TEXTURE_WAVES) / np.linalg.norm(k, axis=1))[:, None]
+    k *= (2 * np.pi / rng.uniform(4.0, 10.0, size=LESION_TEXTURE_WAVES) / np.linalg.norm(k, axis=1))[:, None]
     return {"k": k, "phase": rng.uniform(0, 2 * np.pi, size=LESION_TEXTURE_WAVES)}
 
 

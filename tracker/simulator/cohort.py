@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from tracker.errors import MetatrackError
 from tracker.simulator.anatomy import (
     ORGAN_BODY,
     anatomy_geometry,
@@ -232,6 +233,8 @@ def simulate_cohort(cfg: SimulationConfig, out_dir: Path, progress: Callable[[in
     from tracker.simulator.writer import write_cohort_files
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MetatrackError(f"{out_dir}: simulation output must be a folder, this is a file")
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(cfg, i, out_dir) for i in range(cfg.n_patients)]
     results: list[tuple[dict[str, Any], list[dict[str, str]]]] = []

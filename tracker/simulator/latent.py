@@ -18,7 +18,7 @@ from tracker.simulator.lesions import D_VISIBLE_MM, make_blobs, nominal_diameter
 from tracker.simulator.outcome import sample_event_time
 
 STREAM_LATENT, STREAM_ANATOMY, STREAM_MOTION, STREAM_NOISE = range(4)
-HU_LESION = {"liver": (25.0, 45.0), "lung": (20.0, 45.0)}
+HU_LESION = {"liver": (15.0, 40.0), "lung": (20.0, 45.0)}  # liver metastases are hypodense (liver ~60)
 LIVER_FRACTION = 0.6
 
 
