@@ -94,13 +94,32 @@ def truth_mapper(truth_patient: dict[str, Any]) -> PointMapper:
     return mapper
 
 
-def registration_mapper(scan_images: list[Path]) -> PointMapper:
-    """Hook for the registration engine: register every follow-up to the baseline and map points through it.
+def registration_mapper(
+    images: list[Path], workdir: Path, *, preset: str = "fast", threads: int = 2, seed: int = 0
+) -> PointMapper:
+    """Map points between a patient's scans with the registration engine (every follow-up to the baseline).
 
-    To be wired by the pipeline owner: return ``mapper(points, src, dst)`` that maps scan-``src`` points to the
-    baseline with ``src``'s transform and then into scan ``dst`` with the inverse of ``dst``'s.
+    ``images[k]`` is scan k's image; scan k's points go to the baseline through ``result.inverse`` and baseline
+    points to scan k through ``result.forward`` (see ``registration.register``).
     """
-    raise NotImplementedError("--transforms registration: the registration engine is not wired in yet")
+    import SimpleITK as sitk
+
+    from registration import map_points, register
+
+    fixed = sitk.ReadImage(str(images[0]), sitk.sitkFloat32)
+    results = [None]
+    for k, path in enumerate(images[1:], start=1):
+        moving = sitk.ReadImage(str(path), sitk.sitkFloat32)
+        results.append(register(fixed, moving, preset=preset, seed=seed, threads=threads, workdir=workdir / str(k)))
+
+    def mapper(points: np.ndarray, src: int, dst: int) -> np.ndarray:
+        pts = np.asarray(points, dtype=float).reshape(-1, 3)
+        if src == dst:
+            return pts
+        baseline = pts if src == 0 else map_points(pts, results[src].inverse)  # type: ignore[union-attr]
+        return baseline if dst == 0 else map_points(baseline, results[dst].forward)  # type: ignore[union-attr]
+
+    return mapper
 
 
 def warp_mask(
@@ -356,45 +375,45 @@ def summarise(per_patient: list[dict[str, float]], seed: int = 0) -> dict[str, d
 
 
 # --------------------------------------------------------------------------------------------- cohort input
-def load_cohort(cohort: Path) -> tuple[dict[str, list[Scan]], dict[str, Any]]:
-    """Scans per patient (date order) from a simulated cohort folder, and the parsed truth.json."""
-    import pandas as pd
+def load_patient(cohort: Path, masks: list[str], truth_patient: dict[str, Any]) -> list[Scan]:
+    """One patient's scans (date order) from a simulated cohort folder, with their label -> true id truth."""
     import SimpleITK as sitk
 
-    manifest = pd.read_csv(cohort / "manifest.csv").sort_values(["patient_id", "date"])
-    truth = json.loads((cohort / "truth.json").read_text())
-    patients: dict[str, list[Scan]] = {}
-    for pid, rows in manifest.groupby("patient_id", sort=True):
-        t_scans = _truth_scans(truth, str(pid))
-        scans = []
-        for index, row in enumerate(rows.itertuples()):
-            image = sitk.ReadImage(str(cohort / row.mask))
-            geometry = Geometry.from_image(image)
-            labels = label_lesions(sitk.GetArrayFromImage(image), geometry, min_volume_mm3=0.0, split_components=False)
-            true_ids = {int(k): {str(v) for v in vs} for k, vs in t_scans[index]["labels"].items()}
-            scans.append(Scan(index, geometry, labels, measure_lesions(labels, geometry), true_ids))
-        patients[str(pid)] = scans
-    return patients, truth
+    scans = []
+    for index, (mask_path, t_scan) in enumerate(zip(masks, truth_patient["scans"], strict=True)):
+        image = sitk.ReadImage(str(cohort / mask_path))
+        geometry = Geometry.from_image(image)
+        labels = label_lesions(sitk.GetArrayFromImage(image), geometry, min_volume_mm3=0.0, split_components=False)
+        true_ids = {int(k): {str(v) for v in vs} for k, vs in t_scan["labels"].items()}
+        scans.append(Scan(index, geometry, labels, measure_lesions(labels, geometry), true_ids))
+    return scans
 
 
-def _truth_scans(truth: dict[str, Any], pid: str) -> list[dict[str, Any]]:
-    patient = _truth_patient(truth, pid)
-    return list(patient["scans"])
-
-
-def _truth_patient(truth: dict[str, Any], pid: str) -> dict[str, Any]:
-    patients = truth["patients"]
-    if isinstance(patients, dict):
-        return patients[pid]
-    return next(p for p in patients if p["patient_id"] == pid)
+def evaluate_patient(job: tuple[Path, str, list[str], list[str], dict[str, Any], str, int]) -> dict[str, float]:
+    """Track one patient and count its agreements with the truth (a process-pool job)."""
+    cohort, pid, masks, images, truth_patient, transforms, threads = job
+    scans = load_patient(cohort, masks, truth_patient)
+    true_mapper = truth_mapper(truth_patient)
+    if transforms == "truth":
+        mapper = true_mapper
+        pred = track_patient(scans, mapper, MatchConfig())
+    else:
+        with tempfile.TemporaryDirectory(prefix=f"metatrack-reg-{pid}-") as work:
+            mapper = registration_mapper([cohort / p for p in images], Path(work), threads=threads)
+            pred = track_patient(scans, mapper, MatchConfig())
+    return patient_counts(pred, truth_tracking(scans, true_mapper))
 
 
 def main(argv: list[str] | None = None) -> int:
+    import pandas as pd
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patients", type=int, default=30)
+    parser.add_argument("--patients", type=int, default=30, help="patients to simulate (or to use, with --cohort)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--transforms", choices=("truth", "registration"), default="truth")
     parser.add_argument("--cohort", type=Path, help="an already simulated cohort folder (skips simulation)")
+    parser.add_argument("--jobs", type=int, default=1, help="patients processed in parallel")
+    parser.add_argument("--threads", type=int, default=2, help="threads per registration")
     parser.add_argument("--json", action="store_true", help="print the scores as JSON")
     args = parser.parse_args(argv)
 
@@ -407,24 +426,29 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             simulate_cohort(SimulationConfig(n_patients=args.patients, seed=args.seed), cohort)
             print(f"simulated {args.patients} patients in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-        patients, truth = load_cohort(cohort)
+        manifest = pd.read_csv(cohort / "manifest.csv").sort_values(["patient_id", "date"])
+        truth = json.loads((cohort / "truth.json").read_text())
+        jobs = []
+        for pid, rows in list(manifest.groupby("patient_id", sort=True))[: args.patients]:
+            t_patient = _truth_patient(truth, str(pid))
+            jobs.append(
+                (cohort, str(pid), list(rows["mask"]), list(rows["image"]), t_patient, args.transforms, args.threads)
+            )
+        start = time.perf_counter()
+        if args.jobs > 1:
+            from concurrent.futures import ProcessPoolExecutor
 
-    cfg = MatchConfig()
-    per_patient = []
-    start = time.perf_counter()
-    for pid, scans in patients.items():
-        if args.transforms == "truth":
-            mapper = truth_mapper(_truth_patient(truth, pid))
+            with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+                per_patient = list(pool.map(evaluate_patient, jobs))
         else:
-            mapper = registration_mapper([])
-        pred = track_patient(scans, mapper, cfg)
-        per_patient.append(patient_counts(pred, truth_tracking(scans, mapper)))
-    elapsed = time.perf_counter() - start
+            per_patient = [evaluate_patient(job) for job in jobs]
+        elapsed = time.perf_counter() - start
+
     scores = summarise(per_patient, seed=args.seed)
     if args.json:
-        print(json.dumps({"patients": len(patients), "transforms": args.transforms, "scores": scores}, indent=2))
+        print(json.dumps({"patients": len(jobs), "transforms": args.transforms, "scores": scores}, indent=2))
     else:
-        print(f"{len(patients)} patients, transforms={args.transforms}, tracking {elapsed:.1f} s")
+        print(f"{len(jobs)} patients, transforms={args.transforms}, tracking {elapsed:.1f} s")
         print(f"{'score':<24}{'value':>8}{'95% CI':>18}{'n':>7}  bar")
         for name, s in scores.items():
             bar = BARS.get(name, BAR_EVENTS if name in ("merges_recognised", "splits_recognised") else None)
@@ -432,6 +456,13 @@ def main(argv: list[str] | None = None) -> int:
             ci = f"[{s['lo']:.3f}, {s['hi']:.3f}]"
             print(f"{name:<24}{s['value']:>8.3f}{ci:>18}{int(s['n']):>7}  {verdict}")
     return 0
+
+
+def _truth_patient(truth: dict[str, Any], pid: str) -> dict[str, Any]:
+    patients = truth["patients"]
+    if isinstance(patients, dict):
+        return patients[pid]
+    return next(p for p in patients if p["patient_id"] == pid)
 
 
 if __name__ == "__main__":

@@ -78,9 +78,7 @@ def test_change_classes_of_a_known_scenario() -> None:
     assert result.merges == [((4, 3), 2)]
     assert result.splits == [(5, (4, 3))]
     assert result.label_to_track == {1: 1, 2: 4, 3: 7, 4: 5, 5: 6, 6: 8}
-    related = {
-        link.change: link.related_track_id for link in result.links if link.change in ("merged", "split")
-    }
+    related = {link.change: link.related_track_id for link in result.links if link.change in ("merged", "split")}
     assert related == {"merged": 4, "split": 5}
 
 
@@ -132,9 +130,9 @@ def test_far_lesion_is_new_not_matched() -> None:
     v0 = _label_map({1: _ball((10, 10, 10), 3.0)})
     v1 = _label_map({1: _ball((10, 50, 50), 3.0)})
     result = match_lesions(_tracks(v0, {1: 1}, 0), v1, _lesions(v1), SPACING)
-    assert sorted(
-        (link.track_id, link.lesion_label, link.change) for link in result.links if link.track_id
-    ) == [(1, None, "vanished")]
+    assert sorted((link.track_id, link.lesion_label, link.change) for link in result.links if link.track_id) == [
+        (1, None, "vanished")
+    ]
     assert result.by_change("new")[0].lesion_label == 1
 
 
@@ -145,3 +143,17 @@ def test_binary_mask_path_end_to_end() -> None:
     result = match_lesions(tracks, labels, _lesions(labels), SPACING)
     assert result.label_to_track == {1: 1, 2: 2}
     assert all(link.score == pytest.approx(1.0) for link in result.links)
+
+
+def test_tiny_new_lesion_beside_a_merge_does_not_take_the_large_track() -> None:
+    # A large and a small lesion merge; a tiny new lesion appears in the large lesion's dilation band. Counting
+    # only candidate pairs would give the large track to the tiny lesion and the merged lesion to the small one.
+    v0 = _label_map({1: _ball((12, 32, 20), 10.0), 2: _ball((12, 32, 35), 3.0)})
+    merged = _ball((12, 32, 20), 10.5) | _ball((12, 32, 35), 4.0) | _ball((12, 32, 29), 4.0)
+    tiny = np.zeros(SHAPE, dtype=bool)
+    tiny[11:13, 19:21, 18:23] = True
+    v1 = _label_map({1: merged & ~tiny, 2: tiny})
+    result = match_lesions(_tracks(v0, {1: 1, 2: 2}, 0), v1, _lesions(v1), SPACING, next_track_id=3)
+    assert result.label_to_track == {1: 1, 2: 3}
+    assert result.merges == [((1, 2), 1)]
+    assert [link.change for link in result.links if link.lesion_label == 2] == ["new"]
