@@ -24,6 +24,8 @@ HU_BONE_CORTICAL = 900.0
 HU_BONE_CANCELLOUS = 300.0
 
 ORGAN_AIR, ORGAN_BODY, ORGAN_LIVER, ORGAN_LUNG, ORGAN_BONE, ORGAN_FAT = 0, 1, 2, 3, 4, 5
+ORGAN_MASK = 0b111  # organ codes use the low 3 bits of the packed label volume
+NEAR_BODY_BIT = 3
 ORGAN_NAMES = {ORGAN_BODY: "body", ORGAN_LIVER: "liver", ORGAN_LUNG: "lung", ORGAN_BONE: "bone", ORGAN_FAT: "fat"}
 
 TEXTURE_HU = {ORGAN_BODY: 8.0, ORGAN_LIVER: 6.0, ORGAN_FAT: 10.0}
@@ -93,34 +95,25 @@ def anatomy_geometry(params: dict[str, float], fov: tuple[float, float, float]) 
     }
 
 
-def _interp_matrix(n_fine: int, n_coarse: int) -> np.ndarray:
-    """(n_fine, n_coarse) linear interpolation weights, end points aligned."""
-    pos = np.linspace(0.0, n_coarse - 1.0, n_fine)
-    lo = np.minimum(np.floor(pos).astype(int), n_coarse - 2)
-    frac = (pos - lo).astype(np.float32)
-    mat = np.zeros((n_fine, n_coarse), dtype=np.float32)
-    mat[np.arange(n_fine), lo] = 1.0 - frac
-    mat[np.arange(n_fine), lo + 1] = frac
-    return mat
+def _smooth_field(rng: np.random.Generator, grid: Grid, sigma_mm: float, where: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Unit-sd smooth Gaussian random field at voxels ``where`` (np.nonzero of a (z, y, x) mask) of ``grid``.
 
-
-def _smooth_field(rng: np.random.Generator, grid: Grid, sigma_mm: float) -> np.ndarray:
-    """Unit-sd smooth Gaussian random field on ``grid`` (z, y, x): smoothed coarse noise, separably upsampled."""
+    The field is smoothed white noise on a coarse grid (step sigma/2), linearly interpolated at the voxels
+    asked for only: textures are needed inside the body or lungs, not in the air.
+    """
     fine = np.asarray(grid.array_shape)
     spac = np.asarray(grid.spacing[::-1])
     factor = np.maximum(sigma_mm / 2.0 / spac, 1.0)
     cshape = np.maximum(np.ceil(fine / factor).astype(int) + 1, 4)
     field = ndimage.gaussian_filter(rng.standard_normal(tuple(cshape)).astype(np.float32), 2.0, mode="wrap")
-    mz, my, mx = (_interp_matrix(int(f), int(c)) for f, c in zip(fine, cshape, strict=True))
-    # normalise on the coarse field (upsampling changes the sd by a few %, irrelevant for textures)
     field = (field - field.mean()) / max(float(field.std()), 1e-6)
-    cz, cy, cx = field.shape
-    nz, ny, nx = (int(f) for f in fine)
-    # separable linear upsampling as three 2-D matrix products (BLAS)
-    field = (mz @ field.reshape(cz, cy * cx)).reshape(nz, cy, cx)
-    field = (field.transpose(0, 2, 1).reshape(nz * cx, cy) @ my.T).reshape(nz, cx, ny)
-    field = np.ascontiguousarray(field.transpose(0, 2, 1)).reshape(nz * ny, cx) @ mx.T
-    return field.reshape(nz, ny, nx).astype(np.float32, copy=False)
+    coords = np.stack(
+        [
+            idx.astype(np.float32) * np.float32((c - 1) / max(n - 1, 1))
+            for idx, c, n in zip(where, cshape, fine, strict=True)
+        ]
+    )
+    return ndimage.map_coordinates(field, coords, order=1, mode="nearest", prefilter=False, output=np.float32)
 
 
 def lesion_texture_params(seed: int) -> dict[str, np.ndarray]:
@@ -174,17 +167,28 @@ def render_anatomy(params: dict[str, float], grid: Grid, fov: tuple[float, float
     organ[vert] = ORGAN_BONE
 
     hu = np.full(grid.array_shape, HU_AIR, dtype=np.float32)
-    tex = _smooth_field(rng, grid, 12.0)
+    inside = organ > 0
+    tex = np.zeros(grid.array_shape, dtype=np.float32)
+    tex[inside] = _smooth_field(rng, grid, 12.0, np.nonzero(inside))
     for label, base in ((ORGAN_FAT, HU_FAT), (ORGAN_BODY, HU_SOFT), (ORGAN_LIVER, HU_LIVER)):
         sel = organ == label
         hu[sel] = base + TEXTURE_HU[label] * tex[sel]
     sel = organ == ORGAN_LUNG
-    f1, f2 = _smooth_field(rng, grid, 6.0), _smooth_field(rng, grid, 6.0)
-    vessel = np.exp(-(f1[sel] ** 2 + f2[sel] ** 2) / (2 * VESSEL_WIDTH**2))
-    hu[sel] = HU_LUNG + (HU_VESSEL - HU_LUNG) * vessel + 15.0 * tex[sel]
+    where = np.nonzero(sel)
+    f1, f2 = _smooth_field(rng, grid, 6.0, where), _smooth_field(rng, grid, 6.0, where)
+    vessel = np.exp(-(f1**2 + f2**2) / (2 * VESSEL_WIDTH**2))
+    hu[where] = HU_LUNG + (HU_VESSEL - HU_LUNG) * vessel + 15.0 * tex[where]
     hu[vert] = HU_BONE_CANCELLOUS + 40.0 * tex[vert]
     hu[cortex] = HU_BONE_CORTICAL + 60.0 * tex[cortex]
-    return {"hu": hu, "organ": organ, "lesion_texture": lesion_texture_params(int(rng.integers(0, 2**31 - 1)))}
+    # bit NEAR_BODY_BIT marks voxels within one voxel of the body: a scan interpolates HU only there
+    near_body = ndimage.maximum_filter(organ, size=3) > 0
+    packed = organ | (near_body.astype(np.uint8) << NEAR_BODY_BIT)
+    return {
+        "hu": hu,
+        "organ": organ,
+        "packed": packed,
+        "lesion_texture": lesion_texture_params(int(rng.integers(0, 2**31 - 1))),
+    }
 
 
 def lesion_centre_mm(geo: dict[str, Any], organ: str, side: float, u: np.ndarray) -> np.ndarray:

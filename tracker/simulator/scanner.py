@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from tracker.simulator.anatomy import HU_AIR, ORGAN_LIVER, ORGAN_LUNG, lesion_texture
+from tracker.simulator.anatomy import HU_AIR, NEAR_BODY_BIT, ORGAN_LIVER, ORGAN_LUNG, ORGAN_MASK, lesion_texture
 from tracker.simulator.config import ScannerSpec
 from tracker.simulator.grid import Grid
 from tracker.simulator.lesions import (
@@ -31,7 +31,6 @@ STRETCH_MARGIN = 1.35  # bound on the local stretch of the non-rigid part when b
 NECROSIS_EDGE = 0.15  # width (normalised radius) of the viable-to-necrotic transition
 PARTIAL_VOLUME_BAND = 0.3  # normalised radius outside the lesion where its edge still blends into the voxel
 ORGAN_CODE = {"liver": ORGAN_LIVER, "lung": ORGAN_LUNG}
-SKIP_AIR = True
 INT16_MIN, INT16_MAX = -32768, 32767
 
 
@@ -96,9 +95,10 @@ def render_scan(
         px, py, pz = x3, y3, z3
     else:
         px, py, pz = anatomy_coords_on_grid(motion, xs, ys, zs)
-        organs = _sample_nearest(anatomy["organ"], anatomy_grid, px, py, pz)
+        packed = _sample_nearest(anatomy["packed"], anatomy_grid, px, py, pz)
+        organs = packed & ORGAN_MASK
         # air outside the body is constant: interpolate only near the body
-        body = ndimage.maximum_filter(organs, size=3) > 0 if SKIP_AIR else np.ones(organs.shape, dtype=bool)
+        body = packed >= (1 << NEAR_BODY_BIT)
         hu = np.full(grid.array_shape, HU_AIR, dtype=np.float32)
         hu[body] = _sample_linear(anatomy["hu"], anatomy_grid, px[body], py[body], pz[body], HU_AIR)
 
