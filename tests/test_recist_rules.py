@@ -1,5 +1,6 @@
 """RECIST 1.1 rules and their edge cases, against hand-computed responses."""
 
+import numpy as np
 import pytest
 
 from tracker.errors import MetatrackError
@@ -13,9 +14,7 @@ from tracker.recist import (
 )
 
 
-def _lesion(
-    track_id: int, long_mm: float, organ: str = "liver", short_mm: float | None = None
-) -> RecistLesion:
+def _lesion(track_id: int, long_mm: float, organ: str = "liver", short_mm: float | None = None) -> RecistLesion:
     return RecistLesion(track_id, organ, long_mm, long_mm / 2 if short_mm is None else short_mm)
 
 
@@ -145,3 +144,16 @@ def test_no_targets_is_not_evaluable_unless_new_lesion() -> None:
     selection = select_targets([_lesion(1, 5.0)])
     assert recist_timeline(selection, [_visit({}), _visit({}, new_lesion=True)])[0].response == "NE"
     assert recist_timeline(selection, [_visit({}, new_lesion=True)])[0].response == "PD"
+
+
+def test_from_measured_lesions() -> None:
+    from tracker.lesions import Geometry, extract_lesions
+
+    mask = np.zeros((3, 20, 40), dtype=np.uint8)
+    mask[1, 5:9, 3:33] = 1  # 4 x 30 pixels of 1 mm: long axis = diagonal
+    (lesion,) = extract_lesions(mask, Geometry())
+    selection = select_targets([RecistLesion.from_lesion(7, lesion)])
+    assert selection.target_ids == (7,)
+    assert selection.baseline_sum_mm == pytest.approx(np.hypot(30, 4))
+    (a,) = recist_timeline(selection, [VisitMeasurements({7: Measurement.from_lesion(lesion)})])
+    assert a.response == "SD" and a.change_from_baseline_pct == pytest.approx(0.0)

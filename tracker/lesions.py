@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import ConvexHull
+from scipy.spatial import ConvexHull, QhullError
 
 from tracker.errors import MetatrackError
 
@@ -58,13 +58,9 @@ class Geometry:
         if len(origin) != 3:
             raise MetatrackError(f"Geometry.origin: expected 3 values (x, y, z), got {len(origin)}")
         if len(spacing) != 3 or min(spacing) <= 0 or not np.all(np.isfinite(spacing)):
-            raise MetatrackError(
-                f"Geometry.spacing: expected 3 positive values (x, y, z) in mm, got {spacing}"
-            )
+            raise MetatrackError(f"Geometry.spacing: expected 3 positive values (x, y, z) in mm, got {spacing}")
         if len(direction) != 9:
-            raise MetatrackError(
-                f"Geometry.direction: expected 9 values (3x3 row-major), got {len(direction)}"
-            )
+            raise MetatrackError(f"Geometry.direction: expected 9 values (3x3 row-major), got {len(direction)}")
         if abs(np.linalg.det(np.reshape(direction, (3, 3)))) < 1e-6:
             raise MetatrackError(f"Geometry.direction: matrix is singular: {direction}")
         object.__setattr__(self, "origin", origin)
@@ -207,7 +203,7 @@ def _hull_points(points: np.ndarray) -> np.ndarray:
         return points
     try:
         hull = ConvexHull(points)
-    except Exception:  # qhull raises on flat input; the full set is then small enough anyway
+    except QhullError:  # flat input; the full set is then small enough anyway
         return points
     return points[hull.vertices]
 
@@ -231,12 +227,8 @@ def _perpendicular_chord(polygon: np.ndarray, direction: np.ndarray) -> float:
     hit = b0[None, :] + frac * (b1 - b0)[None, :]
     # Edges parallel to the query line contribute both end points.
     on_vertex = np.abs(t - a[None, :]) <= _EPS
-    top = np.maximum(
-        np.where(crosses, hit, -np.inf).max(axis=1), np.where(on_vertex, b[None, :], -np.inf).max(1)
-    )
-    bot = np.minimum(
-        np.where(crosses, hit, np.inf).min(axis=1), np.where(on_vertex, b[None, :], np.inf).min(1)
-    )
+    top = np.maximum(np.where(crosses, hit, -np.inf).max(axis=1), np.where(on_vertex, b[None, :], -np.inf).max(1))
+    bot = np.minimum(np.where(crosses, hit, np.inf).min(axis=1), np.where(on_vertex, b[None, :], np.inf).min(1))
     return float(np.max(top - bot))
 
 

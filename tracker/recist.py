@@ -18,9 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from tracker.errors import MetatrackError
+
+if TYPE_CHECKING:
+    from tracker.lesions import Lesion
 
 Response = Literal["CR", "PR", "SD", "PD", "NE"]
 NODAL_ORGAN = "lymph_node"
@@ -45,6 +48,11 @@ class RecistLesion:
     organ: str | None
     long_axis_mm: float
     short_axis_mm: float
+
+    @classmethod
+    def from_lesion(cls, track_id: int, lesion: Lesion) -> RecistLesion:
+        """The RECIST view of a measured lesion (``tracker.lesions.Lesion``) on a track."""
+        return cls(track_id, lesion.organ, lesion.long_axis_mm, lesion.short_axis_mm)
 
     @property
     def is_nodal(self) -> bool:
@@ -82,6 +90,10 @@ class Measurement:
     long_axis_mm: float
     short_axis_mm: float
 
+    @classmethod
+    def from_lesion(cls, lesion: Lesion) -> Measurement:
+        return cls(lesion.long_axis_mm, lesion.short_axis_mm)
+
 
 @dataclass(frozen=True)
 class VisitMeasurements:
@@ -110,9 +122,7 @@ def _check_lesion(lesion: RecistLesion) -> None:
             raise MetatrackError(f"track {lesion.track_id}: {name} must be >= 0 mm, got {value}")
 
 
-def select_targets(
-    baseline: Sequence[RecistLesion], override: Sequence[int] | None = None
-) -> TargetSelection:
+def select_targets(baseline: Sequence[RecistLesion], override: Sequence[int] | None = None) -> TargetSelection:
     """Choose baseline target lesions (or take the user's choice) and the baseline sum.
 
     Parameters
@@ -145,9 +155,7 @@ def select_targets(
     else:
         chosen = _validated_override(override, by_id)
     ids = {t.track_id for t in chosen}
-    non_targets = tuple(
-        les for les in sorted(lesions, key=lambda les: les.track_id) if les.track_id not in ids
-    )
+    non_targets = tuple(les for les in sorted(lesions, key=lambda les: les.track_id) if les.track_id not in ids)
     return TargetSelection(tuple(chosen), non_targets, float(sum(t.sum_diameter_mm for t in chosen)))
 
 
@@ -159,9 +167,7 @@ def _validated_override(override: Sequence[int], by_id: Mapping[int, RecistLesio
     if unknown:
         raise MetatrackError(f"target override: track ids {unknown} are not baseline lesions {sorted(by_id)}")
     if len(ids) > MAX_TARGETS:
-        raise MetatrackError(
-            f"target override: {len(ids)} targets given, RECIST 1.1 allows at most {MAX_TARGETS}"
-        )
+        raise MetatrackError(f"target override: {len(ids)} targets given, RECIST 1.1 allows at most {MAX_TARGETS}")
     chosen = [by_id[i] for i in ids]
     per_organ: dict[str | None, int] = {}
     for lesion in chosen:
@@ -228,9 +234,7 @@ def assess(selection: TargetSelection, visit: VisitMeasurements, nadir_mm: float
     )
 
 
-def recist_timeline(
-    selection: TargetSelection, visits: Sequence[VisitMeasurements]
-) -> list[RecistAssessment]:
+def recist_timeline(selection: TargetSelection, visits: Sequence[VisitMeasurements]) -> list[RecistAssessment]:
     """Assess follow-ups in date order, tracking the nadir (which starts at the baseline sum)."""
     nadir = selection.baseline_sum_mm
     out: list[RecistAssessment] = []
