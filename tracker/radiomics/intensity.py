@@ -8,10 +8,11 @@ import numpy as np
 def _moments(x: np.ndarray) -> tuple[float, float, float, float]:
     mu = float(x.mean())
     d = x - mu
-    var = float(np.mean(d**2))
+    d2 = d * d
+    var = float(np.mean(d2))
     if var > 0:
-        skew = float(np.mean(d**3) / var**1.5)
-        kurt = float(np.mean(d**4) / var**2 - 3.0)
+        skew = float(np.mean(d2 * d) / var**1.5)
+        kurt = float(np.mean(d2 * d2) / var**2 - 3.0)
     else:
         skew = kurt = float("nan")
     return mu, var, skew, kurt
