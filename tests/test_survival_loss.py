@@ -8,7 +8,7 @@ from tracker.survival import SurvivalModelConfig, train_model
 from tracker.survival.config import DAYS_PER_MONTH
 from tracker.survival.data import remaining_to_bins
 from tracker.survival.metrics import kaplan_meier, step_at
-from tracker.survival.rnn import discrete_time_nll
+from tracker.survival.rnn import discrete_time_nll, ranking_loss
 from tracker.survival.toy import exponential_cohort
 
 HAZARD = 0.05  # per month
@@ -64,3 +64,16 @@ def test_model_without_features_recovers_exponential_survival():
         s = float(curve[f"s_{m}m"].iloc[0])
         assert s == pytest.approx(np.exp(-HAZARD * m), abs=0.04)
         assert s == pytest.approx(float(step_at(kt, ks, np.array([m]))[0]), abs=0.03)
+
+
+def test_ranking_term_known_value():
+    # row 0: event in bin 1; row 1: censored past the horizon (same visit index); row 2: other visit index
+    logits = torch.tensor([[-2.0, 0.5, 0.0], [-1.0, -1.5, 0.0], [3.0, 3.0, 3.0]])
+    bins, events, group = torch.tensor([1, 3, 3]), torch.tensor([1, 0, 0]), torch.tensor([0, 0, 1])
+    sigma = 0.1
+    cif = 1 - torch.cumprod(1 - torch.sigmoid(logits), dim=-1)
+    expected = torch.exp(-(cif[0, 1] - cif[1, 1]) / sigma)  # only the pair (0, 1) is comparable
+    assert float(ranking_loss(logits, bins, events, group, sigma)) == pytest.approx(float(expected), rel=1e-6)
+    # a patient who fails first but is scored as less at risk is penalised more
+    swapped = logits[[1, 0, 2]]
+    assert float(ranking_loss(swapped, bins, events, group, sigma)) > float(expected)

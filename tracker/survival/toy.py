@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tracker.survival.config import DAYS_PER_MONTH, DAYS_PER_YEAR
+from tracker.survival.config import DAYS_PER_MONTH
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,3 @@ def exponential_cohort(
         }
     )
     return visits, events
-
-
-def days_to_years(days: np.ndarray) -> np.ndarray:
-    """Convenience for reports."""
-    return np.asarray(days) / DAYS_PER_YEAR
