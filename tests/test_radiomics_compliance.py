@@ -59,3 +59,15 @@ def test_ct_phantom_configuration(config: str, ct_phantom) -> None:
     assert not any(t.startswith(TEXTURE_PREFIXES) for t, why in report.not_scored.items()), "texture not scored"
     assert report.scored == (346 if config in ("ibsi_A", "ibsi_B") else 210)
     assert report.rate >= REQUIRED_CT_RATE, report.summary()
+
+
+@pytest.mark.parametrize("config", ["ibsi_A", "ibsi_B", "ibsi_C", "ibsi_D", "ibsi_E"])
+def test_ct_phantom_diagnostics(config: str, ct_phantom) -> None:
+    """IBSI diagnostics rows (image/ROI sizes and intensities per step), scored apart from the features."""
+    from tracker.radiomics.diagnostics import diagnostics
+
+    image, mask, spacing = ct_phantom
+    report = score(config, diagnostics(image, mask, spacing, load_config(config)), diagnostics=True)
+    print(report.summary())
+    assert report.scored == 60
+    assert report.misses == [], report.summary()

@@ -63,6 +63,15 @@ def round_sig(value: float, digits: int = SIGNIFICANT_DIGITS) -> float:
     return round(value, digits - 1 - math.floor(math.log10(abs(value))))
 
 
+def significant_digits(text: str) -> int:
+    """Significant digits written in a reference value such as ``"125256"``, ``"0.0946"`` or ``"1.2e3"``."""
+    mantissa = text.strip().lstrip("+-").lower().split("e")[0]
+    digits = mantissa.replace(".", "").lstrip("0")
+    if "." not in mantissa:
+        digits = digits.rstrip("0")
+    return max(len(digits), 1)
+
+
 def reference_dir() -> Path:
     """Folder with ``ibsi_1_reference_values_*.csv``: $METATRACK_IBSI_DATA/reference_values/ibsi_1, else the
     copies vendored under the repository's tests/data/ibsi/reference_values."""
@@ -92,11 +101,14 @@ def load_reference(config_name: str, folder: Path | None = None) -> list[dict[st
         return list(csv.DictReader(fh))
 
 
-def score(config_name: str, values: dict[str, float], folder: Path | None = None) -> ComplianceReport:
+def score(
+    config_name: str, values: dict[str, float], folder: Path | None = None, *, diagnostics: bool = False
+) -> ComplianceReport:
     """Compare ``values`` (tag -> value) with the IBSI reference table of ``config_name``.
 
-    Diagnostics rows and rows without a reference value are not scored; texture rows are not scored (and
-    reported as such) when every texture value is missing or NaN.
+    Features are scored by default; diagnostics rows and rows without a reference value are not scored, and
+    texture rows are not scored (and reported as such) when every texture value is missing or NaN. With
+    ``diagnostics=True`` only the diagnostics rows are scored (values from ``diagnostics.diagnostics``).
     """
     report = ComplianceReport(config_name)
     texture_present = any(
@@ -104,19 +116,23 @@ def score(config_name: str, values: dict[str, float], folder: Path | None = None
     )
     for row in load_reference(config_name, folder):
         tag = row["tag"]
-        if row["family"].startswith("Diagnostics"):
-            report.not_scored[tag] = "diagnostics"
+        if row["family"].startswith("Diagnostics") != diagnostics:
+            report.not_scored[tag] = "feature" if diagnostics else "diagnostics"
             continue
         if not row["reference value"].strip():
             report.not_scored[tag] = "no reference value"
             continue
-        if tag.startswith(TEXTURE_PREFIXES) and not texture_present:
+        if tag.startswith(TEXTURE_PREFIXES) and not texture_present and not diagnostics:
             report.not_scored[tag] = "texture not available"
             continue
         ref, tol = float(row["reference value"]), float(row["tolerance"])
         value = values.get(tag, float("nan"))
         report.scored += 1
-        if value is not None and math.isfinite(value) and abs(round_sig(value) - ref) <= tol + 1e-12 * abs(ref):
+        # features: IBSI's 3 significant digits; diagnostics (exact counts and sizes such as 125256): as
+        # many digits as the reference shows
+        digits = max(SIGNIFICANT_DIGITS, significant_digits(row["reference value"])) if diagnostics else None
+        rounded = round_sig(value, digits or SIGNIFICANT_DIGITS) if value is not None else float("nan")
+        if value is not None and math.isfinite(value) and abs(rounded - ref) <= tol + 1e-12 * abs(ref):
             report.passed += 1
         else:
             report.misses.append((tag, float("nan") if value is None else value, ref, tol))
