@@ -17,6 +17,7 @@ from tracker.simulator import (
     SimulationConfig,
     load_truth,
     simulate_cohort,
+    simulate_latent_cohort,
     simulate_patient,
     true_lesion_membership,
     true_map_to_baseline,
@@ -87,6 +88,11 @@ def test_files_and_manifest_layout(cohort: tuple[Path, dict[str, Any]]) -> None:
         assert int(e["event"]) == pat["event"] and int(e["time_days"]) == int(pat["time_days"])
         # imaging stops at the event / censoring
         assert pat["scans"][-1]["day"] <= pat["time_days"]
+    # the latent cohort (no images) holds the same patients
+    for latent in simulate_latent_cohort(COHORT_CFG):
+        pat = truth["patients"][latent["patient_id"]]
+        assert latent["time_days"] == pat["time_days"] and latent["days"] == [s["day"] for s in pat["scans"]]
+        assert sorted(les["id"] for les in latent["lesions"]) == sorted(pat["lesions"])
 
 
 def test_same_seed_same_patient_other_seed_differs() -> None:
