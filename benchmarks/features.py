@@ -41,6 +41,7 @@ DEFAULT_ENVS = Path("/work/bench-envs")
 PYRADIOMICS_WORKER = r"""
 import json, sys, time, logging
 import SimpleITK as sitk
+import radiomics
 from radiomics import featureextractor
 logging.getLogger("radiomics").setLevel(logging.ERROR)
 params = {"setting": {"binWidth": 25, "resampledPixelSpacing": [1, 1, 1], "interpolator": "sitkLinear",
@@ -48,7 +49,7 @@ params = {"setting": {"binWidth": 25, "resampledPixelSpacing": [1, 1, 1], "inter
           "imageType": {"Original": {}}}
 ext = featureextractor.RadiomicsFeatureExtractor(params)
 ext.enableAllFeatures()
-print(json.dumps({"ready": True}), flush=True)
+print(json.dumps({"ready": True, "version": radiomics.__version__}), flush=True)
 for line in sys.stdin:
     img, msk = json.loads(line)
     t0 = time.perf_counter()
@@ -61,8 +62,9 @@ for line in sys.stdin:
 MIRP_WORKER = r"""
 import json, sys, time, warnings
 warnings.filterwarnings("ignore")
+from importlib.metadata import version
 from mirp import extract_features
-print(json.dumps({"ready": True}), flush=True)
+print(json.dumps({"ready": True, "version": version("mirp")}), flush=True)
 for line in sys.stdin:
     img, msk = json.loads(line)
     t0 = time.perf_counter()
@@ -80,7 +82,7 @@ class Peer:
     """A peer engine running in its own venv's python, timing one lesion per request."""
 
     def __init__(self, name: str, python: Path, worker: str) -> None:
-        self.name, self.proc, self.reason = name, None, ""
+        self.name, self.proc, self.reason, self.version = name, None, "", "?"
         if not python.is_file():
             self.reason = f"not installed ({python} missing)"
             return
@@ -91,8 +93,10 @@ class Peer:
             stderr=subprocess.DEVNULL,
             text=True,
         )
-        if not self._read():
+        ready = self._read()
+        if not ready:
             self.reason = "failed to start"
+        self.version = ready.get("version", "?") if ready else "?"
 
     def _read(self) -> dict | None:
         while self.proc is not None:
@@ -156,7 +160,7 @@ def write_nifti(folder: Path, name: str, image: np.ndarray, mask: np.ndarray) ->
 
 
 def main() -> None:
-    from tracker.radiomics import extract, load_config
+    from tracker.radiomics import ENGINE_VERSION, extract, load_config
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
@@ -196,6 +200,7 @@ def main() -> None:
                     theirs[peer.name][name].append(out["seconds"])
                     n_features[peer.name] = out["n_features"]
 
+    print("engines: metatrack " + ENGINE_VERSION + "".join(f", {p.name} {p.version}" for p in peers))
     print("lesions (voxels): " + ", ".join(f"{k} {int(m.sum())}" for k, (_, m) in lesions.items()))
     print("features per lesion: " + ", ".join(f"{k} {v}" for k, v in n_features.items()))
     header = f"{'lesion':8s} {'ours s':>9s}"
