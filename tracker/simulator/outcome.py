@@ -22,7 +22,7 @@ from tracker.simulator.lesions import heterogeneity, nominal_volume
 B_GROWTH = 1.6
 B_NEW = 0.45
 B_HET = 1.5
-B_BASE = 0.15
+B_BASE = 0.5
 V_EPS = 200.0  # mm3
 V_REF = 5000.0  # mm3
 TIME_STEP_DAYS = 7.0
