@@ -194,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     table = score_predictions(preds, cfg, (12.0, 24.0), args.bootstrap, args.seed)
     print(f"(cross-validation + scoring {time.perf_counter() - t0:.0f} s)")
     print_table(table)
+    bad = {k: p.cox_fits_not_converged for k, p in preds.items() if p.cox_fits_not_converged}
+    if bad:
+        print(
+            f"\nNote: lifelines Cox fits that warned of non-convergence, per landmark: {bad} (penalizer "
+            f"{cfg.cox_penalizer}); their coefficients are the last Newton-Raphson iterate"
+        )
     print("\nTargets (C = Antolini time-dependent C, pooled out-of-fold):")
     for line in check_targets(table):
         print("  " + line)

@@ -6,6 +6,7 @@ visit (conditional on being event-free there), so that the same metrics apply to
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,18 +50,28 @@ class CoxBaseline:
 
     fitter: object
     columns: list[str]
+    converged: bool = True  # False when lifelines' Newton-Raphson warned that it did not converge
 
     @classmethod
     def fit(cls, design: pd.DataFrame, durations: np.ndarray, events: np.ndarray, penalizer: float) -> CoxBaseline:
         from lifelines import CoxPHFitter
+        from lifelines.exceptions import ConvergenceWarning
 
         keep = [c for c in design.columns if float(design[c].std(ddof=0)) > MIN_COLUMN_STD]
         df = design[keep].reset_index(drop=True).copy()
         df[DURATION] = np.maximum(np.asarray(durations, dtype=np.float64), 1e-6)
         df[EVENT] = np.asarray(events, dtype=int)
         fitter = CoxPHFitter(penalizer=penalizer)
-        fitter.fit(df, duration_col=DURATION, event_col=EVENT)
-        return cls(fitter, keep)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fitter.fit(df, duration_col=DURATION, event_col=EVENT)
+        converged = True
+        for w in caught:
+            if issubclass(w.category, ConvergenceWarning):
+                converged = False
+            else:
+                warnings.warn(w.message, w.category, stacklevel=2)
+        return cls(fitter, keep, converged)
 
     def survival(self, design: pd.DataFrame, elapsed_months: np.ndarray, grid: list[float]) -> np.ndarray:
         """S(elapsed + g) / S(elapsed) for each row and grid point g (months)."""

@@ -31,6 +31,7 @@ class LandmarkPredictions:
     events: list = field(default_factory=list)
     folds: list = field(default_factory=list)
     curves: dict[str, list] = field(default_factory=lambda: {m: [] for m in MODELS})
+    cox_fits_not_converged: int = 0
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         return (
@@ -77,12 +78,13 @@ def cross_validated_predictions(
             rows = index[index["visit_index"] == k].set_index(pid).index.get_indexer(te_ids)
             rnn_rows = np.nonzero((index["visit_index"] == k).to_numpy())[0][rows]
             lk_ids, lk_rem, lk_evt, _ = outcome_from(tr_v, tr_e, cfg, k)
+            cox_lm = CoxBaseline.fit(landmark_design(tr_v, stats, cfg, k, lk_ids), lk_rem, lk_evt, cfg.cox_penalizer)
             pred = out[k]
+            pred.cox_fits_not_converged += int(not cox_base.converged) + int(not cox_lm.converged)
             pred.curves["rnn"].append(surv[rnn_rows])
             pred.curves["cox_baseline"].append(
                 cox_base.survival(landmark_design(te_v, stats, cfg, 1, te_ids), elapsed, grid)
             )
-            cox_lm = CoxBaseline.fit(landmark_design(tr_v, stats, cfg, k, lk_ids), lk_rem, lk_evt, cfg.cox_penalizer)
             pred.curves["cox_landmark"].append(
                 cox_lm.survival(landmark_design(te_v, stats, cfg, k, te_ids), np.zeros(len(te_ids)), grid)
             )
