@@ -386,7 +386,7 @@ def cohort(
 @app.command()
 def demo(
     ctx: typer.Context,
-    patients: Annotated[int, typer.Option("--patients", "-n", min=1)] = 4,
+    patients: Annotated[int, typer.Option("--patients", "-n", min=1)] = 3,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Simulate a small cohort into the data home, run every pipeline step on it, print the cohort timeline."""

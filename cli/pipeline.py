@@ -70,12 +70,15 @@ def run_process(
 
 
 def _score(state: AppState, patients: list[str]) -> int:
-    """Risk scores for the patients whose scans were processed, when a model is promoted."""
+    """Risk scores for the patients whose scans were processed (a no-op when no model is promoted)."""
     if not patients:
         return 0
-    try:
-        from tracker.rescore import score_patients
-    except ImportError:  # the scoring module is optional for processing
-        return 0
-    result = score_patients(state.engine(), state.store(), patients)
-    return int(result) if isinstance(result, int) else len(patients)
+    from db.repo import patient_ids
+    from db.session import session_scope
+    from tracker.rescore import score_patients
+
+    engine = state.engine()
+    with session_scope(engine) as s:
+        ids = patient_ids(s, patients)
+    stats = score_patients(engine, state.store(), ids)
+    return int(getattr(stats, "patients", 0) or 0)

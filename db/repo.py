@@ -14,6 +14,11 @@ def get_patient(session: Session, external_id: str) -> Patient | None:
     return session.scalar(select(Patient).where(Patient.external_id == external_id))
 
 
+def patient_ids(session: Session, external_ids: list[str]) -> list[int]:
+    """Database ids of patients given by their pseudonyms (unknown ones are left out)."""
+    return list(session.scalars(select(Patient.id).where(Patient.external_id.in_(external_ids)).order_by(Patient.id)))
+
+
 def scan_by_image(session: Session, sha256: str) -> Scan | None:
     return session.scalar(select(Scan).where(Scan.image_sha256 == sha256))
 

@@ -165,7 +165,7 @@ def _match(
     """Match this follow-up's lesions against every open track, on this scan's grid."""
     import SimpleITK as sitk
 
-    from registration import map_points, warp_labels
+    from registration import map_points, warp_image
     from tracker.lesions import Geometry
     from tracker.matching import MatchConfig, TrackState, match_lesions
 
@@ -177,8 +177,15 @@ def _match(
             src_labels = _read(src.mask) if src.mask else None
             if src_labels is None:
                 raise MetatrackError(f"scan {src.scan_id}: track T{t.number} was seen there but the mask is gone")
-            # resampling takes this scan's points to the source scan: scan -> baseline -> source
-            out = warp_labels(sitk.Cast(src_labels, sitk.sitkUInt16), image, _frame_transforms(scan, src))
+            # resampling takes this scan's points to the source scan: scan -> baseline -> source. Nearest
+            # neighbour: the matching dilates masks anyway, and label-Gaussian resampling costs seconds per scan.
+            out = warp_image(
+                sitk.Cast(src_labels, sitk.sitkUInt16),
+                image,
+                _frame_transforms(scan, src),
+                default_value=0,
+                interpolator=sitk.sitkNearestNeighbor,
+            )
             warped[t.last_scan_index] = sitk.GetArrayFromImage(out)
         centroid = map_points(np.asarray([t.last_centroid]), _frame_transforms(src, scan))[0]
         states.append(
