@@ -147,7 +147,6 @@ def render_scan(
         organs[sl][inside] = ORGAN_CODE[les["organ"]]
 
     mask = np.zeros(grid.array_shape, dtype=np.uint16)
-    n_comp = 0
     if members:
         # connected components inside the bounding box of all lesion voxels (the rest is background)
         box = tuple(
@@ -157,8 +156,6 @@ def render_scan(
         comp, n_comp = ndimage.label(lesion_any[box], structure=CONNECTIVITY)
         order = rng.permutation(n_comp) + 1  # component c gets label order[c-1]: the order says nothing of identity
         mask[box] = np.concatenate([[0], order]).astype(np.uint16)[comp]
-    else:
-        rng.permutation(0)
     labels: dict[int, list[str]] = {}
     n_voxels: dict[str, int] = {}
     for lid, (sl, inside) in members.items():
