@@ -8,11 +8,12 @@ next to the database (:func:`worker_lock`); a second worker fails at once with a
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_STALE_AFTER_S = 15 * 60  # a running job older than this is taken to belong to a dead worker
 MAX_ERROR_CHARS = 2000
 LOCK_SUFFIX = ".worker.lock"
+IN_CHUNK = 5000  # values per IN (...) list
+SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's SQLite DATETIME storage format
 
 
 def default_worker_name() -> str:
@@ -34,15 +37,20 @@ def default_worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _insert(session: Session):
-    name = session.get_bind().dialect.name
-    if name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        raise MetatrackError(f"database backend {name!r} is not supported (use SQLite or PostgreSQL)")
-    return insert
+def db_timestamp(session: Session, value: datetime) -> datetime | str:
+    """A UTC timestamp as a raw driver parameter, in the form UTCDateTime stores it (naive text on SQLite)."""
+    if session.get_bind().dialect.name == "sqlite":
+        return value.astimezone(UTC).strftime(SQLITE_TIME_FORMAT)
+    return value
+
+
+def executemany(session: Session, sql: str, rows: Sequence[tuple]) -> None:
+    """Run `sql` (with ? placeholders) once per row through the driver, in the session's transaction."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name != "sqlite":
+        sql = sql.replace("?", "%s")
+    session.connection().exec_driver_sql(sql, list(rows))
 
 
 def enqueue(
@@ -58,31 +66,25 @@ def enqueue(
     """
     if not items:
         return 0
-    insert = _insert(session)
     table = Job.__table__
-    now = utcnow()
-    total = 0
-    for start in range(0, len(items), 1000):
-        rows = [
-            {
-                "kind": kind,
-                "dedupe_key": key,
-                "payload": payload,
-                "state": JobState.QUEUED,
-                "attempts": 0,
-                "max_attempts": max_attempts,
-                "created_at": now,
-            }
-            for key, payload in items[start : start + 1000]
-        ]
-        stmt = insert(table).values(rows)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[table.c.dedupe_key],
-            set_={"state": JobState.QUEUED, "attempts": 0, "error": None, "payload": stmt.excluded.payload},
-            where=table.c.state == JobState.DONE,
+    keys = [k for k, _ in items]
+    present: dict[str, JobState] = {}
+    for i in range(0, len(keys), IN_CHUNK):
+        present.update(
+            session.execute(
+                select(table.c.dedupe_key, table.c.state).where(table.c.dedupe_key.in_(keys[i : i + IN_CHUNK]))
+            ).all()
         )
-        total += len(session.execute(stmt.returning(table.c.id)).all())  # rowcount is -1 on some drivers
-    return total
+    # raw executemany: SQLAlchemy's per-row parameter processing costs more than the insert itself
+    now = db_timestamp(session, utcnow())
+    rows = [(kind, key, json.dumps(payload), max_attempts, now) for key, payload in items]
+    sql = (
+        "INSERT INTO jobs (kind, dedupe_key, payload, state, attempts, max_attempts, created_at) "
+        "VALUES (?, ?, ?, 'queued', 0, ?, ?) ON CONFLICT (dedupe_key) DO UPDATE SET state = 'queued', "
+        "attempts = 0, error = NULL, payload = excluded.payload WHERE jobs.state = 'done'"
+    )
+    executemany(session, sql, rows)
+    return sum(1 for k in keys if present.get(k, JobState.DONE) is JobState.DONE)
 
 
 def claim(

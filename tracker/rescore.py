@@ -26,7 +26,14 @@ import numpy as np
 import pandas as pd
 
 from tracker.errors import MetatrackError
-from tracker.scoring import DEFAULT_HORIZONS, curve_row_horizon, month_start, months_between, risk_table
+from tracker.scoring import (
+    DEFAULT_HORIZONS,
+    curve_row_horizon,
+    month_start,
+    months_between,
+    risk_table,
+    survival_at,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -199,15 +206,38 @@ def plan(
     return added
 
 
+def curves_json(curves: np.ndarray) -> list[str]:
+    """Survival curves (values in [0, 1]) as JSON arrays with 6 decimals, formatted without a per-float repr."""
+    c = np.clip(np.asarray(curves, dtype=np.float64), 0.0, 1.0)
+    n, m = c.shape
+    if m == 0:
+        return ["[]"] * n
+    scaled = np.rint(c * 10**CURVE_DECIMALS).astype(np.int64)
+    cell = np.empty((n, m, CURVE_DECIMALS + 3), dtype=np.uint8)  # "d.dddddd,"
+    cell[:, :, 0] = ord("0") + scaled // 10**CURVE_DECIMALS
+    cell[:, :, 1] = ord(".")
+    for k in range(CURVE_DECIMALS):
+        cell[:, :, 2 + k] = ord("0") + (scaled // 10 ** (CURVE_DECIMALS - 1 - k)) % 10
+    cell[:, :, -1] = ord(",")
+    flat = cell.reshape(n, -1)
+    flat[:, -1] = ord("]")
+    body = flat.tobytes()
+    width = flat.shape[1]
+    return ["[" + body[i * width : (i + 1) * width].decode() for i in range(n)]
+
+
 def _score_group(
     model: RiskModel,
     visits: pd.DataFrame,
     plans: dict[int, PatientPlan],
     model_version_id: int,
     horizons: Sequence[int],
-    computed_at: datetime,
-) -> list[dict[str, Any]]:
-    """Score rows for the patients of `visits` (all must be scorable: the caller isolates failures)."""
+) -> pd.DataFrame:
+    """Score rows for the patients of `visits` (all must be scorable: the caller isolates failures).
+
+    Columns: patient_id, scan_id (None for a tick), as_of_date, model_version_id, horizon_months, risk, curve
+    (JSON text on the curve horizon's rows, else None), input_fingerprint.
+    """
     from db.visits import model_inputs
 
     inputs = model_inputs(visits)[["patient_id", "time_days", *model.features]]
@@ -217,78 +247,136 @@ def _score_group(
         raise MetatrackError("rescore: model output rows do not line up with the visit table")
     grid = model.grid_months
     horizons = [int(h) for h in horizons]
-    curve_h = curve_row_horizon(horizons)
     pids = visits["db_patient_id"].to_numpy(dtype=np.int64)
-    scan_ids = visits["scan_id"].to_numpy(dtype=np.int64)
-    dates = list(visits["scan_date"])
-    # as of each scan (t = 0), then as of the tick from each patient's last visit's curve
-    risks, curves = risk_table(surv, grid, np.zeros(len(visits)), horizons)
-    is_last = np.r_[pids[1:] != pids[:-1], True]
-    tick_rows = [i for i in np.flatnonzero(is_last) if plans[int(pids[i])].tick is not None]
-    t_tick = np.array([months_between(dates[i], plans[int(pids[i])].tick) for i in tick_rows])
-    if tick_rows:
-        tick_risks, tick_curves = risk_table(surv[tick_rows], grid, t_tick, horizons)
-    rows: list[dict[str, Any]] = []
-
-    def emit(pid: int, scan_id: int | None, day: date, r: np.ndarray, curve: np.ndarray) -> None:
-        fp = plans[pid].fingerprint
-        for k, h in enumerate(horizons):
-            rows.append(
-                {
-                    "patient_id": pid,
-                    "scan_id": scan_id,
-                    "as_of_date": day,
-                    "model_version_id": model_version_id,
-                    "horizon_months": h,
-                    "risk": float(r[k]),
-                    "curve": np.round(curve, CURVE_DECIMALS).tolist() if h == curve_h else None,
-                    "input_fingerprint": fp,
-                    "computed_at": computed_at,
-                }
-            )
-
-    for i in range(len(visits)):
-        emit(int(pids[i]), int(scan_ids[i]), dates[i], risks[i], curves[i])
-    for j, i in enumerate(tick_rows):
-        pid = int(pids[i])
-        emit(pid, None, plans[pid].tick, tick_risks[j], tick_curves[j])
-    return rows
-
-
-def _upsert_scores(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Insert score rows; a row with the same key and another fingerprint is replaced, an identical one kept."""
-    if not rows:
-        return
-    from db.jobs import _insert
-    from db.models import RiskScore
-
-    table = RiskScore.__table__
-    stmt = _insert(session)(table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[table.c.patient_id, table.c.as_of_date, table.c.model_version_id, table.c.horizon_months],
-        set_={c: stmt.excluded[c] for c in ("scan_id", "risk", "curve", "input_fingerprint", "computed_at")},
-        where=table.c.input_fingerprint != stmt.excluded.input_fingerprint,
+    dates = visits["scan_date"].to_numpy(dtype=object)
+    # as of each scan: t = 0 on that visit's curve
+    zero = np.zeros(len(visits))
+    risks = np.stack([1.0 - survival_at(surv, grid, zero + h) for h in horizons], axis=1)
+    # as of the tick: t months after the last visit, on the last visit's curve
+    is_last = np.r_[pids[1:] != pids[:-1], True] if len(pids) else np.zeros(0, dtype=bool)
+    tick_rows = np.array([i for i in np.flatnonzero(is_last) if plans[int(pids[i])].tick is not None], dtype=np.int64)
+    tick_days = np.array([plans[int(pids[i])].tick for i in tick_rows], dtype=object)
+    t_tick = np.array([months_between(dates[i], tick_days[j]) for j, i in enumerate(tick_rows)], dtype=np.float64)
+    tick_risks, tick_curves = risk_table(surv[tick_rows], grid, t_tick, horizons)
+    entry_pid = np.r_[pids, pids[tick_rows]]
+    entry_scan = np.r_[visits["scan_id"].to_numpy(dtype=object), np.full(len(tick_rows), None, dtype=object)]
+    entry_day = np.r_[dates, tick_days]
+    entry_risk = np.concatenate([risks, tick_risks.reshape(len(tick_rows), len(horizons))], axis=0)
+    entry_curve = np.array(curves_json(np.concatenate([surv, tick_curves], axis=0)), dtype=object)
+    entry_fp = np.array([plans[int(p)].fingerprint for p in entry_pid], dtype=object)
+    n_h = len(horizons)
+    horizon_col = np.tile(np.asarray(horizons, dtype=np.int64), len(entry_pid))
+    curve_col = np.repeat(entry_curve, n_h)
+    curve_col[horizon_col != curve_row_horizon(horizons)] = None
+    return pd.DataFrame(
+        {
+            "patient_id": np.repeat(entry_pid, n_h),
+            "scan_id": np.repeat(entry_scan, n_h),
+            "as_of_date": np.repeat(entry_day, n_h),
+            "model_version_id": np.full(len(horizon_col), model_version_id, dtype=np.int64),
+            "horizon_months": horizon_col,
+            "risk": entry_risk.reshape(-1),
+            "curve": curve_col,
+            "input_fingerprint": np.repeat(entry_fp, n_h),
+        }
     )
-    # rows without a curve leave the column out, so that it is SQL NULL rather than JSON 'null'
-    with_curve = [r for r in rows if r["curve"] is not None]
-    without = [{k: v for k, v in r.items() if k != "curve"} for r in rows if r["curve"] is None]
-    for part in (with_curve, without):
-        if part:
-            session.execute(stmt, part)
 
 
-def _write_batch(
-    engine: Engine, worker: str, rows: list[dict[str, Any]], done: list[int], failed: dict[int, str]
-) -> None:
+SCORE_COLUMNS = (
+    "patient_id",
+    "scan_id",
+    "as_of_date",
+    "model_version_id",
+    "horizon_months",
+    "risk",
+    "curve",
+    "input_fingerprint",
+    "computed_at",
+)
+UPSERT_SQLITE = (
+    f"INSERT INTO risk_scores ({', '.join(SCORE_COLUMNS)}) VALUES ({', '.join('?' * len(SCORE_COLUMNS))}) "
+    "ON CONFLICT (patient_id, as_of_date, model_version_id, horizon_months) DO UPDATE SET scan_id = excluded.scan_id, "
+    "risk = excluded.risk, curve = excluded.curve, input_fingerprint = excluded.input_fingerprint, "
+    "computed_at = excluded.computed_at WHERE risk_scores.input_fingerprint <> excluded.input_fingerprint"
+)
+UPSERT_POSTGRES = (
+    f"INSERT INTO risk_scores ({', '.join(SCORE_COLUMNS)}) "
+    "SELECT p, s, d, m, h, r, c::jsonb, f, %(now)s FROM unnest(%(p)s::bigint[], %(s)s::bigint[], %(d)s::date[], "
+    "%(m)s::bigint[], %(h)s::int[], %(r)s::float8[], %(c)s::text[], %(f)s::text[]) AS t(p, s, d, m, h, r, c, f) "
+    "ON CONFLICT (patient_id, as_of_date, model_version_id, horizon_months) DO UPDATE SET scan_id = excluded.scan_id, "
+    "risk = excluded.risk, curve = excluded.curve, input_fingerprint = excluded.input_fingerprint, "
+    "computed_at = excluded.computed_at WHERE risk_scores.input_fingerprint <> excluded.input_fingerprint"
+)
+
+
+def _upsert_scores(session: Session, rows: pd.DataFrame, computed_at: datetime) -> None:
+    """Insert score rows; a row with the same key and another fingerprint is replaced, an identical one kept.
+
+    Raw driver calls (one unnest() statement on PostgreSQL, executemany on SQLite): per-row ORM/Core parameter
+    processing would cost more than the scoring itself.
+    """
+    from db.jobs import db_timestamp, executemany
+
+    if rows.empty:
+        return
+    scan = [None if v is None else int(v) for v in rows["scan_id"]]
+    if session.get_bind().dialect.name == "postgresql":
+        params = {
+            "p": rows["patient_id"].tolist(),
+            "s": scan,
+            "d": rows["as_of_date"].tolist(),
+            "m": rows["model_version_id"].tolist(),
+            "h": rows["horizon_months"].tolist(),
+            "r": rows["risk"].tolist(),
+            "c": rows["curve"].tolist(),
+            "f": rows["input_fingerprint"].tolist(),
+            "now": computed_at,
+        }
+        session.connection().exec_driver_sql(UPSERT_POSTGRES, params)
+        return
+    now = db_timestamp(session, computed_at)
+    days = [d.isoformat() for d in rows["as_of_date"]]
+    executemany(
+        session,
+        UPSERT_SQLITE,
+        list(
+            zip(
+                rows["patient_id"].tolist(),
+                scan,
+                days,
+                rows["model_version_id"].tolist(),
+                rows["horizon_months"].tolist(),
+                rows["risk"].tolist(),
+                rows["curve"].tolist(),
+                rows["input_fingerprint"].tolist(),
+                [now] * len(rows),
+                strict=True,
+            )
+        ),
+    )
+
+
+def _write_batch(engine: Engine, worker: str, rows: pd.DataFrame, done: list[int], failed: dict[int, str]) -> None:
     """One transaction: the batch's score rows, its jobs done, its failed jobs with their errors."""
     from db import jobs
     from db.session import session_scope
 
     with session_scope(engine) as s:
-        _upsert_scores(s, rows)
+        _upsert_scores(s, rows, datetime.now(UTC))
         jobs.complete(s, done, worker)
         for job_id, error in failed.items():
             jobs.fail(s, job_id, worker, error)
+
+
+def _latest_jobs(
+    claimed: list[tuple[int, dict[str, Any]]],
+) -> tuple[list[tuple[int, dict[str, Any]]], list[int]]:
+    """(newest job per model and patient, ids of the older ones it supersedes): one patient is scored once."""
+    newest: dict[tuple[int, int], tuple[int, dict[str, Any]]] = {}
+    for job_id, payload in sorted(claimed):
+        newest[(int(payload["model_version_id"]), int(payload["patient_id"]))] = (job_id, payload)
+    kept = {j for j, _ in newest.values()}
+    return list(newest.values()), [j for j, _ in claimed if j not in kept]
 
 
 def _run_batch(engine: Engine, store: FileStore, worker: str, claimed: list[tuple[int, dict[str, Any]]]) -> WorkStats:
@@ -299,45 +387,45 @@ def _run_batch(engine: Engine, store: FileStore, worker: str, claimed: list[tupl
     from db.visits import first_event_dates, visit_table
 
     stats = WorkStats(batches=1)
+    latest, done = _latest_jobs(claimed)
     groups: dict[tuple, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
-    for job_id, payload in claimed:
+    for job_id, payload in latest:
         key = (int(payload["model_version_id"]), payload["as_of"], tuple(payload.get("horizons", DEFAULT_HORIZONS)))
         groups[key].append((job_id, payload))
-    computed_at = datetime.now(UTC)
-    rows: list[dict[str, Any]] = []
-    done: list[int] = []
+    parts: list[pd.DataFrame] = []
     failed: dict[int, str] = {}
     for (mv_id, as_of_s, horizons), items in groups.items():
         job_of = {int(p["patient_id"]): j for j, p in items}
         db_ids = sorted(job_of)
+        as_of = date.fromisoformat(as_of_s)
         try:
             with session_scope(engine) as s:
                 mv = s.get(ModelVersion, mv_id)
                 if mv is None:
                     raise MetatrackError(f"model version id {mv_id} no longer exists")
+                features = list(mv.features)
                 model = load_file(store, mv)
-                visits = visit_table(s, db_ids, tags=list(mv.features))
-                events = first_event_dates(s, mv.endpoint, db_ids, on_or_before=date.fromisoformat(as_of_s))
-            plans = {
-                p.db_patient_id: p
-                for p in plan_patients(visits, list(mv.features), mv_id, date.fromisoformat(as_of_s), horizons, events)
-            }
+                visits = visit_table(s, db_ids, tags=features)
+                events = first_event_dates(s, mv.endpoint, db_ids, on_or_before=as_of)
+            plans = {p.db_patient_id: p for p in plan_patients(visits, features, mv_id, as_of, horizons, events)}
         except Exception as exc:  # the whole group cannot be scored: every job fails with the reason
             for pid in db_ids:
                 failed[job_of[pid]] = f"{type(exc).__name__}: {exc}"
             continue
         try:
-            rows += _score_group(model, visits, plans, mv_id, horizons, computed_at)
+            parts.append(_score_group(model, visits, plans, mv_id, horizons))
             done += [job_of[p] for p in db_ids]
         except Exception:  # isolate the failing patients, score the others one by one
             for pid in db_ids:
                 one = visits[visits["db_patient_id"] == pid]
                 try:
-                    rows += _score_group(model, one, plans, mv_id, horizons, computed_at) if len(one) else []
+                    if len(one):
+                        parts.append(_score_group(model, one, plans, mv_id, horizons))
                     done.append(job_of[pid])
                 except Exception as exc:
                     failed[job_of[pid]] = f"{type(exc).__name__}: {exc}"
         stats.patients += len(db_ids)
+    rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     _write_batch(engine, worker, rows, done, failed)
     stats.jobs_done, stats.jobs_failed, stats.rows_written = len(done), len(failed), len(rows)
     stats.errors = [f"job {j}: {e}" for j, e in failed.items()]
