@@ -334,6 +334,20 @@ def harmonise_apply(
     )
 
 
+@app.command("recist-targets")
+def recist_targets(
+    ctx: typer.Context,
+    patient: Annotated[str, typer.Argument(help="Patient pseudonym.")],
+    tracks: Annotated[list[int], typer.Argument(help="Track numbers to use as targets (e.g. 2 5).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Override the RECIST target selection and re-assess every processed follow-up."""
+    from tracker.recist_override import set_targets
+
+    rows = set_targets(_state(ctx).engine(), patient, tracks)
+    output.print_json(rows) if as_json else output.print_table(rows)
+
+
 @app.command("patients")
 def patients_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List patients with their scan counts and dates."""

@@ -398,3 +398,38 @@ def scan_frame(session: Session, store: FileStore, external_id: str, day: date) 
             return _scan_files(session, store, scan, i, reg)
     dates = ", ".join(s.scan_date.isoformat() for s in scans)
     raise MetatrackError(f"patient {external_id!r} has no scan dated {day} (scans: {dates})")
+
+
+def recist_history(session: Session, external_id: str) -> tuple[Patient, list[Scan], list[Lesion], dict[int, list]]:
+    """A patient's processed scans, baseline lesions, and per follow-up the (track number, lesion, change) links."""
+    patient = repo.get_patient(session, external_id)
+    if patient is None:
+        raise MetatrackError(f"unknown patient {external_id!r}")
+    scans = [s for s in repo.patient_scans(session, patient) if s.state == ScanState.PROCESSED]
+    if not scans:
+        raise MetatrackError(f"patient {external_id!r} has no processed scans; run `metatrack process`")
+    numbers = {t.id: t.number for t in session.scalars(select(LesionTrack).where(LesionTrack.patient_id == patient.id))}
+    lesions = {les.id: les for les in session.scalars(select(Lesion).where(Lesion.scan_id.in_([s.id for s in scans])))}
+    links: dict[int, list] = {s.id: [] for s in scans}
+    for ln in session.scalars(select(TrackLink).where(TrackLink.scan_id.in_([s.id for s in scans]))):
+        links[ln.scan_id].append((numbers[ln.track_id], lesions.get(ln.lesion_id), ln.change.value))
+    baseline = [les for les in lesions.values() if les.scan_id == scans[0].id]
+    return patient, scans, baseline, links
+
+
+def write_recist(
+    session: Session, patient: Patient, scans: list[Scan], roles: dict[int, str], sums: list[dict[str, Any]]
+) -> None:
+    """Replace a patient's target roles (marked as a user override) and RECIST assessments."""
+    for t in session.scalars(select(LesionTrack).where(LesionTrack.patient_id == patient.id)):
+        t.recist_role = roles.get(t.number)
+        t.recist_override = True
+    rows = {
+        r.scan_id: r
+        for r in session.scalars(select(RecistAssessment).where(RecistAssessment.scan_id.in_([s.id for s in scans])))
+    }
+    for scan, values in zip(scans, sums, strict=True):
+        row = rows.get(scan.id) or RecistAssessment(scan_id=scan.id)
+        for k, v in values.items():
+            setattr(row, k, v)
+        session.add(row)

@@ -22,11 +22,14 @@ from db.models import (
     Scan,
     ScanRole,
     ScanState,
+    TrackDelta,
     TrackLink,
 )
 from tracker.errors import MetatrackError
 
 TIMELINE_VERSION = 1
+# Lesion features whose changes along the track the timeline shows (all are in `track_deltas`).
+TIMELINE_DELTA_TAGS = ("morph_volume", "stat_mean", "stat_var", "ih_entropy", "cm_contrast_3D_comb")
 
 
 def list_patients(session: Session) -> list[dict[str, Any]]:
@@ -55,7 +58,9 @@ def list_patients(session: Session) -> list[dict[str, Any]]:
     ]
 
 
-def _lesion_dict(les: Lesion, track_numbers: dict[int, int], link: TrackLink | None, role: str | None) -> dict:
+def _lesion_dict(
+    les: Lesion, track_numbers: dict[int, int], link: TrackLink | None, role: str | None, deltas: dict
+) -> dict:
     return {
         "id": les.id,
         "label": les.label,
@@ -67,6 +72,7 @@ def _lesion_dict(les: Lesion, track_numbers: dict[int, int], link: TrackLink | N
         "short_axis_mm": les.short_axis_mm,
         "organ": les.organ,
         "recist_role": role,
+        "deltas": deltas,
     }
 
 
@@ -115,6 +121,15 @@ def timeline(session: Session, external_id: str) -> dict[str, Any]:
     pfeat: dict[int, dict[str, float | None]] = defaultdict(dict)
     for pf in session.scalars(select(PatientFeature).where(PatientFeature.patient_id == patient.id)):
         pfeat[pf.scan_id][pf.tag] = pf.value
+    deltas: dict[tuple[int, int], dict] = defaultdict(lambda: defaultdict(dict))
+    for d in session.scalars(
+        select(TrackDelta).where(TrackDelta.scan_id.in_(scan_ids), TrackDelta.tag.in_(TIMELINE_DELTA_TAGS))
+    ):
+        deltas[(d.scan_id, d.track_id)][d.reference][d.tag] = {
+            "abs": d.abs_change,
+            "rel": d.rel_change,
+            "per_30d": d.change_per_30d,
+        }
     baseline_date = scans[0].scan_date if scans else None
     out_scans = []
     for s in scans:
@@ -139,6 +154,7 @@ def timeline(session: Session, external_id: str) -> dict[str, Any]:
                         numbers,
                         by_lesion.get(les.id),
                         tracks[les.track_id].recist_role if les.track_id in tracks else None,
+                        dict(deltas.get((s.id, les.track_id), {})),
                     )
                     for les in lesions[s.id]
                 ],

@@ -19,6 +19,7 @@ from tracker.ingest import ingest_many, read_manifest
 from tracker.locate import locate
 from tracker.pipeline import Settings
 from tracker.process import process_pending
+from tracker.recist_override import set_targets
 from tracker.simulator import SimulationConfig, simulate_cohort
 from tracker.store import FileStore
 
@@ -97,6 +98,16 @@ def test_process_tracks_against_truth_and_is_idempotent(engine: Engine, cohort: 
     err = np.linalg.norm(mapped - np.array([p["scan"] for p in pairs]), axis=1)
     initial = np.linalg.norm(base_pts - np.array([p["scan"] for p in pairs]), axis=1)
     assert err.mean() < 2.5 < initial.mean(), (err.mean(), initial.mean())  # 4 mm voxels
+    # a user's own target choice: every follow-up re-assessed with the sum of those tracks' longest diameters
+    chosen = sorted(les["track_id"] for les in scans[0]["lesions"] if (les["long_axis_mm"] or 0) >= 10)[:1]
+    rows = set_targets(engine, "SIM001", chosen)
+    for scan, row in zip(scans, rows, strict=True):
+        expected = sum(les["long_axis_mm"] for les in scan["lesions"] if les["track_id"] in chosen and les["change"]
+                       in (None, "new", "persistent"))  # fmt: skip
+        assert row["sum_mm"] == pytest.approx(expected)
+    with session_scope(engine) as s:
+        roles = {les["track_id"]: les["recist_role"] for les in timeline(s, "SIM001")["scans"][0]["lesions"]}
+    assert {t for t, r in roles.items() if r == "target"} == set(chosen)
     # re-running is a no-op
     with session_scope(engine) as s:
         before = repo.table_counts(s)
