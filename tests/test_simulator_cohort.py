@@ -92,7 +92,8 @@ def test_files_and_manifest_layout(cohort: tuple[Path, dict[str, Any]]) -> None:
     for latent in simulate_latent_cohort(COHORT_CFG):
         pat = truth["patients"][latent["patient_id"]]
         assert latent["time_days"] == pat["time_days"] and latent["days"] == [s["day"] for s in pat["scans"]]
-        assert sorted(les["id"] for les in latent["lesions"]) == sorted(pat["lesions"])
+        assert sorted(les["id"] for les in latent["lesions"]) == sorted([*pat["lesions"], *pat["future_lesions"]])
+        assert all(les["onset_day"] > pat["scans"][-1]["day"] for les in pat["future_lesions"].values())
 
 
 def test_same_seed_same_patient_other_seed_differs() -> None:

@@ -37,7 +37,8 @@ truth.json schema (version 1)::
             "rigid": {"centre", "angles_deg", "translation"}, "nonrigid_max_mm", "nonrigid_mean_mm"}],
         "lesions": {lesion id: {"organ", "fate", "onset_day", "onset_scan_index", "d0_mm", "decay", "growth",
                                 "lag_days", "het0", "het_rate", "nec0", "nec_rate", "base_hu", "split_day",
-                                "anchor", "anchor_offset", "center_mm", "blobs", ...}}}}}
+                                "anchor", "anchor_offset", "center_mm", "blobs", ...}},
+        "future_lesions": {same, for new lesions whose onset is after the last scan (hazard only)}}}}
 
 Lesion volumes/centroids are of the analytic shape in the baseline frame (volume) and mapped to the scan
 (centroid); the mask holds every voxel whose centre maps inside a lesion.

@@ -169,10 +169,12 @@ def simulate_patient(cfg: SimulationConfig, index: int) -> dict[str, Any]:
         scans.append({"image": out["image"], "mask": out["mask"], "organs": out["organs"], "grid": grid})
         scan_truth.append(entry)
 
-    lesions_truth = {}
+    lesions_truth, future = {}, {}
     for les in latent["lesions"]:
         onset_idx = next((k for k, d in enumerate(latent["days"]) if d >= les["onset_day"]), None)
-        lesions_truth[les["id"]] = dict(les, onset_scan_index=onset_idx, center_mm=centres[les["id"]].tolist())
+        record = dict(les, onset_scan_index=onset_idx, center_mm=centres[les["id"]].tolist())
+        # lesions that appear only after the last scan drive the hazard but are never imaged
+        (lesions_truth if onset_idx is not None else future)[les["id"]] = record
     truth = {
         "patient_id": latent["patient_id"],
         "baseline_date": latent["baseline_date"],
@@ -188,6 +190,7 @@ def simulate_patient(cfg: SimulationConfig, index: int) -> dict[str, Any]:
         "scanners": latent["scanners"],
         "scans": scan_truth,
         "lesions": lesions_truth,
+        "future_lesions": future,
     }
     return {"truth": truth, "scans": scans}
 
