@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,8 @@ LESION_VOXELS = {"small": 500, "medium": 15_000, "large": 150_000}
 TUMOUR_HU, TUMOUR_SD_HU = 40.0, 60.0
 LUNG_HU, LUNG_SD_HU = -820.0, 60.0
 DEFAULT_ENVS = Path("/work/bench-envs")
+# our engine limits BLAS to one thread per extraction; the peers get the same setting, to compare like with like
+SINGLE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 # Peer workers: import once, then time one extraction per request line ("image mask" paths as JSON) and answer
 # with a JSON line, so that our runs and the peers' runs can be interleaved under the same machine load.
@@ -92,6 +95,7 @@ class Peer:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
+            env={**os.environ, **SINGLE_THREAD_ENV},
         )
         ready = self._read()
         if not ready:
