@@ -12,7 +12,7 @@ its inverse.
 
 Files written by ``simulate_cohort(cfg, OUT)``::
 
-    OUT/manifest.csv   patient_id,date,image,mask,modality,scanner,role (paths relative to OUT)
+    OUT/manifest.csv   patient_id,date,image,mask,organs,modality,scanner,role (paths relative to OUT)
     OUT/<pid>/<date>/image.nii.gz   int16 HU;  mask.nii.gz  uint8/uint16 lesion labels 1..k (random order);
                      organs.nii.gz  uint8 (0 air, 1 body/soft tissue, 2 liver, 3 lung, 4 bone, 5 fat)
     OUT/events.csv     patient_id,time_days,event,event_date (event 1 = progression, 0 = censored)

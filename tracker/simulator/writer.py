@@ -15,7 +15,7 @@ from tracker.simulator.config import SimulationConfig
 from tracker.simulator.grid import Grid
 
 TRUTH_SCHEMA_VERSION = 1
-MANIFEST_COLUMNS = ["patient_id", "date", "image", "mask", "modality", "scanner", "role"]
+MANIFEST_COLUMNS = ["patient_id", "date", "image", "mask", "organs", "modality", "scanner", "role"]
 EVENTS_COLUMNS = ["patient_id", "time_days", "event", "event_date"]
 
 
@@ -51,6 +51,7 @@ def write_patient(result: dict[str, Any], out_dir: Path, modality: str) -> list[
                 "date": entry["date"],
                 "image": entry["image"],
                 "mask": entry["mask"],
+                "organs": entry["organs"],
                 "modality": modality,
                 "scanner": entry["scanner"],
                 "role": entry["role"],
