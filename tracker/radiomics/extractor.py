@@ -149,7 +149,7 @@ def extract(
     if not _is_validated(cfg):
         cfg = load_config(cfg)
     image = np.asarray(image)
-    mask = np.asarray(mask).astype(bool)
+    mask = np.asarray(mask).astype(bool, copy=False)
     _check_inputs(image, mask, spacing)
     catalog = _catalog(cfg)
     found: dict[str, float] = {}

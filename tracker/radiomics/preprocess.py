@@ -57,8 +57,13 @@ def grid_axis(n_a: int, s_a: float, s_b: float | None) -> tuple[int, float, floa
 
 
 def _bbox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.argwhere(mask)
-    return idx.min(axis=0), idx.max(axis=0)
+    """Inclusive index bounds of the non-zero voxels (by projections: cheap on whole-body volumes)."""
+    lo, hi = [], []
+    for ax in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax)))
+        lo.append(hit[0])
+        hi.append(hit[-1])
+    return np.array(lo), np.array(hi)
 
 
 def prepare(image: np.ndarray, mask: np.ndarray, spacing: tuple[float, ...], cfg: dict[str, Any]) -> Prepared:
@@ -72,11 +77,18 @@ def prepare(image: np.ndarray, mask: np.ndarray, spacing: tuple[float, ...], cfg
     """
     from scipy import ndimage
 
-    img = np.asarray(image, dtype=np.float64)
-    roi = np.asarray(mask).astype(bool)
+    img = np.asarray(image)
+    roi = np.asarray(mask).astype(bool, copy=False)
+    # work in float64 on the crop only; z-score statistics come from the whole image
+    shift, scale = 0.0, 1.0
     if cfg["normalisation"] == "zscore":
-        sd = img.std()
-        img = (img - img.mean()) / (sd if sd > 0 else 1.0)
+        shift = float(img.mean(dtype=np.float64))
+        sd = float(img.std(dtype=np.float64))
+        scale = sd if sd > 0 else 1.0
+
+    def crop(sl: tuple[slice, ...]) -> np.ndarray:
+        return (img[sl].astype(np.float64) - shift) / scale
+
     lo, hi = _bbox(roi)
     res = cfg["resampling"]
     new_spacing = res["spacing"] if res is not None else [None, None, None]
@@ -95,7 +107,7 @@ def prepare(image: np.ndarray, mask: np.ndarray, spacing: tuple[float, ...], cfg
     out_spacing = tuple(float(spacing[ax]) * steps[ax] for ax in range(3))
     if res is None or all(s == 1.0 and o == 0.0 for s, o in zip(steps, offsets, strict=True)):
         sl = tuple(slice(a, b) for a, b in zip(starts, stops, strict=True))
-        grid_img, grid_mask = img[sl].copy(), roi[sl].copy()
+        grid_img, grid_mask = crop(sl), roi[sl].copy()
     else:
         order = _SPLINE_ORDER[res["interpolator"]]
         m_order = _SPLINE_ORDER[res["mask_interpolator"]]
@@ -112,7 +124,7 @@ def prepare(image: np.ndarray, mask: np.ndarray, spacing: tuple[float, ...], cfg
         out_shape = tuple(b - a for a, b in zip(starts, stops, strict=True))
         matrix = np.diag(steps)
         grid_img = ndimage.affine_transform(
-            img[src_sl_t], matrix, offset=local_off, output_shape=out_shape, order=order, mode="nearest"
+            crop(src_sl_t), matrix, offset=local_off, output_shape=out_shape, order=order, mode="nearest"
         )
         pv = ndimage.affine_transform(
             roi[src_sl_t].astype(np.float64),
