@@ -53,7 +53,8 @@ def print_timeline(data: dict[str, Any]) -> None:
                 {
                     "lesion": f"  #{les['label']} {les.get('organ') or ''}".rstrip(),
                     "track": f"T{les['track_id']}" if les.get("track_id") else "",
-                    "change": les.get("change") or "",
+                    "change": (les.get("change") or "")
+                    + (" <- " + ", ".join(f"T{t}" for t in les["merged_from"]) if les.get("merged_from") else ""),
                     "volume_mm3": les["volume_mm3"],
                     "diam_mm": les.get("long_axis_mm"),
                     "recist": les.get("recist_role") or "",

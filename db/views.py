@@ -9,6 +9,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from db.models import (
+    ChangeClass,
     ClinicalEvent,
     Lesion,
     LesionTrack,
@@ -59,13 +60,21 @@ def list_patients(session: Session) -> list[dict[str, Any]]:
 
 
 def _lesion_dict(
-    les: Lesion, track_numbers: dict[int, int], link: TrackLink | None, role: str | None, deltas: dict
+    les: Lesion,
+    track_numbers: dict[int, int],
+    link: TrackLink | None,
+    role: str | None,
+    deltas: dict,
+    merged_from: list[int],
 ) -> dict:
+    """A lesion in the timeline; a lesion other tracks merged into has change 'merged' and lists them."""
+    change = "merged" if merged_from else (link.change.value if link else None)
     return {
         "id": les.id,
         "label": les.label,
         "track_id": track_numbers.get(les.track_id) if les.track_id else None,
-        "change": link.change.value if link else None,
+        "change": change,
+        "merged_from": merged_from,
         "centroid_mm": [les.centroid_x, les.centroid_y, les.centroid_z],
         "volume_mm3": les.volume_mm3,
         "long_axis_mm": les.long_axis_mm,
@@ -133,7 +142,12 @@ def timeline(session: Session, external_id: str) -> dict[str, Any]:
     baseline_date = scans[0].scan_date if scans else None
     out_scans = []
     for s in scans:
-        by_lesion = {ln.lesion_id: ln for ln in links[s.id] if ln.lesion_id is not None and ln.track_id}
+        lesion_track = {les.id: les.track_id for les in lesions[s.id]}
+        by_lesion = {ln.lesion_id: ln for ln in links[s.id] if lesion_track.get(ln.lesion_id) == ln.track_id}
+        merged_from: dict[int, list[int]] = defaultdict(list)
+        for ln in links[s.id]:
+            if ln.change == ChangeClass.MERGED and ln.lesion_id is not None:
+                merged_from[ln.lesion_id].append(numbers[ln.track_id])
         reg = regs.get(s.id)
         rec = recist.get(s.id)
         mask = masks.get(s.id)
@@ -155,6 +169,7 @@ def timeline(session: Session, external_id: str) -> dict[str, Any]:
                         by_lesion.get(les.id),
                         tracks[les.track_id].recist_role if les.track_id in tracks else None,
                         dict(deltas.get((s.id, les.track_id), {})),
+                        sorted(merged_from.get(les.id, [])),
                     )
                     for les in lesions[s.id]
                 ],
