@@ -39,6 +39,7 @@ AS_OF = date(2024, 6, 1)
 TARGET_PATIENTS_PER_S = 1000.0
 TRAIN_PATIENTS = 500
 KILL_BATCH = 250
+MEAN_SCANS = 7.0  # Poisson mean before follow-up ends: ~5 scans per patient on average
 POLL_S = 0.05
 
 
@@ -113,7 +114,7 @@ def run_backend(name: str, url: str, n: int, model, workers: int, tmp: Path) -> 
     engine = make_engine(url)
     upgrade(engine)
     store = FileStore(tmp / f"store-{name}")
-    visits, events = synthetic_tables(n, seed=99)
+    visits, events = synthetic_tables(n, seed=99, mean_scans=MEAN_SCANS)
     t0 = time.perf_counter()
     fill_cohort(engine, visits, events)
     fill_s = time.perf_counter() - t0

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import date, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import ClinicalEvent, EventKind, Patient, PatientFeature, Scan, ScanState
+from db.models import ClinicalEvent, EventKind, Patient, Scan, ScanState
 from tracker.errors import MetatrackError
 
 VISIT_KEY_COLUMNS = ("patient_id", "db_patient_id", "scan_id", "scan_date", "time_days")
@@ -40,10 +41,53 @@ def _patient_filter(session: Session, patient_ids: Iterable[int | str] | None) -
     return out
 
 
-def _frame(rows: list, columns: list[str]) -> pd.DataFrame:
-    """A DataFrame from result rows, built column-wise (much faster than from Row objects)."""
-    cols = list(zip(*rows, strict=True)) if rows else [()] * len(columns)
-    return pd.DataFrame({c: list(v) for c, v in zip(columns, cols, strict=True)})
+def _raw_rows(session: Session, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    """Plain tuples straight from the driver, on the session's connection (same transaction)."""
+    if session.get_bind().dialect.name != "sqlite":
+        sql = sql.replace("?", "%s")
+    cursor = session.connection().connection.cursor()
+    try:
+        cursor.execute(sql, tuple(params))
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def _in_ids(session: Session, column: str, db_ids: Sequence[int], params: list[Any]) -> str:
+    """`column IN (...)`: one array parameter on PostgreSQL, an inline list of ints on SQLite (no 999-variable
+    limit; ints only, so inlining is safe). Appends to `params` as needed."""
+    if session.get_bind().dialect.name == "postgresql":
+        params.append([int(i) for i in db_ids])
+        return f"{column} = ANY(?)"
+    return f"{column} IN ({', '.join(str(int(i)) for i in db_ids) or 'NULL'})"
+
+
+def _scan_rows(session: Session, db_ids: Sequence[int] | None) -> list[tuple]:
+    """(pseudonym, patient id, scan id, scan date, state) of every scan of the patients (no state filter: on
+    SQLite that would walk the state index over every scan instead of the patients' own)."""
+    sql = (
+        "SELECT p.external_id, s.patient_id, s.id, s.scan_date, s.state FROM scans s "
+        "JOIN patients p ON p.id = s.patient_id"
+    )
+    params: list[Any] = []
+    if db_ids is not None:
+        sql += " WHERE " + _in_ids(session, "s.patient_id", db_ids, params)
+    return _raw_rows(session, sql, params)
+
+
+def _feature_rows(session: Session, db_ids: Sequence[int] | None, tags: Sequence[str] | None) -> list[tuple]:
+    """(scan_id, tag, value) rows as plain tuples straight from the driver (the bulk of a visit table's data)."""
+    if tags is not None and not tags:
+        return []
+    where: list[str] = []
+    params: list[Any] = []
+    if db_ids is not None:
+        where.append(_in_ids(session, "patient_id", db_ids, params))
+    if tags is not None:
+        where.append(f"tag IN ({', '.join('?' * len(tags))})")
+        params += [str(t) for t in tags]
+    sql = "SELECT scan_id, tag, value FROM patient_features" + (" WHERE " + " AND ".join(where) if where else "")
+    return _raw_rows(session, sql, params)
 
 
 def baseline_dates(session: Session, db_ids: list[int] | None = None) -> pd.Series:
@@ -71,28 +115,20 @@ def visit_table(
     Rows are sorted by patient and date; feature columns are sorted by name.
     """
     db_ids = _patient_filter(session, patient_ids)
-    # no state filter in SQL: SQLite would then walk the state index over every scan instead of the patient's
-    scan_q = select(Patient.external_id, Scan.patient_id, Scan.id, Scan.scan_date, Scan.state).join(
-        Patient, Patient.id == Scan.patient_id
-    )
-    feat_q = select(PatientFeature.scan_id, PatientFeature.tag, PatientFeature.value)
-    if tags is not None:
-        feat_q = feat_q.where(PatientFeature.tag.in_(list(tags))) if tags else feat_q.where(False)
     scan_rows: list = []
     feat_rows: list = []
-    if db_ids is None:
-        scan_rows = list(session.execute(scan_q))
-        feat_rows = list(session.execute(feat_q))
-    else:
-        for part in _chunks(db_ids):
-            scan_rows += list(session.execute(scan_q.where(Scan.patient_id.in_(part))))
-            feat_rows += list(session.execute(feat_q.where(PatientFeature.patient_id.in_(part))))
-    scans = _frame(scan_rows, ["patient_id", "db_patient_id", "scan_id", "scan_date", "state"])
+    for part in [None] if db_ids is None else _chunks(db_ids):
+        scan_rows += _scan_rows(session, part)
+        feat_rows += _feature_rows(session, part, tags)
+    scans = pd.DataFrame.from_records(
+        scan_rows, columns=["patient_id", "db_patient_id", "scan_id", "scan_date", "state"]
+    )
     stamps = pd.to_datetime(scans["scan_date"])
+    scans["scan_date"] = stamps.dt.date
     first = stamps.groupby(scans["db_patient_id"]).transform("min")
     scans["time_days"] = (stamps - first).dt.days.astype(float)
-    scans = scans[scans["state"] == ScanState.PROCESSED].drop(columns="state")
-    feats = _frame(feat_rows, ["scan_id", "tag", "value"])
+    scans = scans[scans["state"] == ScanState.PROCESSED.value].drop(columns="state")
+    feats = pd.DataFrame.from_records(feat_rows, columns=["scan_id", "tag", "value"])
     if len(feats):
         wide = feats.pivot(index="scan_id", columns="tag", values="value").astype(float)
         wide = wide[sorted(wide.columns)]

@@ -301,8 +301,8 @@ UPSERT_SQLITE = (
 )
 UPSERT_POSTGRES = (
     f"INSERT INTO risk_scores ({', '.join(SCORE_COLUMNS)}) "
-    "SELECT p, s, d, m, h, r, c::jsonb, f, %(now)s FROM unnest(%(p)s::bigint[], %(s)s::bigint[], %(d)s::date[], "
-    "%(m)s::bigint[], %(h)s::int[], %(r)s::float8[], %(c)s::text[], %(f)s::text[]) AS t(p, s, d, m, h, r, c, f) "
+    "SELECT p, s, d, m, h, r, c::jsonb, f, %(now)s FROM unnest(%(p)b::bigint[], %(s)b::bigint[], %(d)b::date[], "
+    "%(m)b::bigint[], %(h)b::int[], %(r)b::float8[], %(c)b::text[], %(f)b::text[]) AS t(p, s, d, m, h, r, c, f) "
     "ON CONFLICT (patient_id, as_of_date, model_version_id, horizon_months) DO UPDATE SET scan_id = excluded.scan_id, "
     "risk = excluded.risk, curve = excluded.curve, input_fingerprint = excluded.input_fingerprint, "
     "computed_at = excluded.computed_at WHERE risk_scores.input_fingerprint <> excluded.input_fingerprint"
@@ -332,7 +332,11 @@ def _upsert_scores(session: Session, rows: pd.DataFrame, computed_at: datetime) 
             "f": rows["input_fingerprint"].tolist(),
             "now": computed_at,
         }
-        session.connection().exec_driver_sql(UPSERT_POSTGRES, params)
+        cursor = session.connection().connection.cursor()  # same transaction
+        try:  # binary parameters (%(x)b): no per-element quoting of the text arrays
+            cursor.execute(UPSERT_POSTGRES, params)
+        finally:
+            cursor.close()
         return
     now = db_timestamp(session, computed_at)
     days = [d.isoformat() for d in rows["as_of_date"]]
