@@ -109,12 +109,20 @@ def _texture(
     return out
 
 
+_CONTROLLER: list[Any] = []  # the threadpoolctl controller, created on first use (library discovery is slow)
+
+
 def _blas_limit() -> contextlib.AbstractContextManager[Any]:
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
+    if not _CONTROLLER:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _CONTROLLER.append(None)
+        else:
+            _CONTROLLER.append(ThreadpoolController())
+    if _CONTROLLER[0] is None:
         return contextlib.nullcontext()
-    return threadpool_limits(BLAS_THREADS, user_api="blas")
+    return _CONTROLLER[0].limit(limits=BLAS_THREADS, user_api="blas")
 
 
 def _crop_to_roi(prep: Prepared) -> Prepared:
