@@ -157,3 +157,15 @@ def test_tiny_new_lesion_beside_a_merge_does_not_take_the_large_track() -> None:
     assert result.label_to_track == {1: 1, 2: 3}
     assert result.merges == [((1, 2), 1)]
     assert [link.change for link in result.links if link.lesion_label == 2] == ["new"]
+
+
+def test_known_scenario_survives_a_3_mm_misalignment() -> None:
+    # The follow-up is off by 3 voxels in y (3 mm), as after an imperfect registration.
+    base = _label_map(BASE)
+    follow = np.roll(_label_map(FOLLOW), 3, axis=1)
+    tracks = _tracks(base, {k: k for k in BASE}, seen=0)
+    result = match_lesions(tracks, follow, _lesions(follow), SPACING, visit_index=1, next_track_id=7)
+    assert result.label_to_track == {1: 1, 2: 4, 3: 7, 4: 5, 5: 6, 6: 8}
+    assert result.merges == [((4, 3), 2)]
+    assert result.splits == [(5, (4, 3))]
+    assert [link.track_id for link in result.by_change("vanished")] == [2]

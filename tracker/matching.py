@@ -17,8 +17,12 @@ Algorithm
 3. Merges: an unassigned track whose own (undilated) mask lies mostly (``merge_min_overlap``) inside an assigned
    lesion ends there ("merged"); of the tracks that meet in one lesion the largest (by last volume) continues.
 4. Splits: an unassigned lesion lying mostly (``split_min_overlap``) inside the undilated mask of a continuing
-   track starts a new track ("split", parent in ``related_track_id``); the largest of the pieces continues.
+   track, or largely (``split_min_band_overlap``) inside its dilated mask when it is not tiny beside the parent
+   and completes the parent's continuation (the pieces together are centred nearer the parent's centroid),
+   starts a new track ("split", parent in ``related_track_id``); the largest of the pieces continues.
 5. Left-over tracks are "vanished" (they stay open and may be re-linked later); left-over lesions are "new".
+6. When tracks or lesions are left over, a second pass moves every track by the misalignment seen at nearby
+   confidently matched lesions (``refine_sigma_mm``) and is kept if it leaves fewer over.
 
 Known limit: a small lesion that vanishes where a neighbour grows over its old place is reported as merged.
 
@@ -57,16 +61,22 @@ class MatchConfig:
     min_overlap: float = 0.1
     merge_min_overlap: float = 0.5
     split_min_overlap: float = 0.5
-    split_min_volume_fraction: float = 0.0
+    split_min_band_overlap: float = 0.35
+    split_min_volume_fraction: float = 0.1
+    split_centroid_gain_mm: float = 1.0
     unmatched_cost: float = 0.5
     gap_penalty: float = 0.02
+    refine_sigma_mm: float = 30.0
+    refine_max_mm: float = 10.0
+    anchor_volume_ratio: float = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("dilation_mm", "max_distance_factor", "distance_slack_mm", "gap_penalty", "unmatched_cost"):
+        nonnegative = ("dilation_mm", "max_distance_factor", "distance_slack_mm", "gap_penalty", "unmatched_cost")
+        for name in (*nonnegative, "refine_sigma_mm", "refine_max_mm", "split_centroid_gain_mm"):
             if getattr(self, name) < 0:
                 raise MetatrackError(f"MatchConfig.{name}: must be >= 0, got {getattr(self, name)}")
-        names = ("overlap_weight", "min_overlap", "merge_min_overlap", "split_min_overlap", "split_min_volume_fraction")
-        for name in names:
+        names = ("overlap_weight", "min_overlap", "merge_min_overlap", "split_min_overlap", "split_min_band_overlap")
+        for name in (*names, "split_min_volume_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise MetatrackError(f"MatchConfig.{name}: must be in [0, 1], got {getattr(self, name)}")
 
@@ -226,6 +236,91 @@ def _assign(cost: np.ndarray, unmatched_cost: float) -> dict[int, int]:
     }
 
 
+def _mask_centroid(mask: np.ndarray) -> np.ndarray | None:
+    boxes = ndimage.find_objects(mask.astype(np.uint8))
+    if not boxes or boxes[0] is None:
+        return None
+    offset = np.array([b.start for b in boxes[0]], dtype=float)
+    return np.argwhere(mask[boxes[0]]).mean(axis=0) + offset
+
+
+def _shifted(mask: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """``mask`` moved by a whole number of voxels (z, y, x); what leaves the grid is dropped."""
+    out = np.zeros_like(mask)
+    src = tuple(slice(max(0, -d), n - max(0, d)) for d, n in zip(shift, mask.shape, strict=True))
+    dst = tuple(slice(max(0, d), n - max(0, -d)) for d, n in zip(shift, mask.shape, strict=True))
+    out[dst] = mask[src]
+    return out
+
+
+def _locally_corrected(
+    tracks: list[TrackState], lesions: list[Lesion], new_labels: np.ndarray, first: MatchResult, cfg: MatchConfig
+) -> list[TrackState] | None:
+    """Tracks moved by the residual misalignment seen at confidently matched lesions, or None if none is seen.
+
+    Anchors are first-pass persistent pairs of alike volume (ratio within ``anchor_volume_ratio``), outside any
+    merge or split; each
+    anchor's misalignment is the shift between its track mask's and its lesion's centroids. Every track moves
+    by the Gaussian-weighted (``refine_sigma_mm``) mean misalignment of the anchors around it, rounded to whole
+    voxels, when that is at most ``refine_max_mm``.
+    """
+    by_id = {t.track_id: t for t in tracks}
+    by_label = {les.label: les for les in lesions}
+    in_events = {label for _, label in first.merges} | {label for _, labels in first.splits for label in labels}
+    anchor_pos, shift_idx, shift_mm = [], [], []
+    for link in first.links:
+        if link.change != "persistent" or link.track_id not in by_id or link.lesion_label in in_events:
+            continue
+        if link.lesion_label is None:
+            continue
+        track, lesion = by_id[link.track_id], by_label[link.lesion_label]
+        ratio = lesion.volume_mm3 / max(track.volume_mm3, 1e-9)
+        if track.last_label_mask is None or not 1 / cfg.anchor_volume_ratio <= ratio <= cfg.anchor_volume_ratio:
+            continue
+        t_idx = _mask_centroid(np.asarray(track.last_label_mask, dtype=bool))
+        l_idx = _mask_centroid(new_labels == lesion.label)
+        if t_idx is None or l_idx is None:
+            continue
+        anchor_pos.append(np.asarray(track.centroid_lps, dtype=float))
+        shift_idx.append(l_idx - t_idx)
+        shift_mm.append(np.asarray(lesion.centroid_lps, dtype=float) - anchor_pos[-1])
+    if not anchor_pos:
+        return None
+    pos, d_idx, d_mm = np.array(anchor_pos), np.array(shift_idx), np.array(shift_mm)
+    corrected, moved = [], False
+    for track in tracks:
+        d2 = ((pos - np.asarray(track.centroid_lps, dtype=float)) ** 2).sum(axis=1)
+        w = np.exp(-(d2 - d2.min()) / (2.0 * cfg.refine_sigma_mm**2))
+        w /= w.sum()
+        step_mm = w @ d_mm
+        step = np.rint(w @ d_idx).astype(int)
+        if track.last_label_mask is None or not np.any(step) or np.linalg.norm(step_mm) > cfg.refine_max_mm:
+            corrected.append(track)
+            continue
+        moved = True
+        corrected.append(
+            TrackState(
+                track.track_id,
+                _shifted(np.asarray(track.last_label_mask, dtype=bool), step),
+                tuple(np.asarray(track.centroid_lps, dtype=float) + step_mm),
+                track.volume_mm3,
+                track.last_seen_index,
+            )
+        )
+    return corrected if moved else None
+
+
+def _completes_parent(parent: TrackState, piece: Lesion, other: Lesion, cfg: MatchConfig) -> bool:
+    """Whether ``other`` is the rest of ``parent`` next to its continuation ``piece``: not tiny beside it, and
+    the two together centred at least ``split_centroid_gain_mm`` closer to the parent's last centroid."""
+    if other.volume_mm3 < cfg.split_min_volume_fraction * parent.volume_mm3:
+        return False
+    centre = np.asarray(parent.centroid_lps, dtype=float)
+    a, b = np.asarray(piece.centroid_lps), np.asarray(other.centroid_lps)
+    both = (piece.volume_mm3 * a + other.volume_mm3 * b) / max(piece.volume_mm3 + other.volume_mm3, 1e-9)
+    return bool(np.linalg.norm(centre - both) + cfg.split_centroid_gain_mm <= np.linalg.norm(centre - a))
+
+
 def _equivalent_radius(volume_mm3: np.ndarray) -> np.ndarray:
     return np.cbrt(3.0 * np.maximum(volume_mm3, 0.0) / (4.0 * np.pi))
 
@@ -277,6 +372,34 @@ def match_lesions(
         raise MetatrackError(f"tracks: duplicate track ids in {track_ids}")
     if len(set(labels.tolist())) != len(labels):
         raise MetatrackError(f"new_lesions: duplicate lesion labels in {labels.tolist()}")
+    result = _match_once(tracks, lesions, labels, new_labels, spacing, cfg, visit_index, next_track_id, geometry)
+    unexplained = len(result.by_change("vanished")) + len(result.by_change("new"))
+    if cfg.refine_sigma_mm > 0 and unexplained:
+        # Left-over tracks and lesions may be residual misalignment: retry with tracks moved by the local
+        # misalignment of confidently matched lesions, and keep the retry only if it explains more.
+        corrected = _locally_corrected(tracks, lesions, new_labels, result, cfg)
+        if corrected is not None:
+            retry = _match_once(
+                corrected, lesions, labels, new_labels, spacing, cfg, visit_index, next_track_id, geometry
+            )
+            if len(retry.by_change("vanished")) + len(retry.by_change("new")) < unexplained:
+                result = retry
+    return result
+
+
+def _match_once(
+    tracks: list[TrackState],
+    lesions: list[Lesion],
+    labels: np.ndarray,
+    new_labels: np.ndarray,
+    spacing: Sequence[float],
+    cfg: MatchConfig,
+    visit_index: int | None,
+    next_track_id: int | None,
+    geometry: Geometry | None,
+) -> MatchResult:
+    """One matching pass on sorted, validated inputs (see :func:`match_lesions`)."""
+    track_ids = [t.track_id for t in tracks]
     n_t, n_l = len(tracks), len(lesions)
 
     overlap = _overlaps(tracks, new_labels, labels, spacing, cfg, geometry)
@@ -317,16 +440,25 @@ def match_lesions(
         merges.append(((track_ids[keep], *(track_ids[r] for r in others)), int(labels[c])))
     lesion_of_track = {r: c for c, r in track_of_lesion.items()}
 
-    # Splits: unassigned lesions lying mostly inside a continuing track's (undilated) mask.
+    # Splits: unassigned lesions lying mostly inside a continuing track's (undilated) mask, or (tolerating some
+    # misalignment) largely inside its dilated mask when adding them moves the track's continuation towards
+    # the track's last centroid.
     in_track = overlap.of_lesion(overlap.raw)
+    in_band = overlap.of_lesion(overlap.dilated)
     split_groups: dict[int, list[int]] = {}
     for c in range(n_l):
         if c in track_of_lesion or n_t == 0:
             continue
         r = int(np.argmax(in_track[:, c]))
-        big_enough = lesions[c].volume_mm3 >= cfg.split_min_volume_fraction * tracks[r].volume_mm3
-        if in_track[r, c] >= cfg.split_min_overlap and big_enough and r in lesion_of_track:
-            split_groups.setdefault(r, [lesion_of_track[r]]).append(c)
+        if not (in_track[r, c] >= cfg.split_min_overlap and r in lesion_of_track):
+            r = int(np.argmax(in_band[:, c]))
+            if not (
+                in_band[r, c] >= cfg.split_min_band_overlap
+                and r in lesion_of_track
+                and _completes_parent(tracks[r], lesions[lesion_of_track[r]], lesions[c], cfg)
+            ):
+                continue
+        split_groups.setdefault(r, [lesion_of_track[r]]).append(c)
     split_from: dict[int, int] = {}  # lesion column -> parent track row
     splits: list[tuple[int, tuple[int, ...]]] = []
     for r, cols_in in sorted(split_groups.items(), key=lambda item: track_ids[item[0]]):
