@@ -58,7 +58,7 @@ def _in_ids(session: Session, column: str, db_ids: Sequence[int], params: list[A
     limit; ints only, so inlining is safe). Appends to `params` as needed."""
     if session.get_bind().dialect.name == "postgresql":
         params.append([int(i) for i in db_ids])
-        return f"{column} = ANY(?)"
+        return f"{column} = ANY(?::int[])"
     return f"{column} IN ({', '.join(str(int(i)) for i in db_ids) or 'NULL'})"
 
 

@@ -141,6 +141,9 @@ def fill_cohort(engine: Engine, visits: pd.DataFrame, events: pd.DataFrame | Non
             for table in ("patients", "scans"):
                 seq = f"pg_get_serial_sequence('{table}', 'id')"
                 s.execute(text(f"SELECT setval({seq}, (SELECT max(id) FROM {table}))"))
+    with engine.connect() as conn:  # fresh statistics after a bulk load, as autovacuum would gather them
+        conn.execute(text("ANALYZE"))
+        conn.commit()
     return ids
 
 
