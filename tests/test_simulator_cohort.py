@@ -61,7 +61,7 @@ def test_files_and_manifest_layout(cohort: tuple[Path, dict[str, Any]]) -> None:
     out = manifest.parent
     with manifest.open() as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["patient_id", "date", "image", "mask", "modality", "scanner", "role"]
+    assert list(rows[0]) == ["patient_id", "date", "image", "mask", "organs", "modality", "scanner", "role"]
     assert [(r["patient_id"], r["date"]) for r in rows] == sorted((r["patient_id"], r["date"]) for r in rows)
     assert {r["patient_id"] for r in rows} == {"SIM001", "SIM002", "SIM003"}
     n_scans = sum(len(p["scans"]) for p in truth["patients"].values())

@@ -268,25 +268,29 @@ def _extract_features(
     errors: dict[tuple[int, str], str] = {}
     runtimes: dict[tuple[int, str], float] = {}
     for les in lesions:
+        # The engine crops around the ROI itself, keeping the IBSI grid aligned to the whole image; only the
+        # shell's distance transform is computed in a box around the lesion.
         roi = labels == les.label
-        idx = np.argwhere(roi)
-        lo = np.maximum(idx.min(axis=0) - margin, 0)
-        hi = np.minimum(idx.max(axis=0) + 1 + np.asarray(margin), labels.shape)
-        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-        regions = {"lesion": roi[box]}
+        regions = {"lesion": roi}
         if settings.shell_mm > 0:
-            regions["shell"] = peritumoral_shell(
+            idx = np.argwhere(roi)
+            lo = np.maximum(idx.min(axis=0) - margin, 0)
+            hi = np.minimum(idx.max(axis=0) + 1 + np.asarray(margin), labels.shape)
+            box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+            shell = np.zeros_like(roi)
+            shell[box] = peritumoral_shell(
                 roi[box],
                 spacing,
                 settings.shell_mm,
                 body_mask=body[box] if body is not None else None,
                 other_lesions=(labels[box] > 0) & ~roi[box],
             )
+            regions["shell"] = shell
         values[les.label] = {}
         for region, mask in regions.items():
             t0 = time.perf_counter()
             try:
-                fs = extract(arr[box], mask, spacing, cfg)
+                fs = extract(arr, mask, spacing, cfg)
                 values[les.label][region] = {k: (None if v is None or not np.isfinite(v) else float(v))
                                              for k, v in fs.values.items()}  # fmt: skip
             except Exception as exc:
