@@ -42,6 +42,9 @@ from scipy.optimize import linear_sum_assignment
 from tracker.lesions import Geometry, Lesion, label_lesions, measure_lesions
 from tracker.matching import MatchConfig, MatchResult, TrackState, match_lesions
 
+# Run as a script, this folder is on sys.path and benchmarks/registration.py would shadow the registration package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 #: (points (n, 3) LPS mm in the frame of scan ``src``, src, dst) -> the same anatomical points in scan ``dst``.
 PointMapper = Callable[[np.ndarray, int, int], np.ndarray]
 Node = tuple[int, int]  # (visit index, mask label)
