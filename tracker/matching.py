@@ -258,20 +258,17 @@ def _locally_corrected(
 ) -> list[TrackState] | None:
     """Tracks moved by the residual misalignment seen at confidently matched lesions, or None if none is seen.
 
-    Anchors are first-pass persistent pairs of alike volume (ratio within ``anchor_volume_ratio``), outside any
-    merge or split; each
-    anchor's misalignment is the shift between its track mask's and its lesion's centroids. Every track moves
-    by the Gaussian-weighted (``refine_sigma_mm``) mean misalignment of the anchors around it, rounded to whole
-    voxels, when that is at most ``refine_max_mm``.
+    Anchors are first-pass persistent pairs of alike volume (ratio within ``anchor_volume_ratio``) outside any
+    merge or split; an anchor's misalignment is the shift between its track mask's and its lesion's centroids.
+    Every track moves by the Gaussian-weighted (``refine_sigma_mm``) mean misalignment of the anchors, weights
+    relative to the nearest anchor, rounded to whole voxels, when that is at most ``refine_max_mm``.
     """
     by_id = {t.track_id: t for t in tracks}
     by_label = {les.label: les for les in lesions}
     in_events = {label for _, label in first.merges} | {label for _, labels in first.splits for label in labels}
     anchor_pos, shift_idx, shift_mm = [], [], []
     for link in first.links:
-        if link.change != "persistent" or link.track_id not in by_id or link.lesion_label in in_events:
-            continue
-        if link.lesion_label is None:
+        if link.change != "persistent" or link.lesion_label is None or link.lesion_label in in_events:
             continue
         track, lesion = by_id[link.track_id], by_label[link.lesion_label]
         ratio = lesion.volume_mm3 / max(track.volume_mm3, 1e-9)
