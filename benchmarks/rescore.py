@@ -84,7 +84,8 @@ def killed_run(engine: Engine, url: str, store: FileStore, model) -> dict:
     while True:
         with session_scope(engine) as s:
             done = jobs.counts(s, rescore.JOB_KIND)
-        if done["done"] >= done_before + KILL_BATCH or proc.poll() is not None:
+        mid_batch = done["done"] >= done_before + KILL_BATCH and done["running"] > 0  # kill inside a batch
+        if mid_batch or proc.poll() is not None:
             break
         time.sleep(POLL_S)
     os.kill(proc.pid, signal.SIGKILL)
