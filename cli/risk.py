@@ -270,6 +270,9 @@ def jobs_list(
     if as_json:
         output.print_json({"counts": counts, "jobs": rows})
         return
+    if not rows:
+        output.log("no jobs" + (f" in state {state}" if state else ""))
+        return
     output.print_table(
         [{k: v for k, v in r.items() if k != "payload"} for r in rows],
         title=" ".join(f"{k}={v}" for k, v in counts.items()),
@@ -322,11 +325,16 @@ def rescore(
     as_json: JsonOpt = False,
 ) -> None:
     """Bring every patient's risk scores up to date with the promoted models (idempotent, resumable)."""
+    from db.registry import promoted_models
+    from db.session import session_scope
     from tracker.rescore import rescore_all
 
     state = _state(ctx)
     day = _parse_date(as_of) if as_of else None
     engine, store = state.engine(), state.store()
+    with session_scope(engine) as s:
+        if not promoted_models(s, endpoint):
+            output.log("no promoted model" + (f" for endpoint {endpoint}" if endpoint else "") + ": nothing to score")
     bar: dict[str, Any] = {}
 
     def on_planned(total: int) -> None:
