@@ -230,10 +230,18 @@ def process(
     features: Annotated[str, typer.Option(help="Radiomics preset or YAML config for lesion features.")] = "ct_default",
     shell_mm: Annotated[float, typer.Option(help="Peritumoral shell width in mm (0: none).")] = 5.0,
     no_features: Annotated[bool, typer.Option("--no-features", help="Skip radiomics.")] = False,
+    reprocess_from: Annotated[
+        str | None, typer.Option("--reprocess-from", help="With --patient: redo its scans from this date on.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register, find lesions, track, assess RECIST and measure every unprocessed scan (one transaction each)."""
-    from cli.pipeline import run_process
+    from cli.pipeline import reset_patient, run_process
+
+    if reprocess_from is not None:
+        if patient is None:
+            raise typer.BadParameter("--reprocess-from needs --patient")
+        reset_patient(_state(ctx), patient, _parse_day(reprocess_from))
 
     run_process(
         _state(ctx),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 from cli import output
 from cli.context import AppState
 from tracker.errors import MetatrackError
@@ -67,6 +69,16 @@ def run_process(
     if report.failed:
         raise MetatrackError(f"{len(report.failed)} scans failed (errors above and in `metatrack timeline`)")
     return summary
+
+
+def reset_patient(state: AppState, patient: str, day: date) -> None:
+    """Forget a patient's results from `day` on (one transaction), ready to process again."""
+    from db.results import reset_from
+    from db.session import session_scope
+
+    with session_scope(state.engine()) as s:
+        n = reset_from(s, patient, day)
+    output.log(f"{n} scans of {patient} from {day} will be processed again")
 
 
 def _score(state: AppState, patients: list[str]) -> int:

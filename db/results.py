@@ -8,7 +8,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from db import repo
@@ -433,3 +433,29 @@ def write_recist(
         for k, v in values.items():
             setattr(row, k, v)
         session.add(row)
+
+
+def reset_from(session: Session, external_id: str, day: date) -> int:
+    """Forget the results of a patient's scans dated `day` or later, so that they are processed again.
+
+    Lesions (with their features), links, registrations, RECIST and patient features of those scans go; tracks
+    that started there go; the scans return to `ingested`. Returns how many scans were reset.
+    """
+    patient = repo.get_patient(session, external_id)
+    if patient is None:
+        raise MetatrackError(f"unknown patient {external_id!r}")
+    scans = [s for s in repo.patient_scans(session, patient) if s.scan_date >= day]
+    ids = [s.id for s in scans]
+    if not ids:
+        return 0
+    for model in (TrackDelta, TrackLink, PatientFeature, RecistAssessment):
+        session.execute(delete(model).where(model.scan_id.in_(ids)))
+    session.execute(delete(FeatureValue).where(FeatureValue.scan_id.in_(ids)))
+    lesion_ids = select(Lesion.id).where(Lesion.scan_id.in_(ids))
+    session.execute(delete(FeatureExtraction).where(FeatureExtraction.lesion_id.in_(lesion_ids)))
+    session.execute(delete(Lesion).where(Lesion.scan_id.in_(ids)))
+    session.execute(delete(Registration).where(Registration.moving_scan_id.in_(ids)))
+    session.execute(delete(LesionTrack).where(LesionTrack.first_scan_id.in_(ids)))
+    for scan in scans:
+        scan.state, scan.error, scan.processed_at, scan.processing = ScanState.INGESTED, None, None, None
+    return len(ids)

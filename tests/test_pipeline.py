@@ -13,6 +13,7 @@ from sqlalchemy import Engine, select
 
 from db import migrate, repo
 from db.models import Lesion, Scan, ScanState
+from db.results import reset_from
 from db.session import make_engine, session_scope
 from db.views import timeline
 from tracker.ingest import ingest_many, read_manifest
@@ -108,6 +109,17 @@ def test_process_tracks_against_truth_and_is_idempotent(engine: Engine, cohort: 
     with session_scope(engine) as s:
         roles = {les["track_id"]: les["recist_role"] for les in timeline(s, "SIM001")["scans"][0]["lesions"]}
     assert {t for t, r in roles.items() if r == "target"} == set(chosen)
+
+    # re-processing from the first follow-up gives the same tracks and changes
+    def links(tl: dict) -> list:
+        return [[(les["label"], les["track_id"], les["change"]) for les in s["lesions"]] for s in tl["scans"]]
+
+    with session_scope(engine) as s:
+        first = links(timeline(s, "SIM001"))
+        assert reset_from(s, "SIM001", date.fromisoformat(scans[1]["date"])) == n_scans - 1
+    assert len(_process(engine, store, tmp_path / "work").processed) == n_scans - 1
+    with session_scope(engine) as s:
+        assert links(timeline(s, "SIM001")) == first
     # re-running is a no-op
     with session_scope(engine) as s:
         before = repo.table_counts(s)
