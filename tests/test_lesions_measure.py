@@ -9,9 +9,7 @@ from tracker.lesions import Geometry, axial_diameters, extract_lesions, label_le
 
 def test_geometry_round_trip_with_rotation() -> None:
     c, s = np.cos(0.3), np.sin(0.3)
-    geometry = Geometry(
-        origin=(10.0, -5.0, 2.0), spacing=(0.7, 0.9, 2.5), direction=(c, -s, 0, s, c, 0, 0, 0, 1)
-    )
+    geometry = Geometry(origin=(10.0, -5.0, 2.0), spacing=(0.7, 0.9, 2.5), direction=(c, -s, 0, s, c, 0, 0, 0, 1))
     idx = np.array([[3.0, 4.0, 5.0], [0.0, 0.0, 0.0]])
     back = geometry.physical_to_index(geometry.index_to_physical(idx))
     np.testing.assert_allclose(back, idx, atol=1e-12)
