@@ -17,7 +17,7 @@ from db.models import Mask, Patient, Scan, ScanRole, ScanState
 from db.session import session_scope
 from tracker.errors import MetatrackError
 from tracker.imageio import LoadedImage, LoadedMask, read_image, read_mask, volume_suffix
-from tracker.store import FileStore, StoredFile, sha256_files
+from tracker.store import FileStore, StoredFile, sha256_file, sha256_files
 
 MODALITIES = ("CT", "MR")
 # Organ label codes of organ maps (the simulator writes these); lesions take the organ under most of their voxels.
@@ -129,6 +129,9 @@ def _resolve_role(session: Session, req: ScanRequest, patient: Patient | None) -
 def ingest_scan(engine: Engine, store: FileStore, req: ScanRequest) -> IngestResult:
     """Validate and ingest one scan (and its mask) in one transaction; the database is unchanged on error."""
     _check_request(req)
+    present = _present_without_reading(engine, req)
+    if present is not None:
+        return present
     loaded = read_image(req.image, req.series_uid)
     mask: LoadedMask | None = read_mask(req.mask, loaded.image) if req.mask is not None else None
     organs: LoadedMask | None = read_mask(req.organs, loaded.image) if req.organs is not None else None
@@ -184,6 +187,18 @@ def ingest_scan(engine: Engine, store: FileStore, req: ScanRequest) -> IngestRes
         for p in new_files:  # nothing half-written: files this failed unit added leave with it
             p.unlink(missing_ok=True)
         raise
+
+
+def _present_without_reading(engine: Engine, req: ScanRequest) -> IngestResult | None:
+    """A single-file scan already ingested is recognised by its hash alone, without decoding it again."""
+    if not req.image.is_file() or (req.mask is not None and not req.mask.is_file()):
+        return None
+    with session_scope(engine) as session:
+        existing = repo.scan_by_image(session, sha256_file(req.image))
+        if existing is None:
+            return None
+        mask_hash = sha256_file(req.mask) if req.mask is not None else None
+        return _already_present(session, existing, req, mask_hash)
 
 
 def _add_mask(session: Session, store: FileStore, scan: Scan, loaded: LoadedMask, kind: str) -> list[Path]:
