@@ -69,11 +69,16 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "fast": Preset("fast", deformable="bspline"),
     "demons": Preset("demons"),
+    # a fourth, 1.5 mm image level for the B-spline: lower TRE (p95 especially) for ~6-8 s more per follow-up
     "accurate": Preset(
         "accurate",
-        demons_levels_mm=(6.0, 3.0, 1.5),
-        demons_iterations=(100, 50, 10),
-        field_sigma_voxels=2.5,
+        deformable="bspline",
+        bspline=bspline.BSplineSettings(
+            image_levels_mm=(6.0, 6.0, 3.0, 1.5),
+            control_spacing_mm=(40.0, 20.0, 20.0, 20.0),
+            iterations=(100, 100, 15, 30),
+            step_mm=(2.0, 1.0, 0.3, 0.3),
+        ),
     ),
     "affine": Preset("affine", demons_levels_mm=(), demons_iterations=(), deformable="none"),
 }
