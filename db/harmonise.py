@@ -66,13 +66,6 @@ def active_model(session: Session, config_id: int) -> HarmonisationModel | None:
     )
 
 
-def model_by_name(session: Session, name: str) -> HarmonisationModel:
-    row = session.scalar(select(HarmonisationModel).where(HarmonisationModel.name == name))
-    if row is None:
-        raise MetatrackError(f"no harmonisation model named {name!r}")
-    return row
-
-
 def write_harmonised(session: Session, config_id: int, region: str, values: pd.DataFrame) -> int:
     """Store harmonised values (lesions x tags); returns how many values were written."""
     params = [

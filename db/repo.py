@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date
-
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -21,10 +19,6 @@ def patient_ids(session: Session, external_ids: list[str]) -> list[int]:
 
 def scan_by_image(session: Session, sha256: str) -> Scan | None:
     return session.scalar(select(Scan).where(Scan.image_sha256 == sha256))
-
-
-def scan_on_date(session: Session, patient: Patient, day: date) -> Scan | None:
-    return session.scalar(select(Scan).where(Scan.patient_id == patient.id, Scan.scan_date == day))
 
 
 def patient_scans(session: Session, patient: Patient) -> list[Scan]:

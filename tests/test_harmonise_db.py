@@ -12,11 +12,17 @@ from sqlalchemy import Engine, func, select
 from db.models import Blob, FeatureConfig, FeatureValue, HarmonisationModel, Lesion, Mask, Patient, Scan, ScanRole
 from db.session import session_scope
 from tracker.errors import MetatrackError
-from tracker.harmonise_cohort import apply_pending, fit, site_effect
+from tracker.harmonise_cohort import apply_pending, fit
 
 SITE_OFFSET = {"A": 0.0, "B": 40.0, "C": -20.0}  # a scanner offset in HU-like units
 SITE_SCALE = {"A": 1.0, "B": 1.6, "C": 0.8}
 BIO_EFFECT = 25.0  # what harmonisation must keep: liver lesions vs lung lesions
+
+
+def site_effect(values: np.ndarray, batch: np.ndarray) -> float:
+    """Spread of per-site means relative to the pooled SD (0 when sites agree)."""
+    means = [values[batch == b].mean() for b in np.unique(batch)]
+    return float(np.std(means) / (values.std() + 1e-12))
 
 
 def _add_lesions(engine: Engine, rng: np.random.Generator, scanner: str, n: int, tag: str = "P") -> None:

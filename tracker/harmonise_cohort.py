@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 
@@ -69,9 +68,3 @@ def apply_pending(engine: Engine, config: str = "ct_default") -> dict[str, Any]:
             h = apply_combat(model, wide[ok].to_numpy(float), batch[ok].to_numpy())
             written = store.write_harmonised(s, cfg.id, REGION, pd.DataFrame(h, index=wide.index[ok], columns=tags))
     return {"model": row.name, "values_written": written, "skipped_scanners": skipped}
-
-
-def site_effect(values: np.ndarray, batch: np.ndarray) -> float:
-    """Spread of per-batch means relative to the pooled SD (0 when batches agree)."""
-    means = [values[batch == b].mean() for b in np.unique(batch)]
-    return float(np.std(means) / (values.std() + 1e-12))

@@ -249,7 +249,12 @@ def _recist_follow_up(ctx: PatientContext, lesions: list[Lesion], links: list[Li
 
 
 def _extract_features(
-    image: sitk.Image, labels: np.ndarray, lesions: list[Lesion], scan: ScanFiles, settings: Settings
+    image: sitk.Image,
+    labels: np.ndarray,
+    lesions: list[Lesion],
+    organ_map: np.ndarray | None,
+    modality: str,
+    settings: Settings,
 ) -> tuple[dict, dict, dict, dict[str, Any], str]:
     import SimpleITK as sitk
 
@@ -258,11 +263,7 @@ def _extract_features(
     cfg = load_config(settings.feature_config)
     arr = sitk.GetArrayFromImage(image).astype(np.float64)
     spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
-    body = (
-        sitk.GetArrayFromImage(_read(scan.organs)) > 0
-        if scan.organs
-        else (arr > CT_BODY_THRESHOLD_HU if scan.modality == "CT" else None)
-    )
+    body = organ_map > 0 if organ_map is not None else (arr > CT_BODY_THRESHOLD_HU if modality == "CT" else None)
     margin = [int(np.ceil(settings.shell_mm / s)) + SHELL_MARGIN_VOXELS for s in spacing]
     values: dict[int, dict[str, dict[str, float | None]]] = {}
     errors: dict[tuple[int, str], str] = {}
@@ -356,7 +357,9 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
     t0 = time.perf_counter()
     features, errors, runtimes, cfg, engine_version = {}, {}, {}, None, None
     if settings.features and lesions:
-        features, errors, runtimes, cfg, engine_version = _extract_features(image, labels, lesions, scan, settings)
+        features, errors, runtimes, cfg, engine_version = _extract_features(
+            image, labels, lesions, organ_map, scan.modality, settings
+        )
     timings["features_s"] = time.perf_counter() - t0
 
     deltas = _track_deltas(ctx, scan, links, features)
