@@ -7,7 +7,7 @@ TRE is |map(p_baseline, forward) - q_followup| over the simulator's landmarks (b
 
 Usage::
 
-    python benchmarks/registration.py --cases 3 --shape 192,192,128 --spacing 1.5 --presets fast,demons,accurate
+    python benchmarks/registration.py --cases 6 --shape 192,192,128 --spacing 1.5 --presets accurate,fast,demons
 """
 
 from __future__ import annotations
@@ -191,10 +191,10 @@ def main() -> None:
     here = Path(__file__).resolve().parent
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=3)
+    parser.add_argument("--cases", type=int, default=6)
     parser.add_argument("--shape", default="192,192,128", help="x,y,z voxels")
     parser.add_argument("--spacing", type=float, default=1.5, help="isotropic baseline spacing, mm")
-    parser.add_argument("--presets", default="fast,demons,accurate")
+    parser.add_argument("--presets", default="accurate,fast")
     parser.add_argument("--peers", default="syn,demons", help="comma list of syn, demons, or none")
     parser.add_argument("--source", choices=("simulator", "phantom"), default="simulator")
     parser.add_argument("--threads", type=int, default=2)

@@ -29,7 +29,7 @@ class BSplineSettings:
 
     image_levels_mm: tuple[float, ...] = (6.0, 6.0, 3.0)
     control_spacing_mm: tuple[float, ...] = (40.0, 20.0, 20.0)
-    iterations: tuple[int, ...] = (100, 100, 15)
+    iterations: tuple[int, ...] = (100, 100, 60)
     step_mm: tuple[float, ...] = (2.0, 1.0, 0.3)
     bending_weight: float = 3.0
     presmooth_voxels: float = 0.5

@@ -34,7 +34,7 @@ SHELL_MARGIN_VOXELS = 2
 class Settings:
     """How scans are processed; stored with every processed scan."""
 
-    preset: str = "fast"
+    preset: str = "accurate"
     threads: int = 2
     seed: int = 0
     min_lesion_mm3: float = 10.0
