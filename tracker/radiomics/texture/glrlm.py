@@ -31,34 +31,40 @@ NAME_MAP: dict[str, str] = {
 FEATURE_NAMES: tuple[str, ...] = tuple(NAME_MAP.values())
 
 
-def _runs(hood: Neighbourhood, d: int) -> tuple[np.ndarray, np.ndarray]:
-    """Start voxels (flat indices) and lengths of all runs along offset ``d``.
+def _line_sequences(hood: Neighbourhood, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Run values and lengths along offset ``d``: value ``group * N_g + level`` (>= 1) of each run.
 
-    A voxel starts a run when its predecessor along the offset is not a same-level ROI voxel, and ends one
-    when its successor is not. Sorting starts and ends by (line, position along line) pairs them up in order.
+    The ROI voxels are scattered into a dense sequence in which every line along the offset is contiguous and
+    followed by an empty slot (value 0), so that runs are the maximal stretches of one non-zero value: their
+    bounds are where the sequence changes value. The key of a voxel is linear in its coordinates (a shear that
+    makes the line axis-aligned), so no sorting is needed.
     """
-    a, b = hood.same_level_pairs[d]
-    size = hood.roi.size
-    has_prev = np.zeros(size, dtype=bool)
-    has_prev[b] = True
-    has_next = np.zeros(size, dtype=bool)
-    has_next[a] = True
-    flat_roi = hood.roi.ravel()
-    starts = np.flatnonzero(flat_roi & ~has_prev)
-    ends = np.flatnonzero(flat_roi & ~has_next)
-    offset = np.asarray(hood.offsets[d], dtype=np.int64)
-    axis = int(np.flatnonzero(offset)[0])  # first non-zero component is +1 for every offset we use
-
-    def line_order(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        coords = np.stack(np.unravel_index(flat, hood.roi.shape)).astype(np.int64)
-        t = coords[axis]
-        key = coords - t[None, :] * offset[:, None]
-        order = np.lexsort((t, key[2], key[1], key[0]))
-        return flat[order], t[order]
-
-    starts, t_start = line_order(starts)
-    _, t_end = line_order(ends)
-    return starts, t_end - t_start + 1
+    offset = hood.offsets[d]
+    shape = hood.roi.shape
+    axis = next(k for k, o in enumerate(offset) if o != 0)  # its component is +1 for every offset we use
+    coords = hood.roi_coords
+    t = coords[axis]
+    key = np.zeros(t.size, dtype=np.int64)
+    for k in range(3):
+        if k == axis:
+            continue
+        # line coordinate along axis k: c_k - t * o_k, shifted to start at 0
+        span = shape[k] + (shape[axis] - 1) * abs(offset[k])
+        u = coords[k] - t * offset[k] if offset[k] else coords[k]
+        if offset[k] > 0:
+            u = u + (shape[axis] - 1)
+        key = key * span + u
+    line_len = shape[axis] + 1  # one empty slot closes every line
+    n_lines = int(key.max()) + 1
+    key = key * line_len + t + 1  # + 1: the sequence starts with an empty slot
+    value = hood.run_value
+    seq = np.zeros(n_lines * line_len + 1, dtype=value.dtype)
+    seq[key] = value
+    bounds = np.flatnonzero(seq[1:] != seq[:-1])
+    lengths = np.diff(bounds)
+    values = seq[bounds[:-1] + 1]
+    keep = values != 0
+    return values[keep], lengths[keep]
 
 
 def glrlm_matrices(hood: Neighbourhood) -> np.ndarray:
@@ -66,9 +72,9 @@ def glrlm_matrices(hood: Neighbourhood) -> np.ndarray:
     n_g, n_s = hood.n_levels, hood.n_groups
     per_dir = []
     for d in range(len(hood.offsets)):
-        starts, lengths = _runs(hood, d)
+        values, lengths = _line_sequences(hood, d)
         width = int(lengths.max()) if lengths.size else 1
-        code = (hood.group[starts] * n_g + hood.level[starts] - 1) * width + lengths - 1
+        code = (values.astype(np.int64) - 1) * width + lengths - 1
         m = np.bincount(code, minlength=n_s * n_g * width).reshape(n_s, n_g, width)
         per_dir.append(m.astype(np.float64))
     return pad_columns(per_dir)

@@ -51,6 +51,19 @@ class Neighbourhood:
         """Flat indices of the ROI voxels."""
         return np.flatnonzero(self.roi)
 
+    @cached_property
+    def roi_coords(self) -> np.ndarray:
+        """(3, n) int64 (z, y, x) coordinates of the ROI voxels, in ``roi_index`` order."""
+        return np.stack(np.unravel_index(self.roi_index, self.roi.shape)).astype(np.int64)
+
+    @cached_property
+    def run_value(self) -> np.ndarray:
+        """``group * N_g + level`` (>= 1) of the ROI voxels in the smallest unsigned dtype that holds it."""
+        value = self.group[self.roi_index] * self.n_levels + self.level[self.roi_index]
+        top = self.n_groups * self.n_levels
+        dtype = np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.int64
+        return value.astype(dtype)
+
     def voxels_per_group(self) -> np.ndarray:
         """Number of ROI voxels in each group (slice)."""
         return np.bincount(self.group[self.roi_index], minlength=self.n_groups).astype(np.float64)
