@@ -105,9 +105,11 @@ def test_ellipsoid_area_and_mvee() -> None:
     assert np.allclose(1 / np.sqrt(np.linalg.eigvalsh(amat)), math.sqrt(3), rtol=2e-3)
 
 
-def test_moran_geary_sums_equal_brute_force() -> None:
+@pytest.mark.parametrize("shape", [(5, 7, 6), (1, 5, 4), (1, 1, 6), (9, 3, 2)])
+def test_moran_geary_sums_equal_brute_force(shape: tuple[int, int, int]) -> None:
     rng = np.random.default_rng(0)
-    mask = rng.random((5, 7, 6)) < 0.6
+    mask = rng.random(shape) < 0.6
+    mask.flat[0] = mask.flat[-1] = True  # the ROI spans the whole box
     values = rng.normal(size=mask.shape) * 10
     spacing = (2.0, 0.7, 1.3)
     pos = np.argwhere(mask) * np.array(spacing)

@@ -105,44 +105,64 @@ def mvee(points: np.ndarray, tol: float = MVEE_TOLERANCE) -> tuple[np.ndarray, n
     return amat / max(reach, 1.0), centre
 
 
+def _even_fast_len(n: int) -> int:
+    """The smallest even FFT-friendly length >= ``n``."""
+    from scipy import fft
+
+    m = fft.next_fast_len(n, real=True)
+    while m % 2:
+        m = fft.next_fast_len(m + 1, real=True)
+    return m
+
+
 def _weighted_pair_sums(
     mask: np.ndarray, values: np.ndarray, spacing: tuple[float, float, float]
 ) -> tuple[float, float, float]:
     """Exact sums over all ordered voxel pairs i != j of the ROI with weights w_ij = 1 / distance:
     (sum w, sum w d_i d_j, sum w (d_i - d_j)^2), with d the centred intensities.
 
-    The weight depends only on the grid offset, so each sum is a correlation with a 1/r kernel. It is done by
-    circular FFT convolution with a period >= 2n - 1 per axis, which holds every lag -(n-1)..(n-1) exactly once.
+    The weight depends only on the grid offset, so each sum is a correlation with a 1/r kernel: sum_ij w a_i b_j
+    = <a, w * b>. With a circular convolution of period p >= 2n - 1 per axis every lag -(n-1)..(n-1) occurs
+    exactly once, and by Parseval <a, w * b> = (1/N) sum_k K(k) A(k) conj(B(k)): three forward transforms
+    (mask, d, d^2) and no inverse ones. The periodic kernel is made even (lag min(r, p - r); the lags between
+    n and p - n are never paired), so its spectrum K is real and is the type-I DCT of its first half.
     """
     from scipy import fft
 
     idx = np.argwhere(mask)
     lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
     sl = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    m = mask[sl].astype(np.float64)
-    d = np.where(mask[sl], values[sl] - values[mask].mean(), 0.0)
-    shape = m.shape
-    period = [fft.next_fast_len(2 * n - 1, real=True) for n in shape]
-    # lag of each residue along each axis; residues between n - 1 and p - n + 1 are never read by the core
-    # of the circular convolution, so their (finite) weights do not matter
-    sq = [
-        (np.where(np.arange(p) < n, np.arange(p), np.arange(p) - p).astype(np.float32) * np.float32(s)) ** 2
-        for n, p, s in zip(shape, period, spacing, strict=True)
-    ]
+    inside = mask[sl]
+    d = np.where(inside, values[sl] - values[mask].mean(), 0.0)
+    period = [_even_fast_len(2 * n - 1) for n in inside.shape]
+    half = [p // 2 + 1 for p in period]
+    sq = [(np.arange(h, dtype=np.float64) * s) ** 2 for h, s in zip(half, spacing, strict=True)]
     r2 = sq[0][:, None, None] + sq[1][None, :, None] + sq[2][None, None, :]
     r2[0, 0, 0] = 1.0
     w = 1.0 / np.sqrt(r2)
     w[0, 0, 0] = 0.0  # no self-pairs
-    # single precision transforms: 2-3x faster, and the sums agree with float64 to ~1e-8 relative on the
-    # IBSI CT phantom (the products and sums below are accumulated in float64)
-    kernel = fft.rfftn(w, period)
-    core = tuple(slice(0, n) for n in shape)
-    conv_m = fft.irfftn(kernel * fft.rfftn(m.astype(np.float32), period), period)[core].astype(np.float64)
-    conv_d = fft.irfftn(kernel * fft.rfftn(d.astype(np.float32), period), period)[core].astype(np.float64)
-    w_sum = float(np.sum(m * conv_m))
-    cross = float(np.sum(d * conv_d))
-    squares = float(2.0 * np.sum(d**2 * conv_m) - 2.0 * cross)
-    return w_sum, cross, squares
+    # single precision transforms: faster, and the sums agree with float64 to ~1e-7 relative on the benchmark
+    # lesions and the IBSI CT phantom (the spectral sums are accumulated in float64)
+    kernel = fft.dctn(w.astype(np.float32), type=1)
+    # rfft half spectrum along the last axis: interior columns stand for two conjugate columns
+    kernel[:, :, 1:-1] *= 2.0
+    kernel = np.concatenate([kernel, kernel[-2:0:-1]], axis=0)  # K(p - k) = K(k) along the full axes
+    kernel = np.concatenate([kernel, kernel[:, -2:0:-1]], axis=1)
+    stack = np.stack([inside, d, d * d]).astype(np.float32)
+    # zero-padded transform one axis at a time, so that the padding is not transformed along the first axes
+    spec = fft.rfft(stack, n=period[2], axis=3)
+    spec = fft.fft(spec, n=period[1], axis=2, overwrite_x=True)
+    spec = fft.fft(spec, n=period[0], axis=1, overwrite_x=True)
+    spec_m, spec_d, spec_d2 = spec
+    n_total = float(np.prod(period))
+
+    def spectral_sum(re: np.ndarray) -> float:
+        return float(np.sum(kernel * re, dtype=np.float64)) / n_total
+
+    w_sum = spectral_sum(spec_m.real**2 + spec_m.imag**2)
+    cross = spectral_sum(spec_d.real**2 + spec_d.imag**2)
+    d2_conv_m = spectral_sum(spec_m.real * spec_d2.real + spec_m.imag * spec_d2.imag)
+    return w_sum, cross, 2.0 * d2_conv_m - 2.0 * cross
 
 
 def morphology_features(
