@@ -147,3 +147,42 @@ def test_matrices_equal_loop_references(seed: int, mode: str) -> None:
     got = gldzm_matrices(hood)
     assert dzm[..., got.shape[-1] :].sum() == 0
     np.testing.assert_array_equal(got, dzm[..., : got.shape[-1]])
+
+
+def test_compressed_matrices_give_the_full_features() -> None:
+    from tracker.radiomics.texture.aggregate import compress, zone_matrix_features
+    from tracker.radiomics.texture.glcm import glcm_features_from_matrix
+    from tracker.radiomics.texture.ngtdm import ngtdm_features_from_matrix
+
+    rng = np.random.default_rng(3)
+    zone = rng.integers(0, 4, size=(3, 9, 12))
+    zone[0] = np.maximum(zone[0], 1)  # every row and column holds counts ...
+    zone[1, 2, 3] = 0  # ... and some cells are empty
+    zone[:, 4, :] = 0  # ... but one level without zones
+    zone[:, :, 7:] = 0  # sizes that do not occur
+    small, rows, cols = compress(zone)
+    assert small.shape[-2:] == (8, 7) and list(rows) == [1, 2, 3, 4, 6, 7, 8, 9]
+    full = zone_matrix_features(zone, 100.0)
+    part = zone_matrix_features(small, 100.0, rows, cols)
+    for key, value in full.items():
+        np.testing.assert_allclose(part[key], value, rtol=1e-13, err_msg=key)
+
+    cm = rng.integers(0, 3, size=(2, 10, 10)).astype(float)
+    cm[:, [2, 5], :] = 0
+    cm[:, :, [2, 5]] = 0
+    cm = cm + cm.transpose(0, 2, 1)
+    small, levels, _ = compress(cm, symmetric=True)
+    assert small.shape[-1] == 8
+    full = glcm_features_from_matrix(cm)
+    part = glcm_features_from_matrix(small, levels, 10)
+    for key, value in full.items():
+        np.testing.assert_allclose(part[key], value, rtol=1e-12, err_msg=key)
+
+    n = rng.integers(0, 5, size=10).astype(float)
+    n[[1, 6]] = 0
+    s = rng.random(10) * n
+    keep = np.flatnonzero(n)
+    full = ngtdm_features_from_matrix(s, n)
+    part = ngtdm_features_from_matrix(s[keep], n[keep], keep + 1)
+    for key, value in full.items():
+        np.testing.assert_allclose(part[key], value, rtol=1e-12, err_msg=key)

@@ -40,13 +40,20 @@ def entropy(p: np.ndarray, axis: tuple[int, ...] | int) -> np.ndarray:
     return -terms.sum(axis=axis)
 
 
-def zone_matrix_features(matrix: np.ndarray, n_voxels: np.ndarray | float) -> dict[str, np.ndarray]:
+def zone_matrix_features(
+    matrix: np.ndarray,
+    n_voxels: np.ndarray | float,
+    rows: np.ndarray | None = None,
+    cols: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """IBSI features of a grey-level x (run length | zone size | distance | dependence) matrix.
 
     Parameters
     ----------
     matrix : (..., N_g, N_j) counts; row i is grey level i + 1, column j is length/size/distance j + 1.
     n_voxels : number of voxels N_v the matrix was built from (broadcast over the batch axes).
+    rows, cols : the grey level and length/size/distance of each row and column when the matrix is a
+        compressed one (``compress``: only the rows and columns that hold counts); default 1..N.
 
     Returns
     -------
@@ -54,38 +61,65 @@ def zone_matrix_features(matrix: np.ndarray, n_voxels: np.ndarray | float) -> di
     """
     m = np.asarray(matrix, dtype=np.float64)
     n_g, n_j = m.shape[-2:]
-    i = np.arange(1, n_g + 1, dtype=np.float64)[:, None]
-    j = np.arange(1, n_j + 1, dtype=np.float64)[None, :]
-    ax = (-2, -1)
+    i = np.arange(1, n_g + 1, dtype=np.float64) if rows is None else np.asarray(rows, dtype=np.float64)
+    j = np.arange(1, n_j + 1, dtype=np.float64) if cols is None else np.asarray(cols, dtype=np.float64)
+    i2, j2 = i * i, j * j
     with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        n_s = m.sum(axis=ax)
         row = m.sum(axis=-1)
         col = m.sum(axis=-2)
+        n_s = row.sum(axis=-1)
+        # the weights are products f(i) g(j): matrix-vector products instead of full-matrix passes
+        m_short = m @ (1.0 / j2)
+        m_long = m @ j2
+        p_row = row / n_s[..., None]
+        p_col = col / n_s[..., None]
+        mu_i = p_row @ i
+        mu_j = p_col @ j
         p = m / n_s[..., None, None]
-        mu_i = (p * i).sum(axis=ax)
-        mu_j = (p * j).sum(axis=ax)
         out = {
-            "short": (m / j**2).sum(axis=ax) / n_s,
-            "long": (m * j**2).sum(axis=ax) / n_s,
-            "low_gl": (m / i**2).sum(axis=ax) / n_s,
-            "high_gl": (m * i**2).sum(axis=ax) / n_s,
-            "short_low_gl": (m / (i**2 * j**2)).sum(axis=ax) / n_s,
-            "short_high_gl": (m * i**2 / j**2).sum(axis=ax) / n_s,
-            "long_low_gl": (m * j**2 / i**2).sum(axis=ax) / n_s,
-            "long_high_gl": (m * i**2 * j**2).sum(axis=ax) / n_s,
+            "short": (col @ (1.0 / j2)) / n_s,
+            "long": (col @ j2) / n_s,
+            "low_gl": (row @ (1.0 / i2)) / n_s,
+            "high_gl": (row @ i2) / n_s,
+            "short_low_gl": (m_short @ (1.0 / i2)) / n_s,
+            "short_high_gl": (m_short @ i2) / n_s,
+            "long_low_gl": (m_long @ (1.0 / i2)) / n_s,
+            "long_high_gl": (m_long @ i2) / n_s,
             "glnu": (row**2).sum(axis=-1) / n_s,
             "glnu_norm": (row**2).sum(axis=-1) / n_s**2,
             "jnu": (col**2).sum(axis=-1) / n_s,
             "jnu_norm": (col**2).sum(axis=-1) / n_s**2,
             "perc": n_s / np.asarray(n_voxels, dtype=np.float64),
-            "gl_var": (p * (i - mu_i[..., None, None]) ** 2).sum(axis=ax),
-            "j_var": (p * (j - mu_j[..., None, None]) ** 2).sum(axis=ax),
-            "j_entr": entropy(p, ax),
-            "energy": (p**2).sum(axis=ax),
+            "gl_var": (p_row * (i - mu_i[..., None]) ** 2).sum(axis=-1),
+            "j_var": (p_col * (j - mu_j[..., None]) ** 2).sum(axis=-1),
+            "j_entr": entropy(p, (-2, -1)),
+            "energy": (p**2).sum(axis=(-2, -1)),
         }
     empty = n_s == 0
     return {k: np.where(empty, np.nan, v) for k, v in out.items()}
+
+
+def compress(matrices: np.ndarray, symmetric: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Drop the rows and columns (last two axes) that are zero in every matrix of the batch.
+
+    Empty rows and columns add exact zeros to every feature sum, so the features of the compressed matrices
+    (given the kept rows' and columns' values) equal those of the full ones up to summation order.
+
+    Returns
+    -------
+    compressed matrices, values (1-based) of the kept rows, values (1-based) of the kept columns. With
+    ``symmetric`` (square co-occurrence matrices) rows and columns keep the same set.
+    """
+    lead = tuple(range(matrices.ndim - 2))
+    has_row = matrices.any(axis=(*lead, matrices.ndim - 1))
+    has_col = matrices.any(axis=(*lead, matrices.ndim - 2))
+    if symmetric:
+        has_row = has_col = has_row | has_col
+    r, c = np.flatnonzero(has_row), np.flatnonzero(has_col)
+    if r.size == 0 or c.size == 0:  # no counts at all: keep the shape (every feature is NaN)
+        r, c = np.arange(matrices.shape[-2]), np.arange(matrices.shape[-1])
+    return matrices[..., r, :][..., c], r + 1, c + 1
 
 
 def batch_mean(values: np.ndarray) -> float:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from tracker.radiomics.texture.aggregate import directional_aggregates, pad_columns, zone_matrix_features
+from tracker.radiomics.texture.aggregate import (
+    compress,
+    directional_aggregates,
+    pad_columns,
+    zone_matrix_features,
+)
 from tracker.radiomics.texture.neighbourhood import Neighbourhood
 
 PREFIX = "rlm"
@@ -80,16 +85,22 @@ def glrlm_matrices(hood: Neighbourhood) -> np.ndarray:
     return pad_columns(per_dir)
 
 
-def glrlm_features_from_matrix(matrix: np.ndarray) -> dict[str, np.ndarray]:
-    """IBSI GLRLM features of a batch of run-length matrices (..., N_g, N_r)."""
+def glrlm_features_from_matrix(
+    matrix: np.ndarray, rows: np.ndarray | None = None, cols: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """IBSI GLRLM features of a batch of run-length matrices (..., N_g, N_r).
+
+    ``rows``/``cols``: grey levels and run lengths of a compressed matrix (``aggregate.compress``).
+    """
     m = np.asarray(matrix, dtype=np.float64)
-    run_len = np.arange(1, m.shape[-1] + 1, dtype=np.float64)
-    n_voxels = (m * run_len).sum(axis=(-2, -1))
-    generic = zone_matrix_features(m, n_voxels)
+    run_len = np.arange(1, m.shape[-1] + 1, dtype=np.float64) if cols is None else np.asarray(cols, np.float64)
+    n_voxels = m.sum(axis=-2) @ run_len
+    generic = zone_matrix_features(m, n_voxels, rows, cols)
     return {ibsi: generic[key] for key, ibsi in NAME_MAP.items()}
 
 
 def glrlm_features(hood: Neighbourhood) -> dict[str, float]:
     """All GLRLM tags for the neighbourhood's mode (``rlm_<name>_<suffix>``)."""
-    agg = directional_aggregates(glrlm_matrices(hood), glrlm_features_from_matrix, hood.mode)
+    matrices, rows, cols = compress(glrlm_matrices(hood))
+    agg = directional_aggregates(matrices, lambda m: glrlm_features_from_matrix(m, rows, cols), hood.mode)
     return {f"{PREFIX}_{name}_{sfx}": vals[name] for sfx, vals in agg.items() for name in FEATURE_NAMES}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tracker.radiomics.texture.aggregate import batch_mean, zone_matrix_features
+from tracker.radiomics.texture.aggregate import batch_mean, compress, zone_matrix_features
 from tracker.radiomics.texture.neighbourhood import Neighbourhood
 from tracker.radiomics.texture.zones import Zones, label_zones, zone_matrix
 
@@ -41,11 +41,12 @@ def group_aggregates(
     matrices: np.ndarray, n_voxels: np.ndarray, name_map: dict[str, str], mode: str
 ) -> dict[str, dict[str, float]]:
     """Zone-family aggregation: ``2D`` per-slice mean and ``2_5D`` merged, or ``3D`` for the volume."""
+    matrices, rows, cols = compress(matrices)
     if mode == "3D":
-        feats = zone_matrix_features(matrices[0], n_voxels[0])
+        feats = zone_matrix_features(matrices[0], n_voxels[0], rows, cols)
         return {"3D": {ibsi: float(feats[key]) for key, ibsi in name_map.items()}}
-    per_slice = zone_matrix_features(matrices, n_voxels)
-    merged = zone_matrix_features(matrices.sum(axis=0), n_voxels.sum())
+    per_slice = zone_matrix_features(matrices, n_voxels, rows, cols)
+    merged = zone_matrix_features(matrices.sum(axis=0), n_voxels.sum(), rows, cols)
     return {
         "2D": {ibsi: batch_mean(per_slice[key]) for key, ibsi in name_map.items()},
         "2_5D": {ibsi: float(merged[key]) for key, ibsi in name_map.items()},

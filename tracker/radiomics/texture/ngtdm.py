@@ -37,12 +37,15 @@ def ngtdm_matrices(hood: Neighbourhood) -> tuple[np.ndarray, np.ndarray]:
     return s, n
 
 
-def ngtdm_features_from_matrix(s: np.ndarray, n: np.ndarray) -> dict[str, np.ndarray]:
-    """IBSI NGTDM features of a batch of ``(s, n)`` vectors (..., N_g); NaN when no voxel contributes."""
+def ngtdm_features_from_matrix(s: np.ndarray, n: np.ndarray, levels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """IBSI NGTDM features of a batch of ``(s, n)`` vectors (..., N_g); NaN when no voxel contributes.
+
+    ``levels``: the grey level of each entry when the vectors hold only some levels (default 1..N_g).
+    """
     s = np.asarray(s, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
     n_g = s.shape[-1]
-    lv = np.arange(1, n_g + 1, dtype=np.float64)
+    lv = np.arange(1, n_g + 1, dtype=np.float64) if levels is None else np.asarray(levels, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         n_vc = n.sum(axis=-1)
@@ -75,11 +78,16 @@ def ngtdm_features_from_matrix(s: np.ndarray, n: np.ndarray) -> dict[str, np.nda
 def ngtdm_features(hood: Neighbourhood) -> dict[str, float]:
     """All NGTDM tags for the neighbourhood's mode (``ngt_<name>_<suffix>``)."""
     s, n = ngtdm_matrices(hood)
+    # levels without a contributing voxel add exact zeros: keep the others (at least one, for the shapes)
+    keep = np.flatnonzero(n.any(axis=0))
+    if keep.size == 0:
+        keep = np.arange(n.shape[-1])
+    s, n, levels = s[:, keep], n[:, keep], keep + 1
     if hood.mode == "3D":
-        agg = {"3D": {k: float(v[0]) for k, v in ngtdm_features_from_matrix(s, n).items()}}
+        agg = {"3D": {k: float(v[0]) for k, v in ngtdm_features_from_matrix(s, n, levels).items()}}
     else:
-        per_slice = ngtdm_features_from_matrix(s, n)
-        merged = ngtdm_features_from_matrix(s.sum(axis=0), n.sum(axis=0))
+        per_slice = ngtdm_features_from_matrix(s, n, levels)
+        merged = ngtdm_features_from_matrix(s.sum(axis=0), n.sum(axis=0), levels)
         agg = {
             "2D": {k: batch_mean(v) for k, v in per_slice.items()},
             "2_5D": {k: float(v) for k, v in merged.items()},
