@@ -1,12 +1,10 @@
-"""Neighbour offsets and voxel-pair helpers shared by the texture families.
+"""Neighbour offsets and the slices that pair voxels with their neighbours, shared by the texture families.
 
 Offsets are (dz, dy, dx) in array index order. Each unordered neighbour pair is visited once: 13 offsets in
 3D (26-connectivity) and 4 in-plane offsets for slice-wise 2D (8-connectivity).
 """
 
 from __future__ import annotations
-
-import numpy as np
 
 Offset = tuple[int, int, int]
 
@@ -33,28 +31,10 @@ def directions_for(mode: str) -> tuple[Offset, ...]:
     return DIRECTIONS_2D if mode == "2D" else DIRECTIONS_3D
 
 
-def _pair_slices(shape: tuple[int, ...], offset: Offset) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+def pair_slices(shape: tuple[int, ...], offset: Offset) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
     """Slices selecting voxels ``a`` and their neighbours ``b = a + offset`` inside the array."""
     src, dst = [], []
     for n, o in zip(shape, offset, strict=True):
         src.append(slice(max(0, -o), n - max(0, o)))
         dst.append(slice(max(0, o), n - max(0, -o)))
     return tuple(src), tuple(dst)
-
-
-def neighbour_pairs(roi: np.ndarray, offset: Offset) -> tuple[np.ndarray, np.ndarray]:
-    """Flat indices ``(a, b)`` of all voxel pairs with ``b = a + offset`` and both voxels in ``roi``.
-
-    Parameters
-    ----------
-    roi : (z, y, x) bool array.
-    offset : (dz, dy, dx) neighbour offset.
-
-    Returns
-    -------
-    a, b : 1-D int64 arrays of flat (C-order) indices into ``roi``.
-    """
-    src, dst = _pair_slices(roi.shape, offset)
-    both = roi[src] & roi[dst]
-    flat = np.arange(roi.size, dtype=np.int64).reshape(roi.shape)
-    return flat[src][both], flat[dst][both]

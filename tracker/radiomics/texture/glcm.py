@@ -46,10 +46,15 @@ def glcm_matrices(hood: Neighbourhood) -> np.ndarray:
     ``n_slices`` is 1 for a 3D neighbourhood; in 2D each slice has its own matrix.
     """
     n_g, n_s = hood.n_levels, hood.n_groups
-    out = np.empty((len(hood.pairs), n_s, n_g, n_g), dtype=np.float64)
-    for d, (a, b) in enumerate(hood.pairs):
-        code = (hood.group[a] * n_g + hood.level[a] - 1) * n_g + hood.level[b] - 1
-        m = np.bincount(code, minlength=n_s * n_g * n_g).reshape(n_s, n_g, n_g).astype(np.float64)
+    width = n_g + 1  # level 0 (outside the ROI) gets row and column 0, dropped below
+    out = np.empty((len(hood.offsets), n_s, n_g, n_g), dtype=np.float64)
+    code_type = np.int64 if n_s * width * width >= 2**31 else np.int32
+    for d, (la, lb, src, _) in enumerate(hood.neighbour_views()):
+        code = la.astype(code_type) * width + lb
+        if n_s > 1:  # 2D: in-plane offsets, so both voxels lie in slice z
+            z = np.arange(src[0].start, src[0].stop, dtype=code_type)
+            code += (z * (width * width))[:, None, None]
+        m = np.bincount(code.ravel(), minlength=n_s * width * width).reshape(n_s, width, width)[:, 1:, 1:]
         out[d] = m + m.transpose(0, 2, 1)
     return out
 

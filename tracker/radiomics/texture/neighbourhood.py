@@ -1,13 +1,14 @@
-"""A cropped ROI with its neighbour pairs, computed once and shared by every texture family."""
+"""A cropped ROI with its grey levels on a dense grid, computed once and shared by every texture family."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
-from tracker.radiomics.texture.directions import Offset, directions_for, neighbour_pairs
+from tracker.radiomics.texture.directions import Offset, directions_for, pair_slices
 
 
 @dataclass
@@ -24,7 +25,6 @@ class Neighbourhood:
     group : flat int64 matrix group of each voxel: its slice index in 2D, 0 in 3D.
     n_groups : number of groups (slices in 2D, 1 in 3D).
     offsets : half-neighbourhood offsets (13 in 3D, 4 in 2D).
-    pairs : per offset, flat indices ``(a, b)`` of neighbouring ROI voxels.
     """
 
     mode: str
@@ -35,16 +35,6 @@ class Neighbourhood:
     group: np.ndarray
     n_groups: int
     offsets: tuple[Offset, ...]
-    pairs: list[tuple[np.ndarray, np.ndarray]] = field(repr=False)
-
-    @cached_property
-    def same_level_pairs(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Neighbour pairs whose two voxels share a grey level (zone linkage, dependence)."""
-        out = []
-        for a, b in self.pairs:
-            same = self.level[a] == self.level[b]
-            out.append((a[same], b[same]))
-        return out
 
     @cached_property
     def roi_index(self) -> np.ndarray:
@@ -60,19 +50,34 @@ class Neighbourhood:
     def run_value(self) -> np.ndarray:
         """``group * N_g + level`` (>= 1) of the ROI voxels in the smallest unsigned dtype that holds it."""
         value = self.group[self.roi_index] * self.n_levels + self.level[self.roi_index]
-        top = self.n_groups * self.n_levels
-        dtype = np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.int64
-        return value.astype(dtype)
+        return value.astype(_small_uint(self.n_groups * self.n_levels))
+
+    @cached_property
+    def level_grid(self) -> np.ndarray:
+        """(z, y, x) grey levels in the smallest unsigned dtype that holds N_g (0 outside the ROI)."""
+        return self.level.reshape(self.roi.shape).astype(_small_uint(self.n_levels))
+
+    def neighbour_views(self) -> Iterator[tuple[np.ndarray, np.ndarray, tuple[slice, ...], tuple[slice, ...]]]:
+        """Per offset: grey levels of every voxel ``a`` and of its neighbour ``b = a + offset`` (views of
+        ``level_grid``, 0 outside the ROI) and the slices that select them."""
+        grid = self.level_grid
+        for offset in self.offsets:
+            src, dst = pair_slices(grid.shape, offset)
+            yield grid[src], grid[dst], src, dst
 
     def voxels_per_group(self) -> np.ndarray:
         """Number of ROI voxels in each group (slice)."""
         return np.bincount(self.group[self.roi_index], minlength=self.n_groups).astype(np.float64)
 
 
+def _small_uint(top: int) -> type:
+    return np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.int64
+
+
 def build_neighbourhood(
     levels: np.ndarray, roi: np.ndarray, n_levels: int, mode: str, morph_roi: np.ndarray
 ) -> Neighbourhood:
-    """Crop to the ROI bounding box and collect neighbour pairs for ``mode``.
+    """Crop to the ROI bounding box for ``mode``.
 
     ``roi`` must be non-empty; ``levels`` must already be validated (1..n_levels inside ``roi``).
     """
@@ -89,6 +94,4 @@ def build_neighbourhood(
     else:
         group = np.zeros(roi_c.size, dtype=np.int64)
         n_groups = 1
-    offsets = directions_for(mode)
-    pairs = [neighbour_pairs(roi_c, off) for off in offsets]
-    return Neighbourhood(mode, n_levels, roi_c, morph_c, level, group, n_groups, offsets, pairs)
+    return Neighbourhood(mode, n_levels, roi_c, morph_c, level, group, n_groups, directions_for(mode))

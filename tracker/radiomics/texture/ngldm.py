@@ -36,13 +36,15 @@ FEATURE_NAMES: tuple[str, ...] = tuple(NAME_MAP.values())
 
 def ngldm_matrices(hood: Neighbourhood) -> np.ndarray:
     """Dependence counts per group, shape (n_slices, N_g, 1 + number of neighbours)."""
-    size, n_g, n_s = hood.roi.size, hood.n_levels, hood.n_groups
-    same = np.zeros(size, dtype=np.int64)
-    for a, b in hood.same_level_pairs:
-        same += np.bincount(a, minlength=size) + np.bincount(b, minlength=size)
+    n_g, n_s = hood.n_levels, hood.n_groups
+    same = np.zeros(hood.roi.shape, dtype=np.uint8)
+    for la, lb, src, dst in hood.neighbour_views():
+        equal = (la == lb) & (la > 0)  # both in the ROI (level 0 is outside) with one level
+        same[src] += equal
+        same[dst] += equal
     width = 1 + 2 * len(hood.offsets)
     idx = hood.roi_index
-    code = (hood.group[idx] * n_g + hood.level[idx] - 1) * width + same[idx]
+    code = (hood.group[idx] * n_g + hood.level[idx] - 1) * width + same.ravel()[idx]
     m = np.bincount(code, minlength=n_s * n_g * width)
     return m.reshape(n_s, n_g, width).astype(np.float64)
 

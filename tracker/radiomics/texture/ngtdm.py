@@ -19,18 +19,30 @@ FEATURE_NAMES: tuple[str, ...] = ("coarseness", "contrast", "busyness", "complex
 COARSENESS_MAX = 1.0e6
 
 
+def _neighbour_sums(grid: np.ndarray, mode: str) -> np.ndarray:
+    """Sum over the 26 (3D) or 8 in-plane (2D) neighbours of every voxel, zero beyond the array (exact)."""
+    out = grid.astype(np.int64)
+    for axis in (0, 1, 2) if mode == "3D" else (1, 2):
+        padded = np.pad(out, [(1, 1) if k == axis else (0, 0) for k in range(3)])
+        cut = [slice(None)] * 3
+        parts = []
+        for start in range(3):
+            cut[axis] = slice(start, start + grid.shape[axis])
+            parts.append(padded[tuple(cut)])
+        out = parts[0] + parts[1] + parts[2]
+    return out - grid
+
+
 def ngtdm_matrices(hood: Neighbourhood) -> tuple[np.ndarray, np.ndarray]:
     """Per-group ``(s, n)``, each of shape (n_slices, N_g): summed |i - neighbourhood mean| and counts."""
-    size, n_g, n_s = hood.roi.size, hood.n_levels, hood.n_groups
-    lv = hood.level.astype(np.float64)
-    total = np.zeros(size)
-    count = np.zeros(size)
-    for a, b in hood.pairs:
-        total += np.bincount(a, weights=lv[b], minlength=size) + np.bincount(b, weights=lv[a], minlength=size)
-        count += np.bincount(a, minlength=size) + np.bincount(b, minlength=size)
+    n_g, n_s = hood.n_levels, hood.n_groups
     idx = hood.roi_index
-    idx = idx[count[idx] > 0]
-    diff = np.abs(lv[idx] - total[idx] / count[idx])
+    total = _neighbour_sums(hood.level_grid, hood.mode).ravel()[idx]
+    count = _neighbour_sums(hood.roi, hood.mode).ravel()[idx]
+    has = count > 0
+    idx, total, count = idx[has], total[has], count[has]
+    lv = hood.level[idx].astype(np.float64)
+    diff = np.abs(lv - total.astype(np.float64) / count.astype(np.float64))
     code = hood.group[idx] * n_g + hood.level[idx] - 1
     s = np.bincount(code, weights=diff, minlength=n_s * n_g).reshape(n_s, n_g)
     n = np.bincount(code, minlength=n_s * n_g).reshape(n_s, n_g).astype(np.float64)

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from tracker.radiomics.texture.neighbourhood import Neighbourhood
 
@@ -30,14 +28,20 @@ class Zones:
 
 
 def label_zones(hood: Neighbourhood) -> Zones:
-    """Label zones as connected components of the graph of same-level neighbour pairs."""
+    """Label zones: connected regions of one grey level (26-connected in 3D, 8-connected in-plane in 2D)."""
+    from skimage.measure import label
+
+    grid = hood.level_grid
+    if hood.mode == "2D":
+        # an empty slice between the slices keeps zones in-plane under full connectivity
+        spaced = np.zeros((2 * grid.shape[0] - 1, *grid.shape[1:]), dtype=grid.dtype)
+        spaced[::2] = grid
+        labels = label(spaced, background=0, connectivity=3)[::2]
+    else:
+        labels = label(grid, background=0, connectivity=3)
     idx = hood.roi_index
-    node = np.full(hood.roi.size, -1, dtype=np.int64)
-    node[idx] = np.arange(idx.size)
-    a = np.concatenate([p[0] for p in hood.same_level_pairs])
-    b = np.concatenate([p[1] for p in hood.same_level_pairs])
-    graph = coo_matrix((np.ones(a.size, dtype=np.int8), (node[a], node[b])), shape=(idx.size, idx.size))
-    n_zones, voxel_zone = connected_components(graph.tocsr(), directed=False)
+    voxel_zone = labels.ravel()[idx].astype(np.int64) - 1
+    n_zones = int(voxel_zone.max()) + 1 if voxel_zone.size else 0
     level = np.zeros(n_zones, dtype=np.int64)
     level[voxel_zone] = hood.level[idx]
     group = np.zeros(n_zones, dtype=np.int64)
