@@ -10,7 +10,7 @@ import pytest
 
 from tracker.radiomics.config import load_config
 from tracker.radiomics.histogram import ivh_features
-from tracker.radiomics.local_intensity import local_intensity_features, sphere_kernel
+from tracker.radiomics.local_intensity import local_intensity_features, sphere_kernel, sphere_sums
 from tracker.radiomics.morphology import _weighted_pair_sums, ellipsoid_area, morphology_features, mvee
 from tracker.radiomics.preprocess import PEAK_RADIUS_MM, discretise, grid_axis, prepare, resegment
 
@@ -134,6 +134,25 @@ def test_local_intensity_sphere_and_peaks() -> None:
     f = local_intensity_features(image, roi, spacing)
     assert f["loc_peak_loc"] == pytest.approx(1000.0 / kernel.sum())
     assert f["loc_peak_glob"] == pytest.approx(1000.0 / kernel.sum())
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.0, 0.7, 1.3)])
+@pytest.mark.parametrize(
+    ("shape", "lo", "hi"),
+    [
+        ((40, 41, 39), (10, 11, 12), (30, 29, 26)),
+        ((20, 25, 30), (0, 0, 0), (19, 24, 29)),
+        ((15, 40, 9), (2, 30, 0), (14, 39, 3)),
+    ],
+)
+def test_sphere_sums_equal_zero_padded_convolution(spacing, shape, lo, hi) -> None:
+    from scipy.signal import fftconvolve
+
+    kernel = sphere_kernel(spacing).astype(np.float64)
+    image = np.random.default_rng(0).normal(size=shape) * 300
+    expected = fftconvolve(image, kernel, mode="same")  # zero beyond the edges
+    got, box = sphere_sums(image, kernel, np.array(lo), np.array(hi))
+    np.testing.assert_allclose(got, expected[box], rtol=0, atol=1e-9)
 
 
 def test_ivh_fixed_bin_number() -> None:

@@ -17,6 +17,48 @@ def sphere_kernel(spacing: tuple[float, float, float], radius_mm: float = PEAK_R
     return zz**2 + yy**2 + xx**2 <= radius_mm**2 + 1e-9
 
 
+def _even_fast_len(n: int) -> int:
+    """The smallest even FFT-friendly length >= ``n``."""
+    from scipy import fft
+
+    m = fft.next_fast_len(n, real=True)
+    while m % 2:
+        m = fft.next_fast_len(m + 1, real=True)
+    return m
+
+
+def sphere_sums(
+    array: np.ndarray, kernel: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Sums of ``array`` (zero beyond its edges) under ``kernel`` centred on every voxel of the box ``lo..hi``.
+
+    ``kernel`` must be symmetric along each axis (odd sizes). A circular convolution is exact at an output
+    voxel when its window does not wrap onto data: the period is the smallest even fast length >= the array
+    and >= hi + half + 1 and N + half - lo per axis (N + 2 half in general, N in the usual case of a margin of
+    at least ``half`` around the box). The kernel is even, so its spectrum is real: the type-I DCT of its
+    non-negative octant.
+
+    Returns
+    -------
+    sums on the box, and the box's slices into ``array``.
+    """
+    from scipy import fft
+
+    half = np.array(kernel.shape) // 2
+    period = [
+        _even_fast_len(max(n, int(b) + h + 1, n + h - int(a), 2 * h + 2))
+        for n, a, b, h in zip(array.shape, lo, hi, half, strict=True)
+    ]
+    octant = np.zeros([p // 2 + 1 for p in period])
+    octant[: half[0] + 1, : half[1] + 1, : half[2] + 1] = kernel[half[0] :, half[1] :, half[2] :]
+    spectrum = fft.dctn(octant, type=1)
+    spectrum = np.concatenate([spectrum, spectrum[-2:0:-1]], axis=0)
+    spectrum = np.concatenate([spectrum, spectrum[:, -2:0:-1]], axis=1)
+    conv = fft.irfftn(fft.rfftn(array, period) * spectrum, period)
+    box = tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi, strict=True))
+    return conv[box], box
+
+
 def local_intensity_features(
     image: np.ndarray, int_mask: np.ndarray, spacing: tuple[float, float, float]
 ) -> dict[str, float]:
@@ -25,19 +67,20 @@ def local_intensity_features(
     The sphere mean uses every image voxel in the sphere, inside the ROI or not; where the sphere leaves the
     image, the mean is over the voxels inside the image.
     """
-    from scipy.signal import fftconvolve
-
     if not int_mask.any():
         return {}
     kernel = sphere_kernel(spacing).astype(np.float64)
-    sums = fftconvolve(image, kernel, mode="same")[int_mask]
-    half = np.array(kernel.shape) // 2
     idx = np.argwhere(int_mask)
-    if np.all(idx.min(axis=0) >= half) and np.all(idx.max(axis=0) < np.array(image.shape) - half):
+    lo, hi = idx.min(axis=0), idx.max(axis=0)
+    sums, box = sphere_sums(np.asarray(image, dtype=np.float64), kernel, lo, hi)
+    inside = int_mask[box]
+    sums = sums[inside]
+    half = np.array(kernel.shape) // 2
+    if np.all(lo >= half) and np.all(hi < np.array(image.shape) - half):
         counts = float(kernel.sum())  # every sphere lies inside the array
     else:
-        counts = np.round(fftconvolve(np.ones_like(image), kernel, mode="same")[int_mask])
+        counts = np.round(sphere_sums(np.ones(image.shape), kernel, lo, hi)[0][inside])
     roi_means = sums / counts
-    roi_vals = image[int_mask]
+    roi_vals = image[box][inside]
     brightest = roi_vals == roi_vals.max()
     return {"loc_peak_loc": float(roi_means[brightest].max()), "loc_peak_glob": float(roi_means.max())}
