@@ -163,3 +163,21 @@ def test_ivh_fixed_bin_number() -> None:
     assert f["ivh_v10"] == pytest.approx((1001 - 101) / 1000)  # first level with gamma >= 0.1 is 101
     assert f["ivh_i10"] == 901.0 and f["ivh_i90"] == 101.0
     assert f["ivh_auc"] == pytest.approx(0.5, abs=0.002)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.0, 0.8, 0.7)])
+def test_hull_candidates_keep_every_hull_vertex(spacing: tuple[float, float, float]) -> None:
+    from scipy import ndimage
+    from scipy.spatial import ConvexHull
+
+    from tracker.radiomics.morphology import hull_candidates, mesh
+
+    rng = np.random.default_rng(5)
+    blob = ndimage.gaussian_filter(rng.normal(size=(24, 26, 22)), 2.0) > 0.02
+    verts, _ = mesh(blob, spacing)
+    keep = hull_candidates(verts, spacing)
+    assert keep.size < 0.8 * len(verts)
+    full, part = ConvexHull(verts), ConvexHull(verts[keep])
+    np.testing.assert_array_equal(keep[part.vertices], full.vertices)
+    assert part.volume == pytest.approx(full.volume, rel=1e-12)
+    assert part.area == pytest.approx(full.area, rel=1e-12)

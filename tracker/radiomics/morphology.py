@@ -23,6 +23,33 @@ def mesh(mask: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndar
     return verts - np.asarray(spacing), faces
 
 
+def hull_candidates(verts: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Indices (ascending) of the mesh vertices that can be convex hull vertices.
+
+    Marching-cubes vertices of a binary mask lie on a half-voxel grid. A vertex between two others on the same
+    grid line (along any axis) is a convex combination of them and not a hull vertex, so only the two extreme
+    vertices of every line along every axis are kept. Falls back to all vertices off the grid.
+    """
+    q = verts / (np.asarray(spacing, dtype=np.float64) / 2.0)
+    grid = np.round(q)
+    if np.abs(q - grid).max(initial=0.0) > 1e-6:
+        return np.arange(len(verts))
+    grid = grid.astype(np.int64)
+    grid -= grid.min(axis=0)
+    span = grid.max(axis=0) + 1
+    keep = np.ones(len(verts), dtype=bool)
+    for ax in range(3):
+        a, b = (k for k in range(3) if k != ax)
+        line = grid[:, a] * span[b] + grid[:, b]
+        pos = grid[:, ax]
+        lo = np.full(int(span[a] * span[b]), np.iinfo(np.int64).max, dtype=np.int64)
+        hi = np.full(lo.size, -1, dtype=np.int64)
+        np.minimum.at(lo, line, pos)
+        np.maximum.at(hi, line, pos)
+        keep &= (pos == lo[line]) | (pos == hi[line])
+    return np.flatnonzero(keep)
+
+
 def mesh_volume_area(verts: np.ndarray, faces: np.ndarray) -> tuple[float, float]:
     """Enclosed volume (divergence theorem over the triangles) and surface area of a closed mesh."""
     a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
@@ -199,12 +226,13 @@ def morphology_features(
         com_int = (int_pos * int_vals[:, None]).sum(axis=0) / int_vals.sum()
         out["morph_com"] = float(np.linalg.norm(com_geom - com_int))
 
+    candidates = hull_candidates(verts, spacing)
     try:
-        hull = ConvexHull(verts)
+        hull = ConvexHull(verts[candidates])
     except Exception:
         hull = None
     if hull is not None:
-        hull_pts = verts[hull.vertices]
+        hull_pts = verts[candidates[hull.vertices]]  # ascending vertex indices, as a hull of all vertices gives
         out["morph_diam"] = float(pdist(hull_pts).max())
         out["morph_vol_dens_conv_hull"] = volume / hull.volume
         out["morph_area_dens_conv_hull"] = area / hull.area
@@ -239,7 +267,7 @@ def morphology_features(
             out["morph_vol_dens_aee"] = volume / (4 * math.pi * a * b * c / 3)
             out["morph_area_dens_aee"] = area / ellipsoid_area(a, b, c)
         if hull is not None:
-            amat, _ = mvee(verts[hull.vertices])
+            amat, _ = mvee(hull_pts)
             semi = np.sort(1.0 / np.sqrt(np.linalg.eigvalsh(amat)))[::-1]
             out["morph_vol_dens_mvee"] = volume / (4 * math.pi * float(np.prod(semi)) / 3)
             out["morph_area_dens_mvee"] = area / ellipsoid_area(*(float(s) for s in semi))

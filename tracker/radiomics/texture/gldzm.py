@@ -54,9 +54,8 @@ def gldzm_matrices(hood: Neighbourhood, zones: Zones | None = None) -> np.ndarra
     dist = border_distance(hood.morph_roi, hood.mode).ravel()[hood.roi_index]
     # Intensity-ROI voxels outside the morphological ROI (should not happen) count as border voxels.
     dist = np.maximum(dist, 1)
-    order = np.argsort(zones.voxel_zone, kind="stable")
-    bounds = np.flatnonzero(np.r_[True, np.diff(zones.voxel_zone[order]) != 0])
-    zone_dist = np.minimum.reduceat(dist[order], bounds)
+    zone_dist = np.full(zones.size.size, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(zone_dist, zones.voxel_zone, dist)
     return zone_matrix(zones, zone_dist, hood.n_levels, hood.n_groups)
 
 
