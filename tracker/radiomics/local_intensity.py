@@ -70,12 +70,17 @@ def local_intensity_features(
     if not int_mask.any():
         return {}
     kernel = sphere_kernel(spacing).astype(np.float64)
+    half = np.array(kernel.shape) // 2
     idx = np.argwhere(int_mask)
     lo, hi = idx.min(axis=0), idx.max(axis=0)
-    sums, box = sphere_sums(np.asarray(image, dtype=np.float64), kernel, lo, hi)
+    # only voxels within a kernel radius of the ROI's box are read: transform that part of the image only
+    start = np.maximum(lo - half, 0)
+    stop = np.minimum(hi + half, np.array(image.shape) - 1)
+    part = tuple(slice(int(a), int(b) + 1) for a, b in zip(start, stop, strict=True))
+    sums, local = sphere_sums(np.asarray(image[part], dtype=np.float64), kernel, lo - start, hi - start)
+    box = tuple(slice(p.start + s.start, p.start + s.stop) for p, s in zip(part, local, strict=True))
     inside = int_mask[box]
     sums = sums[inside]
-    half = np.array(kernel.shape) // 2
     if np.all(lo >= half) and np.all(hi < np.array(image.shape) - half):
         counts = float(kernel.sum())  # every sphere lies inside the array
     else:
