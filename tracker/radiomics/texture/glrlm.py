@@ -39,32 +39,20 @@ FEATURE_NAMES: tuple[str, ...] = tuple(NAME_MAP.values())
 def _line_sequences(hood: Neighbourhood, d: int) -> tuple[np.ndarray, np.ndarray]:
     """Run values and lengths along offset ``d``: value ``group * N_g + level`` (>= 1) of each run.
 
-    The ROI voxels are scattered into a dense sequence in which every line along the offset is contiguous and
-    followed by an empty slot (value 0), so that runs are the maximal stretches of one non-zero value: their
-    bounds are where the sequence changes value. The key of a voxel is linear in its coordinates (a shear that
-    makes the line axis-aligned), so no sorting is needed.
+    On the flattened grid padded with one empty row along y and x, the voxel after flat index f along the offset
+    is f + s with s = o_z A + o_y B + o_x > 0, and a step that leaves the grid lands on padding (or beyond the
+    end). So the residue classes of f modulo s, read in order, hold every line along the offset, lines apart by
+    at least one empty slot: the columns of the flat array reshaped to (L, s), read column by column after an
+    empty first row. Runs are then the maximal stretches of one non-zero value, bounded where the sequence
+    changes value.
     """
-    offset = hood.offsets[d]
-    shape = hood.roi.shape
-    axis = next(k for k, o in enumerate(offset) if o != 0)  # its component is +1 for every offset we use
-    coords = hood.roi_coords
-    t = coords[axis]
-    key = np.zeros(t.size, dtype=np.int64)
-    for k in range(3):
-        if k == axis:
-            continue
-        # line coordinate along axis k: c_k - t * o_k, shifted to start at 0
-        span = shape[k] + (shape[axis] - 1) * abs(offset[k])
-        u = coords[k] - t * offset[k] if offset[k] else coords[k]
-        if offset[k] > 0:
-            u = u + (shape[axis] - 1)
-        key = key * span + u
-    line_len = shape[axis] + 1  # one empty slot closes every line
-    n_lines = int(key.max()) + 1
-    key = key * line_len + t + 1  # + 1: the sequence starts with an empty slot
-    value = hood.run_value
-    seq = np.zeros(n_lines * line_len + 1, dtype=value.dtype)
-    seq[key] = value
+    flat, stride_z, stride_y = hood.padded_run_values
+    oz, oy, ox = hood.offsets[d]
+    step = oz * stride_z + oy * stride_y + ox
+    rows = -(-(flat.size + step) // step) + 1  # an empty first row, the grid, and at least one empty slot after
+    table = np.zeros(rows * step, dtype=flat.dtype)
+    table[step : step + flat.size] = flat
+    seq = np.ascontiguousarray(table.reshape(rows, step).T).ravel()
     bounds = np.flatnonzero(seq[1:] != seq[:-1])
     lengths = np.diff(bounds)
     values = seq[bounds[:-1] + 1]

@@ -42,15 +42,19 @@ class Neighbourhood:
         return np.flatnonzero(self.roi)
 
     @cached_property
-    def roi_coords(self) -> np.ndarray:
-        """(3, n) int64 (z, y, x) coordinates of the ROI voxels, in ``roi_index`` order."""
-        return np.stack(np.unravel_index(self.roi_index, self.roi.shape)).astype(np.int64)
-
-    @cached_property
     def run_value(self) -> np.ndarray:
         """``group * N_g + level`` (>= 1) of the ROI voxels in the smallest unsigned dtype that holds it."""
         value = self.group[self.roi_index] * self.n_levels + self.level[self.roi_index]
         return value.astype(_small_uint(self.n_groups * self.n_levels))
+
+    @cached_property
+    def padded_run_values(self) -> tuple[np.ndarray, int, int]:
+        """``run_value`` on the grid padded with one empty row along y and x (0 outside the ROI), flattened,
+        with the flat strides of z and y in it."""
+        nz, ny, nx = self.roi.shape
+        value = np.zeros((nz, ny + 1, nx + 1), dtype=self.run_value.dtype)
+        value[:, :ny, :nx][self.roi] = self.run_value
+        return value.ravel(), (ny + 1) * (nx + 1), nx + 1
 
     @cached_property
     def level_grid(self) -> np.ndarray:
