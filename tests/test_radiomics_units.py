@@ -181,3 +181,16 @@ def test_hull_candidates_keep_every_hull_vertex(spacing: tuple[float, float, flo
     np.testing.assert_array_equal(keep[part.vertices], full.vertices)
     assert part.volume == pytest.approx(full.volume, rel=1e-12)
     assert part.area == pytest.approx(full.area, rel=1e-12)
+
+
+def test_sorted_values_by_counting_equal_sort() -> None:
+    from tracker.radiomics.intensity import sorted_values
+
+    rng = np.random.default_rng(2)
+    for n in (1, 2, 17, 5000):
+        hu = np.round(rng.normal(-300.0, 400.0, n))  # integer-valued: counting path
+        np.testing.assert_array_equal(sorted_values(hu), np.sort(hu))
+        real = rng.normal(size=n)  # not integers: comparison sort
+        np.testing.assert_array_equal(sorted_values(real), np.sort(real))
+    sparse = np.array([0.0, 1e9, -3.0, 7.0])  # integers over a range far wider than the count
+    np.testing.assert_array_equal(sorted_values(sparse), np.sort(sparse))

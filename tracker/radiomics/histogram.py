@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from tracker.radiomics.intensity import distribution_features
+from tracker.radiomics.intensity import distribution_features, sorted_values
 from tracker.radiomics.preprocess import discretise, lower_bound
 
 #: intensity step assumed when the IVH uses undiscretised intensities (e.g. integer HU)
@@ -61,8 +61,9 @@ def ivh_features(values: np.ndarray, cfg: dict[str, Any]) -> dict[str, float]:
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
         return {}
-    xv, grid = _ivh_grid(x, cfg["ivh"], cfg)
-    xs = np.sort(xv)
+    # the IVH intensity is a non-decreasing function of the intensity: mapping sorted intensities gives the sorted
+    # IVH intensities
+    xs, grid = _ivh_grid(sorted_values(x), cfg["ivh"], cfg)
     # V(i): fraction of the volume with intensity >= i
     vol = 1.0 - np.searchsorted(xs, grid - 1e-9 * max(1.0, abs(grid).max()), side="left") / xs.size
     span = grid[-1] - grid[0]

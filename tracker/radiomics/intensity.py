@@ -18,6 +18,18 @@ def _moments(x: np.ndarray) -> tuple[float, float, float, float]:
     return mu, var, skew, kurt
 
 
+def sorted_values(x: np.ndarray) -> np.ndarray:
+    """``np.sort(x)`` of a 1-D float64 array; by counting when the values are integers of a modest range
+    (HU, grey levels), which is several times faster than a comparison sort."""
+    if x.size == 0:
+        return np.sort(x)
+    lo, hi = float(x.min()), float(x.max())
+    if hi - lo <= 4 * x.size + 4096 and np.array_equal(x, np.round(x)):
+        counts = np.bincount((x - lo).astype(np.int64))
+        return np.repeat(np.arange(counts.size, dtype=np.float64) + lo, counts)
+    return np.sort(x)
+
+
 def distribution_features(x: np.ndarray, prefix: str) -> dict[str, float]:
     """Features shared by ``stat_`` (intensities) and ``ih_`` (grey levels): moments, quantiles, dispersion.
 
