@@ -105,25 +105,35 @@ def mvee(points: np.ndarray, tol: float = MVEE_TOLERANCE) -> tuple[np.ndarray, n
         xmat = (q * u) @ q.T
     x_inv = np.linalg.inv(xmat)
     m = np.einsum("ij,ij->j", q, x_inv @ q)
+    # scalars as Python floats and masks instead of index arrays: the loop is short-array bound (same arithmetic)
     for _it in range(MVEE_MAX_ITER):
         j_add = int(np.argmax(m))
-        support = np.flatnonzero(u > 0)
-        j_away = int(support[np.argmin(m[support])])
-        gain_add, gain_away = m[j_add] / k - 1.0, 1.0 - m[j_away] / k
+        j_away = int(np.argmin(np.where(u > 0, m, np.inf)))
+        m_add, m_away = float(m[j_add]), float(m[j_away])
+        gain_add, gain_away = m_add / k - 1.0, 1.0 - m_away / k
         if max(gain_add, gain_away) <= tol:
             break
-        j = j_add if gain_add >= gain_away else j_away
-        tau = (m[j] - k) / (k * (m[j] - 1.0))
+        j, m_j = (j_add, m_add) if gain_add >= gain_away else (j_away, m_away)
+        tau = (m_j - k) / (k * (m_j - 1.0))
         if j == j_away:
-            tau = max(tau, -u[j] / (1.0 - u[j]))
+            u_j = float(u[j])
+            tau = max(tau, -u_j / (1.0 - u_j))
         xq = x_inv @ q[:, j]
         g = q.T @ xq
-        denom = (1.0 - tau) + tau * m[j]
+        denom = (1.0 - tau) + tau * m_j
         x_inv = (x_inv - tau * np.outer(xq, xq) / denom) / (1.0 - tau)
-        m = (m - tau * g**2 / denom) / (1.0 - tau)
+        g *= g
+        g *= tau
+        g /= denom
+        m -= g
+        m /= 1.0 - tau
         u *= 1.0 - tau
         u[j] += tau
-        u[u < 0] = 0.0
+        if tau < 1.0:  # the other weights stay >= 0: only u[j] (an away step) can cross zero
+            if u[j] < 0:
+                u[j] = 0.0
+        else:
+            u[u < 0] = 0.0
     centre = points.T @ u
     cov = (points.T * u) @ points - np.outer(centre, centre)
     amat = np.linalg.inv(cov) / d
