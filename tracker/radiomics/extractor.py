@@ -12,7 +12,7 @@ import numpy as np
 from tracker.errors import MetatrackError
 from tracker.radiomics.catalog import NON_TEXTURE, TEXTURE_FEATURES, TEXTURE_VARIANTS
 from tracker.radiomics.config import TEXTURE_FAMILIES, load_config
-from tracker.radiomics.preprocess import Prepared
+from tracker.radiomics.preprocess import Prepared, bounding_box
 
 ENGINE_VERSION = "metatrack-radiomics 0.1.0"
 #: BLAS threads during one extraction. The engine's matrix products are small, where BLAS threads cost more
@@ -129,9 +129,9 @@ def _crop_to_roi(prep: Prepared) -> Prepared:
     """``prep`` cut to the morphological mask's bounding box plus one empty voxel on every side."""
     if not prep.morph_mask.any():
         return prep
-    idx = np.argwhere(prep.morph_mask)
-    lo = np.maximum(idx.min(axis=0) - 1, 0)
-    hi = np.minimum(idx.max(axis=0) + 2, prep.morph_mask.shape)
+    first, last = bounding_box(prep.morph_mask)
+    lo = np.maximum(first - 1, 0)
+    hi = np.minimum(last + 2, prep.morph_mask.shape)
     sl = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     return Prepared(prep.image[sl], prep.morph_mask[sl], prep.int_mask[sl], prep.spacing)
 

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from tracker.radiomics.preprocess import PEAK_RADIUS_MM
+from tracker.radiomics.preprocess import PEAK_RADIUS_MM, bounding_box
 
 
 def sphere_kernel(spacing: tuple[float, float, float], radius_mm: float = PEAK_RADIUS_MM) -> np.ndarray:
@@ -71,8 +71,7 @@ def local_intensity_features(
         return {}
     kernel = sphere_kernel(spacing).astype(np.float64)
     half = np.array(kernel.shape) // 2
-    idx = np.argwhere(int_mask)
-    lo, hi = idx.min(axis=0), idx.max(axis=0)
+    lo, hi = bounding_box(int_mask)
     # only voxels within a kernel radius of the ROI's box are read: transform that part of the image only
     start = np.maximum(lo - half, 0)
     stop = np.minimum(hi + half, np.array(image.shape) - 1)

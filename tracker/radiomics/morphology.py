@@ -166,9 +166,10 @@ def _weighted_pair_sums(
     """
     from scipy import fft
 
-    idx = np.argwhere(mask)
-    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
-    sl = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    from tracker.radiomics.preprocess import bounding_box
+
+    lo, last = bounding_box(mask)
+    sl = tuple(slice(a, b + 1) for a, b in zip(lo, last, strict=True))
     inside = mask[sl]
     d = np.where(inside, values[sl] - values[mask].mean(), 0.0)
     period = [_even_fast_len(2 * n - 1) for n in inside.shape]

@@ -56,7 +56,7 @@ def grid_axis(n_a: int, s_a: float, s_b: float | None) -> tuple[int, float, floa
     return n_b, offset, step
 
 
-def _bbox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Inclusive index bounds of the non-zero voxels (by projections: cheap on whole-body volumes)."""
     lo, hi = [], []
     for ax in range(mask.ndim):
@@ -89,7 +89,7 @@ def prepare(image: np.ndarray, mask: np.ndarray, spacing: tuple[float, ...], cfg
     def crop(sl: tuple[slice, ...]) -> np.ndarray:
         return (img[sl].astype(np.float64) - shift) / scale
 
-    lo, hi = _bbox(roi)
+    lo, hi = bounding_box(roi)
     res = cfg["resampling"]
     new_spacing = res["spacing"] if res is not None else [None, None, None]
     shape_b, offsets, steps, starts, stops = [], [], [], [], []

@@ -8,6 +8,7 @@ from functools import cached_property
 
 import numpy as np
 
+from tracker.radiomics.preprocess import bounding_box
 from tracker.radiomics.texture.directions import Offset, directions_for, pair_slices
 
 
@@ -85,7 +86,8 @@ def build_neighbourhood(
 
     ``roi`` must be non-empty; ``levels`` must already be validated (1..n_levels inside ``roi``).
     """
-    box = tuple(slice(int(ix.min()), int(ix.max()) + 1) for ix in np.nonzero(roi | morph_roi))
+    lo, hi = bounding_box(roi | morph_roi)
+    box = tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi, strict=True))
     roi_c = np.ascontiguousarray(roi[box])
     morph_c = np.ascontiguousarray(morph_roi[box])
     level = np.zeros(roi_c.shape, dtype=np.int64)
