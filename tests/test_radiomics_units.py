@@ -194,3 +194,13 @@ def test_sorted_values_by_counting_equal_sort() -> None:
         np.testing.assert_array_equal(sorted_values(real), np.sort(real))
     sparse = np.array([0.0, 1e9, -3.0, 7.0])  # integers over a range far wider than the count
     np.testing.assert_array_equal(sorted_values(sparse), np.sort(sparse))
+
+
+def test_index_moments_equal_sums_over_voxels() -> None:
+    from tracker.radiomics.morphology import _index_moments
+
+    mask = np.random.default_rng(4).random((6, 9, 7)) < 0.4
+    idx = np.argwhere(mask).astype(np.int64)
+    first, second = _index_moments(mask)
+    np.testing.assert_array_equal(first, idx.sum(axis=0))
+    np.testing.assert_array_equal(second, idx.T @ idx)

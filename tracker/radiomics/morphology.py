@@ -50,6 +50,23 @@ def hull_candidates(verts: np.ndarray, spacing: tuple[float, float, float]) -> n
     return np.flatnonzero(keep)
 
 
+def _index_moments(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact sums over the mask's voxels of their (z, y, x) indices and of the index products (3, 3), int64,
+    from the mask's projections."""
+    counts = {
+        (a, b): mask.sum(axis=3 - a - b, dtype=np.int64) for a, b in ((0, 1), (0, 2), (1, 2))
+    }  # (a, b) -> voxel counts on the a-b plane
+    idx = [np.arange(n, dtype=np.int64) for n in mask.shape]
+    per_axis = [counts[(0, 1)].sum(axis=1), counts[(0, 1)].sum(axis=0), counts[(0, 2)].sum(axis=0)]
+    first = np.array([idx[a] @ per_axis[a] for a in range(3)], dtype=np.int64)
+    second = np.empty((3, 3), dtype=np.int64)
+    for a in range(3):
+        second[a, a] = (idx[a] * idx[a]) @ per_axis[a]
+    for a, b in counts:
+        second[a, b] = second[b, a] = idx[a] @ counts[(a, b)] @ idx[b]
+    return first, second
+
+
 def mesh_volume_area(verts: np.ndarray, faces: np.ndarray) -> tuple[float, float]:
     """Enclosed volume (divergence theorem over the triangles) and surface area of a closed mesh."""
     a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
@@ -229,12 +246,13 @@ def morphology_features(
     out["morph_sphericity"] = (36 * math.pi * volume**2) ** (1 / 3) / area
     out["morph_asphericity"] = (area**3 / (36 * math.pi * volume**2)) ** (1 / 3) - 1
 
-    pos = np.argwhere(morph_mask) * sp
-    int_pos = np.argwhere(int_mask) * sp
+    index_sum, index_cross = _index_moments(morph_mask)
     int_vals = image[int_mask]
     if int_vals.size and int_vals.sum() != 0:
-        com_geom = pos.mean(axis=0)
-        com_int = (int_pos * int_vals[:, None]).sum(axis=0) / int_vals.sum()
+        com_geom = index_sum / n_vox * sp
+        weighted = np.where(int_mask, image, 0.0)
+        per_axis = [weighted.sum(axis=tuple(b for b in range(3) if b != a)) for a in range(3)]
+        com_int = np.array([np.arange(w.size) @ w for w in per_axis]) / int_vals.sum() * sp
         out["morph_com"] = float(np.linalg.norm(com_geom - com_int))
 
     candidates = hull_candidates(verts, spacing)
@@ -256,7 +274,9 @@ def morphology_features(
         out["morph_area_dens_aabb"] = area / aabb_area
 
     if n_vox >= 2:
-        cov = np.cov(pos, rowvar=False, bias=False)
+        # sample covariance of the voxel positions from exact integer index sums
+        centred = n_vox * index_cross - np.outer(index_sum, index_sum)
+        cov = centred.astype(np.float64) / (n_vox * (n_vox - 1)) * np.outer(sp, sp)
         evals, evecs = np.linalg.eigh(cov)  # ascending: least, minor, major
         lam_least, lam_minor, lam_major = (max(float(v), 0.0) for v in evals)
         out["morph_pca_maj_axis"] = 4 * math.sqrt(lam_major)
