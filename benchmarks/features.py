@@ -12,7 +12,8 @@ large (~150,000), each in a crop of the lesion's bounding box plus 20 mm. Every 
 resampling to 1 mm (trilinear), re-segmentation [-1000, 400] HU, fixed bin size 25 HU, all IBSI families
 (pyradiomics: all its default classes). The time per lesion excludes imports and start-up (one warm-up lesion
 first) and includes reading the NIfTI files for the peers. Ratios are peer time / our time; runs are interleaved
-lesion by lesion (ours, then each peer) so that a busy machine slows all engines alike.
+lesion by lesion (ours, then each peer) so that a busy machine slows all engines alike. A second table gives the
+CPU seconds of the extracting process (user + system), which other load on a shared machine disturbs less.
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ TUMOUR_HU, TUMOUR_SD_HU = 40.0, 60.0
 LUNG_HU, LUNG_SD_HU = -820.0, 60.0
 DEFAULT_ENVS = Path("/work/bench-envs")
 # our engine limits BLAS to one thread per extraction; the peers get the same setting, to compare like with like
-SINGLE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# (ITK's own thread pool included: SimpleITK reads and resamples for pyradiomics)
+SINGLE_THREAD_ENV = {
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1",
+}
 
 # Peer workers: import once, then time one extraction per request line ("image mask" paths as JSON) and answer
 # with a JSON line, so that our runs and the peers' runs can be interleaved under the same machine load.
@@ -55,11 +62,11 @@ ext.enableAllFeatures()
 print(json.dumps({"ready": True, "version": radiomics.__version__}), flush=True)
 for line in sys.stdin:
     img, msk = json.loads(line)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = ext.execute(sitk.ReadImage(img), sitk.ReadImage(msk))
-    dt = time.perf_counter() - t0
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
     n = sum(1 for k in res if not k.startswith("diagnostics"))
-    print(json.dumps({"seconds": dt, "n_features": n}), flush=True)
+    print(json.dumps({"seconds": dt, "cpu_seconds": dc, "n_features": n}), flush=True)
 """
 
 MIRP_WORKER = r"""
@@ -70,14 +77,14 @@ from mirp import extract_features
 print(json.dumps({"ready": True, "version": version("mirp")}), flush=True)
 for line in sys.stdin:
     img, msk = json.loads(line)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = extract_features(image=img, mask=msk, image_modality="CT", base_feature_families="all",
                            base_discretisation_method="fixed_bin_size", base_discretisation_bin_width=25.0,
                            ivh_discretisation_method="fixed_bin_size", ivh_discretisation_bin_width=2.5,
                            new_spacing=1.0, resegmentation_intensity_range=[-1000.0, 400.0],
                            export_features=True, write_features=False, num_cpus=None)
-    dt = time.perf_counter() - t0
-    print(json.dumps({"seconds": dt, "n_features": int(res[0].shape[1])}), flush=True)
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
+    print(json.dumps({"seconds": dt, "cpu_seconds": dc, "n_features": int(res[0].shape[1])}), flush=True)
 """
 
 
@@ -188,13 +195,16 @@ def main() -> None:
 
     # interleave: ours, then each peer, lesion by lesion, so that all see the same machine load
     ours: dict[str, list[float]] = {name: [] for name in lesions}
+    ours_cpu: dict[str, list[float]] = {name: [] for name in lesions}
     theirs: dict[str, dict[str, list[float]]] = {p.name: {name: [] for name in lesions} for p in peers}
+    theirs_cpu: dict[str, dict[str, list[float]]] = {p.name: {name: [] for name in lesions} for p in peers}
     n_features = {}
     for rep in range(args.repeats):
         for name, (image, mask) in lesions.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fs = extract(image, mask, SPACING, cfg)
             ours[name].append(time.perf_counter() - t0)
+            ours_cpu[name].append(time.process_time() - c0)
             n_features["metatrack"] = sum(bool(np.isfinite(v)) for v in fs.values.values())
             for peer in peers:
                 if peer.name == "MIRP" and rep > 0:
@@ -202,6 +212,7 @@ def main() -> None:
                 out = peer.time(*files[name])
                 if out:
                     theirs[peer.name][name].append(out["seconds"])
+                    theirs_cpu[peer.name][name].append(out.get("cpu_seconds", float("nan")))
                     n_features[peer.name] = out["n_features"]
 
     print("engines: metatrack " + ENGINE_VERSION + "".join(f", {p.name} {p.version}" for p in peers))
@@ -221,6 +232,19 @@ def main() -> None:
             else:
                 line += f" {'-':>15s} {'-':>17s}"
         print(line)
+    # the same in CPU seconds of the extracting process: robust to other load on a shared machine
+    print("CPU seconds (process time):")
+    print(header.replace(" s ", " cpu ").replace("ours s", "ours cpu"))
+    for name in lesions:
+        c_ours = float(np.median(ours_cpu[name]))
+        line = f"{name:8s} {c_ours:9.3f}"
+        for peer in peers:
+            if theirs_cpu[peer.name][name]:
+                c = float(np.median(theirs_cpu[peer.name][name]))
+                line += f" {c:15.3f} {c / c_ours:16.1f}x"
+            else:
+                line += f" {'-':>15s} {'-':>17s}"
+        print(line)
     for peer in peers:
         if peer.reason:
             print(f"{peer.name}: {peer.reason}")
@@ -231,19 +255,22 @@ def main() -> None:
     # on the same lesions, interleaved
     batch_rng = np.random.default_rng(SEED + 1)
     sizes = batch_rng.integers(200, 20_000, size=args.batch)
-    t_ours = t_pyrad = 0.0
+    t_ours = t_pyrad = c_ours = c_pyrad = 0.0
     pyrad = peers[0]
     for i, n in enumerate(sizes):
         image, mask = make_lesion(int(n), batch_rng)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         extract(image, mask, SPACING, cfg)
         t_ours += time.perf_counter() - t0
+        c_ours += time.process_time() - c0
         out = pyrad.time(*write_nifti(tmp, f"batch{i}", image, mask))
         t_pyrad += out["seconds"] if out else float("nan")
+        c_pyrad += out.get("cpu_seconds", float("nan")) if out else float("nan")
     print(
         f"batch: {args.batch} lesions ({int(sizes.min())}-{int(sizes.max())} voxels, median {int(np.median(sizes))})"
         f": ours {t_ours:.1f} s = {args.batch / t_ours:.1f} lesions/s ({t_ours / args.batch:.3f} s/lesion);"
         f" pyradiomics {t_pyrad:.1f} s ({t_pyrad / args.batch:.3f} s/lesion); ratio {t_pyrad / t_ours:.2f}x"
+        f" (CPU: ours {c_ours:.1f} s, pyradiomics {c_pyrad:.1f} s, ratio {c_pyrad / c_ours:.2f}x)"
     )
     for peer in peers:
         peer.close()
