@@ -18,7 +18,8 @@ def mesh(mask: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndar
     """Marching-cubes mesh (vertices in mm, (z, y, x); faces) of the mask padded by one empty voxel."""
     from skimage.measure import marching_cubes
 
-    padded = np.pad(mask.astype(np.float32), 1)
+    padded = np.zeros(tuple(n + 2 for n in mask.shape), dtype=np.float32)
+    padded[1:-1, 1:-1, 1:-1] = mask
     verts, faces, _, _ = marching_cubes(padded, level=0.5, spacing=spacing)
     return verts - np.asarray(spacing), faces
 
@@ -124,8 +125,8 @@ def mvee(points: np.ndarray, tol: float = MVEE_TOLERANCE) -> tuple[np.ndarray, n
     m = np.einsum("ij,ij->j", q, x_inv @ q)
     # scalars as Python floats and masks instead of index arrays: the loop is short-array bound (same arithmetic)
     for _it in range(MVEE_MAX_ITER):
-        j_add = int(np.argmax(m))
-        j_away = int(np.argmin(np.where(u > 0, m, np.inf)))
+        j_add = int(m.argmax())
+        j_away = int(np.where(u > 0, m, np.inf).argmin())
         m_add, m_away = float(m[j_add]), float(m[j_away])
         gain_add, gain_away = m_add / k - 1.0, 1.0 - m_away / k
         if max(gain_add, gain_away) <= tol:
@@ -138,7 +139,7 @@ def mvee(points: np.ndarray, tol: float = MVEE_TOLERANCE) -> tuple[np.ndarray, n
         xq = x_inv @ q[:, j]
         g = q.T @ xq
         denom = (1.0 - tau) + tau * m_j
-        x_inv = (x_inv - tau * np.outer(xq, xq) / denom) / (1.0 - tau)
+        x_inv = (x_inv - tau * (xq[:, None] * xq[None, :]) / denom) / (1.0 - tau)  # np.outer, without its overhead
         g *= g
         g *= tau
         g /= denom

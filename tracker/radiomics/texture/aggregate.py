@@ -132,8 +132,10 @@ def batch_mean(values: np.ndarray) -> float:
 def pad_columns(matrices: list[np.ndarray]) -> np.ndarray:
     """Stack matrices of shape (..., N_g, N_j_k) into one array, zero-padding the last axis."""
     width = max(m.shape[-1] for m in matrices)
-    padded = [np.pad(m, [(0, 0)] * (m.ndim - 1) + [(0, width - m.shape[-1])]) for m in matrices]
-    return np.stack(padded)
+    out = np.zeros((len(matrices), *matrices[0].shape[:-1], width), dtype=matrices[0].dtype)
+    for k, m in enumerate(matrices):
+        out[k, ..., : m.shape[-1]] = m
+    return out
 
 
 def directional_aggregates(matrices: np.ndarray, features, mode: str) -> dict[str, dict[str, float]]:

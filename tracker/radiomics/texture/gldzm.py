@@ -43,7 +43,8 @@ def border_distance(morph_roi: np.ndarray, mode: str) -> np.ndarray:
     metric[1, 1, :] = metric[1, :, 1] = True
     if mode == "3D":
         metric[:, 1, 1] = True
-    padded = np.pad(morph_roi, 1)
+    padded = np.zeros(tuple(n + 2 for n in morph_roi.shape), dtype=bool)
+    padded[1:-1, 1:-1, 1:-1] = morph_roi
     dist = distance_transform_cdt(padded, metric=metric)
     return dist[1:-1, 1:-1, 1:-1].astype(np.int64)
 

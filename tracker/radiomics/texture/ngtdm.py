@@ -23,7 +23,12 @@ def _neighbour_sums(grid: np.ndarray, mode: str) -> np.ndarray:
     """Sum over the 26 (3D) or 8 in-plane (2D) neighbours of every voxel, zero beyond the array (exact)."""
     out = grid.astype(np.int64)
     for axis in (0, 1, 2) if mode == "3D" else (1, 2):
-        padded = np.pad(out, [(1, 1) if k == axis else (0, 0) for k in range(3)])
+        shape = list(out.shape)
+        shape[axis] += 2
+        padded = np.zeros(shape, dtype=out.dtype)
+        inner = [slice(None)] * 3
+        inner[axis] = slice(1, -1)
+        padded[tuple(inner)] = out
         cut = [slice(None)] * 3
         parts = []
         for start in range(3):
