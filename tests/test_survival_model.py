@@ -109,3 +109,49 @@ def test_learns_slope_dependent_hazard():
     remaining = ev.loc[at3["patient_id"], "time_days"].to_numpy() - at3["time_days"].to_numpy()
     c = harrell_c(remaining, ev.loc[at3["patient_id"], "event"].to_numpy(), at3["risk"].to_numpy())
     assert c > 0.65  # held-out patients; the marker's baseline level alone carries no information (C ~ 0.5)
+
+
+def test_ensemble_curve_is_the_mean_of_member_curves():
+    import torch
+
+    from tracker.survival.model import survival_from_logits
+    from tracker.survival.rnn import EnsembleNet, RiskNet, predict_logits
+
+    torch.manual_seed(0)
+    members = [RiskNet(7, 8, 36, 0.0).eval() for i in range(3)]
+    for m in members:
+        with torch.no_grad():
+            m.baseline.fill_(-3.0)
+    x = np.random.default_rng(0).normal(size=(5, 4, 7)).astype(np.float32)
+    mean_curve = np.mean([survival_from_logits(predict_logits(m, x)) for m in members], axis=0)
+    ens_curve = survival_from_logits(predict_logits(EnsembleNet(members).eval(), x))
+    np.testing.assert_allclose(ens_curve, mean_curve, rtol=1e-9, atol=1e-12)
+    # one member: its own logits, unchanged
+    single = EnsembleNet(members[:1]).eval()
+    assert np.array_equal(predict_logits(single, x), predict_logits(members[0], x))
+
+
+def test_reads_format_1_single_network_models(cohort):
+    import io
+    import json
+    import zipfile
+
+    visits, events, _ = cohort
+    model = train_model(visits, events, SurvivalModelConfig(max_epochs=4, min_epochs=4, n_ensemble=1), seed=0)
+    blob = model.to_bytes()
+    # rewrite as format 1: weights at the top level, no n_members, no n_ensemble in the config
+    src, buf = zipfile.ZipFile(io.BytesIO(blob)), io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as dst:
+        for name in src.namelist():
+            payload = src.read(name)
+            if name == "model.json":
+                header = json.loads(payload)
+                header["format_version"] = 1
+                header.pop("n_members")
+                header["config"].pop("n_ensemble")
+                header["weights"] = [w.removeprefix("members.0.") for w in header["weights"]]
+                payload = json.dumps(header).encode()
+            dst.writestr(name.replace("members.0.", ""), payload)
+    old = RiskModel.from_bytes(buf.getvalue())
+    assert old.cfg.n_ensemble == 1
+    pd.testing.assert_frame_equal(old.predict(visits), model.predict(visits), check_exact=True)

@@ -31,6 +31,7 @@ class SurvivalModelConfig:
     batch_size: int | None = None  # patients per minibatch; None = full batch
     ranking_weight: float = 0.0  # > 0 adds the Dynamic-DeepHit ranking term
     ranking_sigma: float = 0.1
+    n_ensemble: int = 10  # networks with their own seed and validation split; their survival curves are averaged
     max_features: int | None = 32  # None = keep every feature column
     corr_threshold: float = 0.9
     cox_penalizer: float = 0.1
@@ -52,6 +53,8 @@ class SurvivalModelConfig:
             raise MetatrackError(f"SurvivalModelConfig.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise MetatrackError(f"SurvivalModelConfig.device must be auto, cpu or cuda, got {self.device!r}")
+        if self.n_ensemble < 1:
+            raise MetatrackError(f"SurvivalModelConfig.n_ensemble must be >= 1, got {self.n_ensemble}")
         if self.max_features is not None and self.max_features < 1:
             raise MetatrackError(f"SurvivalModelConfig.max_features must be >= 1 or None, got {self.max_features}")
 

@@ -27,11 +27,12 @@ from tracker.survival.data import (
 from tracker.survival.selection import select_features
 
 if TYPE_CHECKING:
-    from tracker.survival.rnn import RiskNet
+    from tracker.survival.rnn import EnsembleNet
 
 DEFAULT_HORIZONS_MONTHS = (6.0, 12.0, 24.0)
 MIN_TRAIN_PATIENTS = 10
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the network is an ensemble (weights under members.<i>.)
+MEMBER_SEED_STRIDE = 7919  # member m of an ensemble trained with seed s uses seed s + m * stride
 
 
 def survival_from_logits(logits: np.ndarray) -> np.ndarray:
@@ -61,7 +62,7 @@ class RiskModel:
 
     cfg: SurvivalModelConfig
     standardizer: Standardizer
-    net: RiskNet
+    net: EnsembleNet
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -189,15 +190,19 @@ def train_model(
 ) -> RiskModel:
     """Select features, standardise, and train the GRU survival model on every visit prefix.
 
+    ``cfg.n_ensemble`` networks are trained, each with its own seed and validation split of the training patients
+    (early stopping), and their survival curves averaged.
+
     Parameters
     ----------
     visits : long table (patient_id, time_days or date, feature columns...), one row per scan.
     events : (patient_id, time_days, event) per patient, time from the same baseline as the visits.
     cfg : hyperparameters.
-    seed : fixes the internal validation split, initialisation and minibatch order.
-    progress : called as progress(epoch, max_epochs, validation_loss) after each epoch.
+    seed : fixes the internal validation splits, initialisations and minibatch orders.
+    progress : called as progress(epoch, n_ensemble * max_epochs, validation_loss) after each epoch, epochs counted
+        over all ensemble members in turn.
     """
-    from tracker.survival.rnn import fit_network
+    from tracker.survival.rnn import EnsembleNet, fit_network
 
     start = time.perf_counter()
     kept, ev, candidates = prepare_training_tables(visits, events, cfg)
@@ -221,20 +226,29 @@ def train_model(
     stats = Standardizer.fit(kept, chosen)
     seq = build_sequences(kept, stats, cfg)
     tgt = build_targets(seq, ev, cfg)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(seq.patient_ids))
-    n_val = round(cfg.val_fraction * len(order))
-    val_rows, train_rows = np.sort(order[:n_val]), np.sort(order[n_val:])
-    result = fit_network(seq.x, tgt.bin_index, tgt.event, tgt.valid, train_rows, val_rows, cfg, seed, progress)
+    results = []
+    for m in range(cfg.n_ensemble):
+        member_seed = seed + m * MEMBER_SEED_STRIDE
+        order = np.random.default_rng(member_seed).permutation(len(seq.patient_ids))
+        n_val = round(cfg.val_fraction * len(order))
+        val_rows, train_rows = np.sort(order[:n_val]), np.sort(order[n_val:])
+        member_progress = None
+        if progress is not None:
+            total, offset = cfg.n_ensemble * cfg.max_epochs, m * cfg.max_epochs
+            member_progress = lambda e, _n, loss, offset=offset, total=total: progress(offset + e, total, loss)  # noqa: E731
+        res = fit_network(
+            seq.x, tgt.bin_index, tgt.event, tgt.valid, train_rows, val_rows, cfg, member_seed, member_progress
+        )
+        results.append(res)
     metadata = {
         "features": chosen,
         "candidate_features": candidates,
         "relevance": relevance,
         "hyperparameters": cfg.to_dict(),
         "metrics": {
-            "best_val_nll": result.best_val_loss,
-            "epochs": result.epochs,
-            "best_epoch": result.best_epoch,
+            "best_val_nll": float(np.mean([r.best_val_loss for r in results])),
+            "epochs": [r.epochs for r in results],
+            "best_epoch": [r.best_epoch for r in results],
             "train_seconds": time.perf_counter() - start,
             "n_patients": int(n_pat),
             "n_visits": len(kept),
@@ -246,4 +260,4 @@ def train_model(
         "device": cfg.device,
         "data_fingerprint": data_fingerprint(visits, events),
     }
-    return RiskModel(cfg, stats, result.net, metadata)
+    return RiskModel(cfg, stats, EnsembleNet([r.net for r in results]).eval(), metadata)

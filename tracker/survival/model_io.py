@@ -6,6 +6,7 @@ gives the same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import zipfile
@@ -20,6 +21,7 @@ from tracker.survival.model import FORMAT_VERSION, RiskModel
 MODEL_JSON = "model.json"
 WEIGHTS_DIR = "weights/"
 FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+READABLE_VERSIONS = (1, FORMAT_VERSION)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -36,7 +38,8 @@ def model_to_bytes(model: RiskModel) -> bytes:
         "features": list(model.standardizer.features),
         "mean": [float(v) for v in model.standardizer.mean],
         "std": [float(v) for v in model.standardizer.std],
-        "n_inputs": int(model.net.embed[0].in_features),
+        "n_inputs": model.net.n_inputs,
+        "n_members": len(model.net.members),
         "weights": list(model.net.state_dict().keys()),
         "metadata": model.metadata,
     }
@@ -55,7 +58,7 @@ def model_from_bytes(data: bytes) -> RiskModel:
     """Rebuild a model written by :func:`model_to_bytes`."""
     import torch
 
-    from tracker.survival.rnn import RiskNet
+    from tracker.survival.rnn import EnsembleNet, RiskNet
 
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
@@ -66,15 +69,21 @@ def model_from_bytes(data: bytes) -> RiskModel:
             }
     except (zipfile.BadZipFile, KeyError, ValueError) as exc:
         raise MetatrackError(f"risk model bytes: not a metatrack risk model ({exc})") from exc
-    if header.get("format_version") != FORMAT_VERSION:
+    version = header.get("format_version")
+    if version not in READABLE_VERSIONS:
         raise MetatrackError(
-            f"risk model bytes: format_version {header.get('format_version')!r}, this metatrack reads {FORMAT_VERSION}"
+            f"risk model bytes: format_version {version!r}, this metatrack reads {list(READABLE_VERSIONS)}"
         )
     cfg = SurvivalModelConfig.from_dict(header["config"])
+    if version == 1:  # one network, weights at the top level
+        state = {f"members.0.{name}": t for name, t in state.items()}
+        cfg = dataclasses.replace(cfg, n_ensemble=1)
     stats = Standardizer(
         tuple(header["features"]), np.asarray(header["mean"], dtype=np.float64), np.asarray(header["std"], np.float64)
     )
-    net = RiskNet(header["n_inputs"], cfg.hidden_size, cfg.n_bins, cfg.dropout)
+    n_members = int(header.get("n_members", 1))
+    shape = (header["n_inputs"], cfg.hidden_size, cfg.n_bins, cfg.dropout)
+    net = EnsembleNet([RiskNet(*shape) for _ in range(n_members)])
     net.load_state_dict(state)
     net.eval()
     return RiskModel(cfg, stats, net, header["metadata"])

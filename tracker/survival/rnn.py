@@ -52,6 +52,36 @@ class RiskNet(nn.Module):
         return self.baseline + scores[..., :1] + scores[..., 1:2] * self.tau
 
 
+class EnsembleNet(nn.Module):
+    """Several RiskNets whose survival curves are averaged; returns the hazard logits of the averaged curve.
+
+    The curves are averaged (a mixture of the members' predictions), not the logits; the output stays causal because
+    every member is.
+    """
+
+    def __init__(self, members: list[RiskNet]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("EnsembleNet needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def n_inputs(self) -> int:
+        """Width of one visit's input vector."""
+        return int(self.members[0].embed[0].in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (patients, visits, inputs) -> hazard logits (patients, visits, bins) of the mean survival curve."""
+        if len(self.members) == 1:
+            return self.members[0](x)
+        log_s = torch.stack(
+            [torch.cumsum(nn.functional.logsigmoid(-m(x).double()), dim=-1) for m in self.members]
+        ).logsumexp(dim=0) - math.log(len(self.members))
+        # log(1 - h_b) = log S_b - log S_(b-1), then logit h = log(h) - log(1 - h)
+        log_keep = (log_s - nn.functional.pad(log_s[..., :-1], (1, 0))).clamp(max=-1e-12)
+        return torch.log(-torch.expm1(log_keep)) - log_keep
+
+
 def survival_weights(bin_index: torch.Tensor, event: torch.Tensor, n_bins: int) -> tuple[torch.Tensor, ...]:
     """Per-bin weights of log(1 - h) and log h in the likelihood of one (bin, event) target.
 
@@ -231,7 +261,7 @@ def fit_network(
     return TrainResult(net, best_loss, epoch, best_epoch)
 
 
-def predict_logits(net: RiskNet, x: np.ndarray) -> np.ndarray:
-    """Hazard logits (P, T, bins) on CPU in float32, without gradients."""
+def predict_logits(net: RiskNet | EnsembleNet, x: np.ndarray) -> np.ndarray:
+    """Hazard logits (P, T, bins) on CPU (float32 for one network, float64 for an ensemble), without gradients."""
     with torch.no_grad():
         return net(torch.as_tensor(x, dtype=torch.float32)).numpy()
