@@ -101,7 +101,7 @@ def _ensure_model(state: AppState, seed: int) -> None:
     visits, events = latent_training_tables(DEMO_TRAINING_PATIENTS, seed + 1000)
     visits = visits.dropna(axis=1, how="all")
     cfg = SurvivalModelConfig()
-    with output.progress("train", cfg.max_epochs, state.progress) as advance:
+    with output.progress("train", cfg.n_ensemble * cfg.max_epochs, state.progress) as advance:
         model = train_model(visits, events, cfg, seed=seed, progress=lambda e, n, loss: advance())
     with session_scope(engine) as s:
         mv = register_model(s, store, model, DEMO_MODEL, ENDPOINT)

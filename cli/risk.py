@@ -86,7 +86,7 @@ def _train_and_register(
     from tracker.survival import train_model
 
     cfg = _config(epochs)
-    with output.progress("train", cfg.max_epochs, state.progress) as advance:
+    with output.progress("train", cfg.n_ensemble * cfg.max_epochs, state.progress) as advance:
         model = train_model(visits, events, cfg, seed=seed, progress=lambda e, n, loss: advance())
     engine, store = state.engine(), state.store()
     with session_scope(engine) as s:
