@@ -170,6 +170,21 @@ def write_nifti(folder: Path, name: str, image: np.ndarray, mask: np.ndarray) ->
     return paths[0], paths[1]
 
 
+def print_ratios(header: str, lesions: dict, peers: list[Peer], ours: dict, theirs: dict) -> None:
+    """One row per lesion: our median seconds, then each peer's median and its ratio to ours."""
+    print(header)
+    for name in lesions:
+        t_ours = float(np.median(ours[name]))
+        line = f"{name:8s} {t_ours:9.3f}"
+        for peer in peers:
+            if theirs[peer.name][name]:
+                t = float(np.median(theirs[peer.name][name]))
+                line += f" {t:15.3f} {t / t_ours:16.1f}x"
+            else:
+                line += f" {'-':>15s} {'-':>17s}"
+        print(line)
+
+
 def main() -> None:
     from tracker.radiomics import ENGINE_VERSION, extract, load_config
 
@@ -221,30 +236,10 @@ def main() -> None:
     header = f"{'lesion':8s} {'ours s':>9s}"
     for peer in peers:
         header += f" {peer.name + ' s':>15s} {peer.name + '/ours':>17s}"
-    print(header)
-    for name in lesions:
-        t_ours = float(np.median(ours[name]))
-        line = f"{name:8s} {t_ours:9.3f}"
-        for peer in peers:
-            if theirs[peer.name][name]:
-                t = float(np.median(theirs[peer.name][name]))
-                line += f" {t:15.3f} {t / t_ours:16.1f}x"
-            else:
-                line += f" {'-':>15s} {'-':>17s}"
-        print(line)
+    print_ratios(header, lesions, peers, ours, theirs)
     # the same in CPU seconds of the extracting process: robust to other load on a shared machine
     print("CPU seconds (process time):")
-    print(header.replace(" s ", " cpu ").replace("ours s", "ours cpu"))
-    for name in lesions:
-        c_ours = float(np.median(ours_cpu[name]))
-        line = f"{name:8s} {c_ours:9.3f}"
-        for peer in peers:
-            if theirs_cpu[peer.name][name]:
-                c = float(np.median(theirs_cpu[peer.name][name]))
-                line += f" {c:15.3f} {c / c_ours:16.1f}x"
-            else:
-                line += f" {'-':>15s} {'-':>17s}"
-        print(line)
+    print_ratios(header.replace(" s ", " cpu ").replace("ours s", "ours cpu"), lesions, peers, ours_cpu, theirs_cpu)
     for peer in peers:
         if peer.reason:
             print(f"{peer.name}: {peer.reason}")

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from tracker.radiomics.fftsize import even_fast_len
 from tracker.radiomics.preprocess import PEAK_RADIUS_MM, bounding_box
 
 
@@ -15,16 +16,6 @@ def sphere_kernel(spacing: tuple[float, float, float], radius_mm: float = PEAK_R
     axes = [np.arange(-h, h + 1) * s for h, s in zip(half, spacing, strict=True)]
     zz, yy, xx = np.meshgrid(*axes, indexing="ij")
     return zz**2 + yy**2 + xx**2 <= radius_mm**2 + 1e-9
-
-
-def _even_fast_len(n: int) -> int:
-    """The smallest even FFT-friendly length >= ``n``."""
-    from scipy import fft
-
-    m = fft.next_fast_len(n, real=True)
-    while m % 2:
-        m = fft.next_fast_len(m + 1, real=True)
-    return m
 
 
 def sphere_sums(
@@ -46,7 +37,7 @@ def sphere_sums(
 
     half = np.array(kernel.shape) // 2
     period = [
-        _even_fast_len(max(n, int(b) + h + 1, n + h - int(a), 2 * h + 2))
+        even_fast_len(max(n, int(b) + h + 1, n + h - int(a), 2 * h + 2))
         for n, a, b, h in zip(array.shape, lo, hi, half, strict=True)
     ]
     octant = np.zeros([p // 2 + 1 for p in period])

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from tracker.radiomics.fftsize import even_fast_len
+
 #: Legendre terms in the ellipsoid surface-area series (IBSI 3.1.20)
 ELLIPSOID_SERIES_TERMS = 20
 #: convergence tolerance of the minimum-volume enclosing ellipsoid iteration (Mahalanobis slack); 3e-3 keeps
@@ -160,16 +162,6 @@ def mvee(points: np.ndarray, tol: float = MVEE_TOLERANCE) -> tuple[np.ndarray, n
     return amat / max(reach, 1.0), centre
 
 
-def _even_fast_len(n: int) -> int:
-    """The smallest even FFT-friendly length >= ``n``."""
-    from scipy import fft
-
-    m = fft.next_fast_len(n, real=True)
-    while m % 2:
-        m = fft.next_fast_len(m + 1, real=True)
-    return m
-
-
 def _weighted_pair_sums(
     mask: np.ndarray, values: np.ndarray, spacing: tuple[float, float, float]
 ) -> tuple[float, float, float]:
@@ -190,7 +182,7 @@ def _weighted_pair_sums(
     sl = tuple(slice(a, b + 1) for a, b in zip(lo, last, strict=True))
     inside = mask[sl]
     d = np.where(inside, values[sl] - values[mask].mean(), 0.0)
-    period = [_even_fast_len(2 * n - 1) for n in inside.shape]
+    period = [even_fast_len(2 * n - 1) for n in inside.shape]
     half = [p // 2 + 1 for p in period]
     sq = [(np.arange(h, dtype=np.float64) * s) ** 2 for h, s in zip(half, spacing, strict=True)]
     r2 = sq[0][:, None, None] + sq[1][None, :, None] + sq[2][None, None, :]
