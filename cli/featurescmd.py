@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -33,6 +34,7 @@ def run_features(
     batch: Path | None,
     fmt: str,
     out: Path | None,
+    body_mask: str | None = None,
 ) -> None:
     from tracker.featurefiles import FeatureJob, extract_files, read_batch
 
@@ -41,7 +43,7 @@ def run_features(
     if batch is None:
         if image is None or mask is None:
             raise MetatrackError("give IMAGE and MASK, or --batch FILE")
-        fs = extract_files(FeatureJob(image, mask, label), config)
+        fs = extract_files(FeatureJob(image, mask, label, body_mask), config)
         records = [{**r, "value": _clean(r["value"]), "config": fs.config.get("name"), "engine": fs.engine_version}
                    for r in fs.records()]  # fmt: skip
         if fmt == "json":
@@ -54,6 +56,8 @@ def run_features(
         _emit(buf.getvalue(), out)
         return
     jobs = read_batch(batch)
+    if body_mask is not None:  # the option applies to the rows that name no body mask of their own
+        jobs = [j if j.body_mask is not None else dataclasses.replace(j, body_mask=body_mask) for j in jobs]
     rows, failed = [], 0
     with output.progress("features", len(jobs)) as advance:
         for job in jobs:

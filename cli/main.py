@@ -303,11 +303,15 @@ def features(
     batch: Annotated[Path | None, typer.Option(help="CSV of image,mask[,label] rows: one output row each.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="csv or json.")] = "csv",
     out: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    body_mask: Annotated[
+        str | None,
+        typer.Option(help="Body mask file, or 'auto' (Otsu foreground), for z-score configs such as mr_default."),
+    ] = None,
 ) -> None:
     """IBSI radiomics of one image/mask pair (one record per feature), or of a batch (one row per pair)."""
     from cli.featurescmd import run_features
 
-    run_features(image, mask, config, label, batch, fmt, out)
+    run_features(image, mask, config, label, batch, fmt, out, body_mask)
 
 
 @harmonise_app.command("fit")

@@ -51,3 +51,32 @@ def test_batch_csv_one_row_per_pair_and_errors(tmp_path: Path) -> None:
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == 2 and rows[0]["error"] == "" and "no voxels with label 7" in rows[1]["error"]
     assert abs(float(rows[0]["morph_vol_approx"]) - 592.0) < 1e-9
+
+
+def test_body_mask_option_for_mr_zscore(tmp_path: Path) -> None:
+    import numpy as np
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(5)
+    zz, yy, xx = np.indices((24, 32, 32)) - np.array([11.5, 15.5, 15.5])[:, None, None, None]
+    body = (zz / 10) ** 2 + (yy / 13) ** 2 + (xx / 13) ** 2 <= 1.0
+    image = np.where(body, rng.normal(300.0, 40.0, body.shape), rng.normal(5.0, 3.0, body.shape))
+    lesion = np.zeros(body.shape, np.uint8)
+    lesion[10:14, 14:18, 14:18] = 1
+    image[lesion > 0] = 500.0
+    paths = {}
+    for name, arr in (("image", image.astype(np.float32)), ("lesion", lesion), ("body", body.astype(np.uint8))):
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(paths[name]))
+    ref = image.astype(np.float32).astype(np.float64)[body]
+    expected = (500.0 - ref.mean()) / ref.std()
+    for option in (str(paths["body"]), "auto"):
+        res = CliRunner().invoke(
+            app,
+            ["features", str(paths["image"]), str(paths["lesion"]), "-c", "mr_default", "--format", "json",
+             "--body-mask", option],
+        )  # fmt: skip
+        assert res.exit_code == 0, res.stderr
+        value = {r["tag"]: r["value"] for r in json.loads(res.stdout)}["stat_mean"]
+        # the Otsu foreground of this phantom is the body up to a few boundary voxels
+        assert abs(value - expected) < (1e-9 if option != "auto" else 2e-3), option

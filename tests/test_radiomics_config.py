@@ -91,3 +91,49 @@ def test_mr_default_zscore_makes_features_scale_invariant() -> None:
     b = extract(3.0 * image + 500.0, mask, (1.0, 1.0, 1.0), "mr_default").values
     for tag in ("stat_mean", "stat_var", "ih_entropy", "cm_joint_entr_3D_avg", "loc_peak_glob"):
         assert b[tag] == pytest.approx(a[tag], rel=1e-6, abs=1e-9), tag
+
+
+def _mr_like(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An MR-like volume: an ellipsoidal body (~N(300, 40)) with a dark cavity, in noisy air (~N(5, 3)); a cubic
+    lesion of constant intensity 500 inside. Returns image, lesion mask, true body mask (cavity filled)."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.indices((40, 48, 48)) - np.array([19.5, 23.5, 23.5])[:, None, None, None]
+    body = (zz / 17) ** 2 + (yy / 21) ** 2 + (xx / 19) ** 2 <= 1.0
+    cavity = (zz / 5) ** 2 + ((yy + 8) / 5) ** 2 + ((xx - 6) / 5) ** 2 <= 1.0
+    image = np.where(body, rng.normal(300.0, 40.0, body.shape), rng.normal(5.0, 3.0, body.shape))
+    image[cavity] = rng.normal(15.0, 3.0, int(cavity.sum()))
+    lesion = np.zeros(body.shape, bool)
+    lesion[16:24, 26:34, 20:28] = True
+    image[lesion] = 500.0
+    return image, lesion, body
+
+
+def test_foreground_mask_recovers_the_body_with_its_cavity() -> None:
+    from tracker.harmonisation import foreground_mask
+
+    image, _, body = _mr_like(0)
+    fg = foreground_mask(image)
+    dice = 2 * (fg & body).sum() / (fg.sum() + body.sum())
+    assert dice > 0.995 and not (fg & ~body).sum() > 0.005 * body.sum()
+
+
+def test_mr_zscore_takes_its_statistics_in_the_body_mask() -> None:
+    from tracker.harmonisation import foreground_mask
+
+    image, lesion, body = _mr_like(1)
+    fs = extract(image, lesion, (1.0, 1.0, 1.0), "mr_default", body_mask=body)
+    ref = image[body]
+    # a constant lesion: its z-scored mean is known exactly, whatever the rest of the pipeline does
+    assert fs.values["stat_mean"] == pytest.approx((500.0 - ref.mean()) / ref.std(), rel=1e-12)
+    assert "z-score in the body mask" in fs.notes
+    whole = extract(image, lesion, (1.0, 1.0, 1.0), "mr_default").values["stat_mean"]
+    assert whole == pytest.approx((500.0 - image.mean()) / image.std(), rel=1e-12)
+    assert abs(whole - fs.values["stat_mean"]) > 0.25  # air in the statistics shifts the scale
+    # the Otsu foreground is invariant to a linear rescaling of the scanner's intensities, so are the features
+    a = extract(image, lesion, (1.0, 1.0, 1.0), "mr_default", body_mask=foreground_mask(image)).values
+    scaled = 2.5 * image + 80.0
+    b = extract(scaled, lesion, (1.0, 1.0, 1.0), "mr_default", body_mask=foreground_mask(scaled)).values
+    for tag in ("stat_mean", "stat_var", "loc_peak_glob", "cm_joint_entr_3D_avg"):
+        assert b[tag] == pytest.approx(a[tag], rel=1e-9, abs=1e-12), tag
+    with pytest.raises(MetatrackError, match="body mask"):
+        extract(image, lesion, (1.0, 1.0, 1.0), "mr_default", body_mask=np.zeros_like(body))

@@ -20,6 +20,7 @@ class FeatureJob:
     image: Path
     mask: Path
     label: int | None = None  # None: every non-zero voxel is the ROI
+    body_mask: str | None = None  # z-score statistics: a mask file, "auto" (Otsu foreground) or None (whole image)
 
 
 def extract_files(job: FeatureJob, config: str | Path) -> Any:
@@ -39,11 +40,30 @@ def extract_files(job: FeatureJob, config: str | Path) -> Any:
         raise MetatrackError(f"{job.mask}: the mask is empty; there is no region to measure")
     image = sitk.GetArrayFromImage(loaded.image).astype(np.float64)
     spacing = tuple(float(s) for s in reversed(loaded.image.GetSpacing()))
-    return extract(image, roi, spacing, cfg)
+    return extract(image, roi, spacing, cfg, body_mask=_body_mask(job, loaded.image, image))
+
+
+def _body_mask(job: FeatureJob, grid: Any, image: np.ndarray) -> np.ndarray | None:
+    import SimpleITK as sitk
+
+    from tracker.harmonisation import foreground_mask
+
+    if job.body_mask is None:
+        return None
+    if job.body_mask == "auto":
+        try:
+            return foreground_mask(image)
+        except MetatrackError as exc:
+            raise MetatrackError(f"{job.image}: {exc}") from exc
+    body = sitk.GetArrayFromImage(read_mask(Path(job.body_mask), grid).mask) > 0
+    if not body.any():
+        raise MetatrackError(f"{job.body_mask}: the body mask is empty")
+    return body
 
 
 def read_batch(path: Path) -> list[FeatureJob]:
-    """Image/mask pairs from a CSV (image, mask[, label]); relative paths are relative to the CSV's folder."""
+    """Image/mask pairs from a CSV (image, mask[, label][, body_mask]); relative paths are relative to the CSV's
+    folder; body_mask is a mask file or ``auto``."""
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
@@ -57,6 +77,9 @@ def read_batch(path: Path) -> list[FeatureJob]:
         label = (r.get("label") or "").strip()
         if label and not label.isdigit():
             raise MetatrackError(f"{path}:{i}: label {label!r} is not a non-negative integer")
+        body = (r.get("body_mask") or "").strip() or None
+        if body is not None and body != "auto":
+            body = str(path.parent / body)
         jobs.append(FeatureJob(path.parent / r["image"].strip(), path.parent / r["mask"].strip(),
-                               int(label) if label else None))  # fmt: skip
+                               int(label) if label else None, body))  # fmt: skip
     return jobs

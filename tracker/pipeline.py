@@ -248,6 +248,21 @@ def _recist_follow_up(ctx: PatientContext, lesions: list[Lesion], links: list[Li
     return assess(selection, VisitMeasurements(diameters=diameters, new_lesion=new_lesion), nadir)
 
 
+def _body_mask(arr: np.ndarray, organ_map: np.ndarray | None, modality: str) -> np.ndarray | None:
+    """The patient's body: the organ map where there is one, else above -500 HU (CT) or the Otsu foreground
+    (other modalities; None where the image has no dark background to separate)."""
+    if organ_map is not None:
+        return organ_map > 0
+    if modality == "CT":
+        return arr > CT_BODY_THRESHOLD_HU
+    from tracker.harmonisation import foreground_mask
+
+    try:
+        return foreground_mask(arr)
+    except MetatrackError:
+        return None
+
+
 def _extract_features(
     image: sitk.Image,
     labels: np.ndarray,
@@ -263,7 +278,7 @@ def _extract_features(
     cfg = load_config(settings.feature_config)
     arr = sitk.GetArrayFromImage(image).astype(np.float64)
     spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
-    body = organ_map > 0 if organ_map is not None else (arr > CT_BODY_THRESHOLD_HU if modality == "CT" else None)
+    body = _body_mask(arr, organ_map, modality)
     margin = [int(np.ceil(settings.shell_mm / s)) + SHELL_MARGIN_VOXELS for s in spacing]
     values: dict[int, dict[str, dict[str, float | None]]] = {}
     errors: dict[tuple[int, str], str] = {}
@@ -291,7 +306,7 @@ def _extract_features(
         for region, mask in regions.items():
             t0 = time.perf_counter()
             try:
-                fs = extract(arr, mask, spacing, cfg)
+                fs = extract(arr, mask, spacing, cfg, body_mask=body)
                 values[les.label][region] = {k: (None if v is None or not np.isfinite(v) else float(v))
                                              for k, v in fs.values.items()}  # fmt: skip
             except Exception as exc:

@@ -137,7 +137,11 @@ def _crop_to_roi(prep: Prepared) -> Prepared:
 
 
 def extract(
-    image: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, float], cfg: dict[str, Any] | str
+    image: np.ndarray,
+    mask: np.ndarray,
+    spacing: tuple[float, float, float],
+    cfg: dict[str, Any] | str,
+    body_mask: np.ndarray | None = None,
 ) -> FeatureSet:
     """IBSI 1 features of one ROI.
 
@@ -147,6 +151,8 @@ def extract(
     mask : (z, y, x) boolean ROI, same shape
     spacing : (z, y, x) voxel size in mm
     cfg : a preset name, a YAML path, or a (validated) configuration dict
+    body_mask : optional (z, y, x) boolean body mask, same shape: where z-score normalisation takes its
+        statistics (e.g. ``tracker.harmonisation.foreground_mask`` for MR); the whole image when None
 
     Returns
     -------
@@ -159,12 +165,20 @@ def extract(
     image = np.asarray(image)
     mask = np.asarray(mask).astype(bool, copy=False)
     _check_inputs(image, mask, spacing)
+    if body_mask is not None:
+        body_mask = np.asarray(body_mask).astype(bool, copy=False)
+        if body_mask.shape != image.shape:
+            raise MetatrackError(f"radiomics body mask: shape {body_mask.shape} differs from image shape {image.shape}")
+        if cfg["normalisation"] == "zscore" and not body_mask.any():
+            raise MetatrackError("radiomics body mask: the mask is empty; z-score statistics need body voxels")
     catalog = _catalog(cfg)
     found: dict[str, float] = {}
     notes: list[str] = []
+    if cfg["normalisation"] == "zscore":
+        notes.append("z-score in the body mask" if body_mask is not None else "z-score over the whole image")
     if mask.any():
         with _blas_limit():
-            found.update(_compute(image, mask, spacing, cfg, notes))
+            found.update(_compute(image, mask, spacing, cfg, notes, body_mask))
     else:
         notes.append("empty mask")
     values = {tag: float(found.get(tag, np.nan)) for tag in catalog}
@@ -172,7 +186,12 @@ def extract(
 
 
 def _compute(
-    image: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, float], cfg: dict[str, Any], notes: list[str]
+    image: np.ndarray,
+    mask: np.ndarray,
+    spacing: tuple[float, float, float],
+    cfg: dict[str, Any],
+    notes: list[str],
+    body_mask: np.ndarray | None,
 ) -> dict[str, float]:
     """Every configured family of one non-empty ROI (tag -> value; missing tags become NaN)."""
     from tracker.radiomics.histogram import histogram_features, ivh_features
@@ -182,7 +201,7 @@ def _compute(
     from tracker.radiomics.preprocess import discretise, prepare
 
     found: dict[str, float] = {}
-    prep = prepare(image, mask, spacing, cfg)
+    prep = prepare(image, mask, spacing, cfg, body_mask)
     fams = set(cfg["families"])
     vals = prep.image[prep.int_mask]
     with np.errstate(divide="ignore", invalid="ignore"):

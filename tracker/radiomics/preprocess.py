@@ -66,7 +66,13 @@ def bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(lo), np.array(hi)
 
 
-def prepare(image: np.ndarray, mask: np.ndarray, spacing: tuple[float, ...], cfg: dict[str, Any]) -> Prepared:
+def prepare(
+    image: np.ndarray,
+    mask: np.ndarray,
+    spacing: tuple[float, ...],
+    cfg: dict[str, Any],
+    body_mask: np.ndarray | None = None,
+) -> Prepared:
     """Apply the configuration's image processing to ``image`` within ``mask``.
 
     Parameters
@@ -74,16 +80,19 @@ def prepare(image: np.ndarray, mask: np.ndarray, spacing: tuple[float, ...], cfg
     image, mask : (z, y, x) arrays of the same shape; ``mask`` is boolean (non-zero = ROI)
     spacing : (z, y, x) voxel size in mm
     cfg : validated configuration (``load_config``)
+    body_mask : optional (z, y, x) boolean mask of the body; z-score normalisation takes its mean and SD there
+        (over the whole image when None)
     """
     from scipy import ndimage
 
     img = np.asarray(image)
     roi = np.asarray(mask).astype(bool, copy=False)
-    # work in float64 on the crop only; z-score statistics come from the whole image
+    # work in float64 on the crop only; z-score statistics come from the body (or the whole image)
     shift, scale = 0.0, 1.0
     if cfg["normalisation"] == "zscore":
-        shift = float(img.mean(dtype=np.float64))
-        sd = float(img.std(dtype=np.float64))
+        ref = img if body_mask is None else img[body_mask]
+        shift = float(ref.mean(dtype=np.float64))
+        sd = float(ref.std(dtype=np.float64))
         scale = sd if sd > 0 else 1.0
 
     def crop(sl: tuple[slice, ...]) -> np.ndarray:
