@@ -21,7 +21,7 @@ import pandas as pd
 
 from tracker.survival import SurvivalModelConfig, train_model
 from tracker.survival.baselines import CoxBaseline, landmark_design, outcome_from
-from tracker.survival.evaluate import cross_validated_predictions, score_predictions
+from tracker.survival.evaluate import PAIRED, cross_validated_predictions, score_predictions
 from tracker.survival.metrics import calibration_table, survival_at
 from tracker.survival.model import prepare_training_tables
 from tracker.survival.toy import ToyCohortConfig, toy_cohort
@@ -53,13 +53,38 @@ def simulator_available() -> bool:
     return _simulator() is not None
 
 
-def load_cohort(source: str, n_patients: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_cohort(source: str, n_patients: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, list | None, float]:
+    """Visits and events; for the simulator also its latent cohort and baseline hazard (for the oracle)."""
     if source == "simulator":
         SimulationConfig, simulate_latent_cohort, latent_visit_table = _simulator()
-        latent = simulate_latent_cohort(SimulationConfig(n_patients=n_patients, seed=seed))
-        return latent_visit_table(latent, rng_seed=seed)
+        sim_cfg = SimulationConfig(n_patients=n_patients, seed=seed)
+        latent = simulate_latent_cohort(sim_cfg)
+        return (*latent_visit_table(latent, rng_seed=seed), latent, sim_cfg.base_hazard_per_day)
     visits, events, _ = toy_cohort(ToyCohortConfig(n_patients=n_patients), seed=seed)
-    return visits, events
+    return visits, events, None, float("nan")
+
+
+def add_oracle(preds: dict, events: pd.DataFrame, latent: list, base_hazard: float, cfg: SurvivalModelConfig) -> None:
+    """Add the simulator's true conditional survival curves as model "oracle" to every landmark.
+
+    The oracle knows each patient's whole latent lesion history, future included: its C is the ceiling for any
+    model of the scans, and oracle - landmark Cox is the room there is to beat the landmark Cox on this cohort.
+    """
+    from tracker.simulator.outcome import conditional_survival
+    from tracker.survival.config import DAYS_PER_MONTH
+
+    by_id = {p["patient_id"]: p for p in latent}
+    outcome_day = events.set_index(cfg.patient_col)[cfg.time_col]
+    ahead = np.asarray(cfg.grid_months) * DAYS_PER_MONTH
+    for pred in preds.values():
+        pred.curves["oracle"] = []
+        for ids, months in zip(pred.patient_ids, pred.months, strict=True):
+            start = outcome_day.loc[ids].to_numpy(dtype=np.float64) - months * DAYS_PER_MONTH
+            pred.curves["oracle"].append(
+                np.stack(
+                    [conditional_survival(by_id[i], d, ahead, base_hazard) for i, d in zip(ids, start, strict=True)]
+                )
+            )
 
 
 def fmt(row: pd.Series) -> str:
@@ -72,8 +97,11 @@ def print_table(table: pd.DataFrame) -> None:
         n, e = int(sub["n_patients"].iloc[0]), int(sub["n_events"].iloc[0])
         print(f"\nLandmark {k} (scored from visit {k}; {n} patients, {e} events within the horizon)")
         print(f"  {'model':<18}" + "".join(f"{m:>24}" for m in METRICS))
-        for model in ("rnn", "cox_baseline", "cox_landmark", "km", "rnn-cox_baseline", "rnn-cox_landmark"):
+        models = ("rnn", "cox_baseline", "cox_landmark", "km", "oracle", "rnn-cox_baseline", "rnn-cox_landmark")
+        for model in (*models, "oracle-cox_landmark", "oracle-rnn"):
             rows = sub[sub["model"] == model].set_index("metric")
+            if rows.empty:
+                continue
             print(f"  {model:<18}" + "".join(f"{fmt(rows.loc[m]):>24}" for m in METRICS))
 
 
@@ -90,6 +118,14 @@ def check_targets(table: pd.DataFrame) -> list[str]:
             lines.append(
                 f"landmark {k}: RNN - baseline Cox = {d_base:+.3f} (target >= {TARGET_VS_BASELINE}: {ok_b}); "
                 f"RNN - landmark Cox = {d_lm:+.3f} (target >= {TARGET_VS_LANDMARK}: {ok_l})"
+            )
+        if ("oracle-cox_landmark", k) in c.index:
+            room = c.loc[("oracle-cox_landmark", k), "estimate"]
+            lines.append(
+                f"landmark {k}: room above landmark Cox (true conditional survival - landmark Cox) = {room:+.3f}; "
+                f"the RNN takes {d_lm / room:.0%} of it"
+                if room > 0
+                else f"landmark {k}: no room above landmark Cox"
             )
         if d_lm < -TOLERANCE_VS_LANDMARK:
             lines.append(
@@ -190,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     if source == "simulator" and not simulator_available():
         print("tracker.simulator.latent_visit_table is not available; use --source toy", file=sys.stderr)
         return 1
-    visits, events = load_cohort(source, args.n_patients, args.seed)
+    visits, events, latent, base_hazard = load_cohort(source, args.n_patients, args.seed)
     print(
         f"Source {source}: {visits['patient_id'].nunique()} patients, {len(visits)} visits, "
         f"{int(events['event'].sum())} events; {args.folds}-fold patient-grouped CV, {args.bootstrap} bootstrap draws; "
@@ -201,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     preds = cross_validated_predictions(
         visits, events, cfg, args.folds, args.seed, landmarks, progress=lambda s: print("  " + s, file=sys.stderr)
     )
-    table = score_predictions(preds, cfg, (12.0, 24.0), args.bootstrap, args.seed)
+    paired = PAIRED
+    if latent is not None:
+        add_oracle(preds, events, latent, base_hazard, cfg)
+        paired = (*PAIRED, ("oracle", "cox_landmark"), ("oracle", "rnn"))
+    table = score_predictions(preds, cfg, (12.0, 24.0), args.bootstrap, args.seed, paired)
     print(f"(cross-validation + scoring {time.perf_counter() - t0:.0f} s)")
     print_table(table)
     bad = {k: p.cox_fits_not_converged for k, p in preds.items() if p.cox_fits_not_converged}

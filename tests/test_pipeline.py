@@ -89,6 +89,13 @@ def test_process_tracks_against_truth_and_is_idempotent(engine: Engine, cohort: 
     assert all(s["patient_features"]["lesion_count"] == len(s["lesions"]) for s in scans)
     truth_volumes = [sum(les["volume_mm3"] for les in s["lesions"]) for s in scans]
     assert [s["patient_features"]["total_volume_mm3"] for s in scans] == pytest.approx(truth_volumes)
+    # mixed response: today's volume of the continuing tracks that grew since their previous sighting
+    last_volume: dict[int, float] = {}
+    for scan in scans:
+        grown = sum(les["volume_mm3"] for les in scan["lesions"]
+                    if les["change"] == "persistent" and les["volume_mm3"] > last_volume[les["track_id"]])  # fmt: skip
+        assert scan["patient_features"]["growing_volume_mm3"] == pytest.approx(grown)
+        last_volume.update({les["track_id"]: les["volume_mm3"] for les in scan["lesions"]})
     # locate: the truth's landmark pairs, mapped baseline -> follow-up through the stored registration
     follow_up = truth["scans"][1]
     pairs = follow_up["landmarks"]

@@ -63,3 +63,25 @@ def test_censoring_fraction_and_columns(tables: tuple[pd.DataFrame, pd.DataFrame
     pd.testing.assert_frame_equal(again, first)
     other = latent_visit_table(simulate_latent_cohort(SimulationConfig(n_patients=5, seed=12)), rng_seed=0)[0]
     assert not np.isclose(other.total_volume_mm3.iloc[0], first.total_volume_mm3.iloc[0])
+
+
+def test_conditional_survival_is_the_law_of_the_sampled_event_times() -> None:
+    from tracker.simulator.outcome import conditional_survival, sample_event_time
+
+    cfg = SimulationConfig(n_patients=40, seed=3)
+    latent = simulate_latent_cohort(cfg)
+    # a patient with a sizeable hazard, so that the check has events to count
+    pat = max(latent, key=lambda p: 1.0 - conditional_survival(p, p["hazard_start_day"], np.array([730.0]),
+                                                               cfg.base_hazard_per_day)[0])  # fmt: skip
+    start = pat["hazard_start_day"] + 60.0
+    ahead = np.array([0.0, 180.0, 365.0, 730.0])
+    surv = conditional_survival(pat, start, ahead, cfg.base_hazard_per_day)
+    assert surv[0] == 1.0 and np.all(np.diff(surv) < 0)
+    rng = np.random.default_rng(0)
+    draws = np.array([sample_event_time(rng, pat["lesions"], pat["hazard_start_day"], start + 800.0,
+                                        cfg.base_hazard_per_day) for _ in range(6000)])  # fmt: skip
+    alive = draws[draws > start]
+    for a, s in zip(ahead[1:], surv[1:], strict=True):
+        empirical = float(np.mean(alive > start + a))
+        se = np.sqrt(s * (1 - s) / len(alive))
+        assert abs(empirical - s) < 4 * se + 1e-3, (a, empirical, s)

@@ -25,6 +25,8 @@ PATIENT_AGGREGATE_TAGS: tuple[str, ...] = (
 )
 # Patient features whose changes become features too.
 PATIENT_DELTA_TAGS: tuple[str, ...] = ("total_volume_mm3", "lesion_count", "recist_sum_mm", "max_volume_mm3")
+#: mm3 added to both volumes of a track's growth ratio, so that a few-voxel lesion's noise does not dominate
+GROWTH_VOLUME_EPS_MM3 = 100.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,25 @@ def volume_weighted_mean(values: Sequence[float | None], volumes: Sequence[float
     return sum(v * w for v, w in pairs) / total if total > 0 else None
 
 
+def track_growth(continuing: Sequence[tuple[float, float, float]]) -> dict[str, float]:
+    """Mixed response across the tracks that continue at this scan.
+
+    Parameters
+    ----------
+    continuing : (volume now, volume at the track's previous sighting, days between) per continuing track (mm3)
+
+    Returns
+    -------
+    ``growing_volume_mm3``: today's volume of the tracks that grew; ``max_track_growth_30d``: the fastest track's
+    log((v + eps) / (v_prev + eps)) per 30 days (eps = ``GROWTH_VOLUME_EPS_MM3``); both 0 without tracks.
+    A lesion that grows while the total shrinks is hidden in the burden: these two show it.
+    """
+    eps = GROWTH_VOLUME_EPS_MM3
+    growing = sum(v for v, prev, _ in continuing if v > prev)
+    rates = [math.log((v + eps) / (prev + eps)) * DAYS_PER_MONTH / max(days, 1.0) for v, prev, days in continuing]
+    return {"growing_volume_mm3": float(growing), "max_track_growth_30d": float(max(rates, default=0.0))}
+
+
 def patient_features(
     volumes_mm3: Sequence[float],
     lesion_features: Sequence[Mapping[str, float | None]],
@@ -68,9 +89,11 @@ def patient_features(
     vanished_tracks: int,
     recist_sum_mm: float | None,
     days_from_baseline: float,
+    continuing: Sequence[tuple[float, float, float]] = (),
     aggregate_tags: Sequence[str] = PATIENT_AGGREGATE_TAGS,
 ) -> dict[str, float | None]:
-    """Patient-level values at one scan: burden, counts, RECIST sum, volume-weighted lesion features."""
+    """Patient-level values at one scan: burden, counts, RECIST sum, track growth (``track_growth`` of
+    ``continuing``), volume-weighted lesion features."""
     out: dict[str, float | None] = {
         "days_from_baseline": float(days_from_baseline),
         "lesion_count": float(len(volumes_mm3)),
@@ -79,6 +102,7 @@ def patient_features(
         "total_volume_mm3": float(sum(volumes_mm3)),
         "max_volume_mm3": float(max(volumes_mm3)) if volumes_mm3 else 0.0,
         "recist_sum_mm": recist_sum_mm,
+        **track_growth(continuing),
     }
     if lesion_features:
         for tag in aggregate_tags:

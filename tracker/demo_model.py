@@ -21,6 +21,8 @@ LATENT_TO_PIPELINE = {
     "new_lesion_count": "new_lesion_count",
     "sum_diameters_mm": "recist_sum_mm",
     "mean_hu": "vw_stat_mean",
+    "growing_volume_mm3": "growing_volume_mm3",
+    "max_track_growth_30d": "max_track_growth_30d",
 }
 
 

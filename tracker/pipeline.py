@@ -379,6 +379,15 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
 
     deltas = _track_deltas(ctx, scan, links, features)
     recist_sum = recist.sum_mm if recist is not None else baseline_sum
+    open_by_number = {t.number: t for t in ctx.open_tracks}
+    volume_of = {les.label: les.volume_mm3 for les in lesions}
+    continuing = [
+        (volume_of[link.lesion_label], track.last_volume_mm3, float((scan.scan_date - track.last_date).days))
+        for link in links
+        if link.change == "persistent"
+        and link.lesion_label in volume_of
+        and (track := open_by_number.get(link.track_number)) is not None
+    ]
     pf = patient_features(
         [les.volume_mm3 for les in lesions],
         [features.get(les.label, {}).get("lesion", {}) for les in lesions],
@@ -386,6 +395,7 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
         vanished_tracks=sum(link.change == "vanished" for link in links),
         recist_sum_mm=recist_sum,
         days_from_baseline=(scan.scan_date - ctx.scans[0].scan_date).days,
+        continuing=continuing,
     )
     prev_date = ctx.scans[-2].scan_date if len(ctx.scans) > 1 else scan.scan_date
     pf.update(

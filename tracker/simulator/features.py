@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tracker.deltas import track_growth
 from tracker.simulator.lesions import HET_HU, NECROTIC_HU, heterogeneity, necrosis, nominal_diameter
 
 VOLUME_CV = 0.08  # relative segmentation error of a lesion volume
@@ -38,6 +39,8 @@ VISIT_COLUMNS = [
     "necrotic_fraction",
     "volume_change_rel",
     "volume_change_from_nadir",
+    "growing_volume_mm3",
+    "max_track_growth_30d",
 ]
 
 
@@ -65,8 +68,11 @@ def latent_visit_table(latent: list[dict[str, Any]], rng_seed: int = 0) -> tuple
         base_ids: set[str] = set()
         cum_new = 0
         tv_hist: list[float] = []
+        prev_vol: dict[str, float] = {}
+        prev_day = 0.0
         for k, day in enumerate(pat["days"]):
             vols, diams, hus, sds, fracs, organs, weights = [], [], [], [], [], [], []
+            vol_now: dict[str, float] = {}
             n_new = 0
             for les in pat["lesions"]:
                 d = float(nominal_diameter(les, day))
@@ -78,6 +84,7 @@ def latent_visit_table(latent: list[dict[str, Any]], rng_seed: int = 0) -> tuple
                     n_new += 1
                 seen.add(les["id"])
                 v = np.pi / 6 * d**3 * float(np.exp(rng.normal(0.0, VOLUME_CV)))
+                vol_now[les["id"]] = v
                 mean, sd, frac = _lesion_hu(les, day)
                 vols.append(v)
                 diams.append(max(d * LONGEST_DIAMETER_FACTOR + rng.normal(0.0, DIAMETER_SD_MM), 0.0))
@@ -87,6 +94,9 @@ def latent_visit_table(latent: list[dict[str, Any]], rng_seed: int = 0) -> tuple
                 organs.append(les["organ"])
                 weights.append(v)
             cum_new += n_new
+            # the lesions seen at this visit and the previous one continue their tracks (as in the pipeline)
+            growth = track_growth([(vol_now[i], prev_vol[i], day - prev_day) for i in vol_now if i in prev_vol])
+            prev_vol, prev_day = vol_now, day
             tv = float(np.sum(vols)) if vols else 0.0
             tv_hist.append(tv)
             w = np.asarray(weights) / tv if tv > 0 else np.zeros(0)
@@ -111,6 +121,7 @@ def latent_visit_table(latent: list[dict[str, Any]], rng_seed: int = 0) -> tuple
                     "necrotic_fraction": float(w @ np.asarray(fracs)) if tv > 0 else 0.0,
                     "volume_change_rel": float(np.log((tv + 100.0) / (tv_hist[0] + 100.0))),
                     "volume_change_from_nadir": float(np.log((tv + 100.0) / (min(tv_hist) + 100.0))),
+                    **growth,
                 }
             )
     visits = pd.DataFrame(rows, columns=VISIT_COLUMNS)

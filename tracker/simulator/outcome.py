@@ -58,6 +58,32 @@ def log_hazard(cov: dict[str, np.ndarray], base_hazard: float) -> np.ndarray:
     )
 
 
+def cumulative_hazard(
+    lesions: list[dict[str, Any]], t_start: float, t_end: float, base_hazard: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative hazard H on the weekly grid t = 0, 7, ... >= ``t_end`` (days): (t, H), with H linear between
+    grid points (the hazard is held constant over each week)."""
+    t = np.arange(0.0, t_end + TIME_STEP_DAYS, TIME_STEP_DAYS)
+    h = np.exp(log_hazard(covariates(lesions, t), base_hazard))
+    h[t < t_start] = 0.0
+    return t, np.concatenate([[0.0], np.cumsum(h[:-1] * TIME_STEP_DAYS)])
+
+
+def conditional_survival(
+    patient: dict[str, Any], from_day: float, days_ahead: np.ndarray, base_hazard: float
+) -> np.ndarray:
+    """The true probability of no progression by ``from_day + days_ahead`` given none by ``from_day``.
+
+    Uses the patient's whole latent lesion history, future lesions included: the ceiling for any model that
+    predicts from the scans up to ``from_day``.
+    """
+    ahead = np.asarray(days_ahead, dtype=np.float64)
+    t, cum = cumulative_hazard(
+        patient["lesions"], patient["hazard_start_day"], from_day + float(ahead.max(initial=0.0)), base_hazard
+    )
+    return np.exp(-(np.interp(from_day + ahead, t, cum) - np.interp(from_day, t, cum)))
+
+
 def sample_event_time(
     rng: np.random.Generator,
     lesions: list[dict[str, Any]],
@@ -66,10 +92,7 @@ def sample_event_time(
     base_hazard: float,
 ) -> float:
     """Event time (days) by inverting the cumulative hazard on a weekly grid; inf when beyond ``t_end``."""
-    t = np.arange(0.0, t_end + TIME_STEP_DAYS, TIME_STEP_DAYS)
-    h = np.exp(log_hazard(covariates(lesions, t), base_hazard))
-    h[t < t_start] = 0.0
-    cum = np.concatenate([[0.0], np.cumsum(h[:-1] * TIME_STEP_DAYS)])
+    t, cum = cumulative_hazard(lesions, t_start, t_end, base_hazard)
     target = rng.exponential(1.0)
     k = int(np.searchsorted(cum, target))
     if k >= len(t):

@@ -155,8 +155,10 @@ def score_predictions(
     horizons_months: Sequence[float] = (12.0, 24.0),
     n_bootstrap: int = 200,
     seed: int = 0,
+    paired: Sequence[tuple[str, str]] = PAIRED,
 ) -> pd.DataFrame:
-    """Metrics with paired patient-bootstrap CIs from pooled out-of-fold predictions."""
+    """Metrics with paired patient-bootstrap CIs from pooled out-of-fold predictions; ``paired`` lists the
+    (a, b) model pairs whose differences a - b get rows (pairs with a model not present are skipped)."""
     rows = []
     rng = np.random.default_rng(seed)
     alpha = (1.0 - CI_LEVEL) / 2.0
@@ -175,7 +177,9 @@ def score_predictions(
         point = all_scores(np.arange(len(months)))
         boots = [all_scores(rng.integers(0, len(months), len(months))) for _ in range(n_bootstrap)]
         table = {(m, metric): (point[m][metric], [b[m][metric] for b in boots]) for m in point for metric in point[m]}
-        for a, b in PAIRED:
+        for a, b in paired:
+            if a not in point or b not in point:
+                continue
             for metric in point[a]:
                 table[(f"{a}-{b}", metric)] = (
                     point[a][metric] - point[b][metric],
