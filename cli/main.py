@@ -300,12 +300,18 @@ def features(
     mask: Annotated[Path | None, typer.Argument(help="Mask on the image's grid.")] = None,
     config: Annotated[str, typer.Option("--config", "-c", help="Preset name or YAML config.")] = "ct_default",
     label: Annotated[int | None, typer.Option(help="Only this mask label (default: all non-zero voxels).")] = None,
-    batch: Annotated[Path | None, typer.Option(help="CSV of image,mask[,label] rows: one output row each.")] = None,
+    batch: Annotated[
+        Path | None,
+        typer.Option(help="CSV of image,mask[,label][,body_mask] rows (paths relative to the CSV): a row each."),
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="csv or json.")] = "csv",
     out: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
     body_mask: Annotated[
         str | None,
-        typer.Option(help="Body mask file, or 'auto' (Otsu foreground), for z-score configs such as mr_default."),
+        typer.Option(
+            help="Body mask file, or 'auto' (Otsu foreground), for z-score configs such as mr_default; in --batch, "
+            "for the rows without a body_mask of their own."
+        ),
     ] = None,
 ) -> None:
     """IBSI radiomics of one image/mask pair (one record per feature), or of a batch (one row per pair)."""

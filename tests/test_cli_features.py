@@ -80,3 +80,8 @@ def test_body_mask_option_for_mr_zscore(tmp_path: Path) -> None:
         value = {r["tag"]: r["value"] for r in json.loads(res.stdout)}["stat_mean"]
         # the Otsu foreground of this phantom is the body up to a few boundary voxels
         assert abs(value - expected) < (1e-9 if option != "auto" else 2e-3), option
+    # a body mask with a config that does not z-score is refused, naming the image
+    res = CliRunner().invoke(
+        app, ["features", str(paths["image"]), str(paths["lesion"]), "-c", "ct_default", "--body-mask", "auto"]
+    )
+    assert res.exit_code == 1 and "only serves z-score" in res.stderr and "image.nii.gz" in res.stderr

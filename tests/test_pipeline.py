@@ -89,13 +89,26 @@ def test_process_tracks_against_truth_and_is_idempotent(engine: Engine, cohort: 
     assert all(s["patient_features"]["lesion_count"] == len(s["lesions"]) for s in scans)
     truth_volumes = [sum(les["volume_mm3"] for les in s["lesions"]) for s in scans]
     assert [s["patient_features"]["total_volume_mm3"] for s in scans] == pytest.approx(truth_volumes)
-    # mixed response: today's volume of the continuing tracks that grew since their previous sighting
-    last_volume: dict[int, float] = {}
+    # mixed response: the continuing tracks against their last sighting (scans with a split are left out: the
+    # timeline does not say which track split)
+    from tracker.deltas import GROWING_VOLUME_RATIO, GROWTH_VOLUME_EPS_MM3
+
+    last_seen: dict[int, tuple[float, date]] = {}
+    checked = 0
     for scan in scans:
-        grown = sum(les["volume_mm3"] for les in scan["lesions"]
-                    if les["change"] == "persistent" and les["volume_mm3"] > last_volume[les["track_id"]])  # fmt: skip
-        assert scan["patient_features"]["growing_volume_mm3"] == pytest.approx(grown)
-        last_volume.update({les["track_id"]: les["volume_mm3"] for les in scan["lesions"]})
+        day = date.fromisoformat(scan["date"])
+        pairs = [(les["volume_mm3"] + GROWTH_VOLUME_EPS_MM3, last_seen[les["track_id"]][0] + GROWTH_VOLUME_EPS_MM3,
+                  (day - last_seen[les["track_id"]][1]).days, les["volume_mm3"])
+                 for les in scan["lesions"] if les["change"] == "persistent"]  # fmt: skip
+        if all(les["change"] != "split" for les in scan["lesions"]):
+            pf = scan["patient_features"]
+            grown = sum(v for now, before, _, v in pairs if now / before > GROWING_VOLUME_RATIO)
+            assert pf["growing_volume_mm3"] == pytest.approx(grown)
+            rates = [np.log(now / before) * 30.0 / days for now, before, days, _ in pairs]
+            assert pf["max_track_growth_30d"] == (pytest.approx(max(rates)) if rates else None)
+            checked += bool(rates)
+        last_seen.update({les["track_id"]: (les["volume_mm3"], day) for les in scan["lesions"]})
+    assert checked >= 2
     # locate: the truth's landmark pairs, mapped baseline -> follow-up through the stored registration
     follow_up = truth["scans"][1]
     pairs = follow_up["landmarks"]

@@ -137,3 +137,19 @@ def test_mr_zscore_takes_its_statistics_in_the_body_mask() -> None:
         assert b[tag] == pytest.approx(a[tag], rel=1e-9, abs=1e-12), tag
     with pytest.raises(MetatrackError, match="body mask"):
         extract(image, lesion, (1.0, 1.0, 1.0), "mr_default", body_mask=np.zeros_like(body))
+
+
+def test_foreground_mask_refuses_an_image_without_background_and_pipeline_falls_back() -> None:
+    from tracker.harmonisation import foreground_mask
+    from tracker.pipeline import _body_mask
+
+    rng = np.random.default_rng(2)
+    # two tissues filling the field of view: no air to separate the body from
+    tissue = np.where(np.indices((20, 24, 24))[2] < 12, 200.0, 400.0) + rng.normal(0.0, 10.0, (20, 24, 24))
+    with pytest.raises(MetatrackError, match="no dark background"):
+        foreground_mask(tissue)
+    assert _body_mask(tissue, None, "MR") is None
+    image, _, body = _mr_like(3)
+    # an empty organ map does not mean an empty body
+    fallback = _body_mask(image, np.zeros(image.shape, np.uint8), "MR")
+    assert fallback is not None and 2 * (fallback & body).sum() / (fallback.sum() + body.sum()) > 0.99

@@ -27,6 +27,8 @@ PATIENT_AGGREGATE_TAGS: tuple[str, ...] = (
 PATIENT_DELTA_TAGS: tuple[str, ...] = ("total_volume_mm3", "lesion_count", "recist_sum_mm", "max_volume_mm3")
 #: mm3 added to both volumes of a track's growth ratio, so that a few-voxel lesion's noise does not dominate
 GROWTH_VOLUME_EPS_MM3 = 100.0
+#: a track counts as growing above this volume ratio (segmentation noise alone moves volumes by ~10 %)
+GROWING_VOLUME_RATIO = 1.2
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def volume_weighted_mean(values: Sequence[float | None], volumes: Sequence[float
     return sum(v * w for v, w in pairs) / total if total > 0 else None
 
 
-def track_growth(continuing: Sequence[tuple[float, float, float]]) -> dict[str, float]:
+def track_growth(continuing: Sequence[tuple[float, float, float]]) -> dict[str, float | None]:
     """Mixed response across the tracks that continue at this scan.
 
     Parameters
@@ -71,14 +73,16 @@ def track_growth(continuing: Sequence[tuple[float, float, float]]) -> dict[str, 
 
     Returns
     -------
-    ``growing_volume_mm3``: today's volume of the tracks that grew; ``max_track_growth_30d``: the fastest track's
-    log((v + eps) / (v_prev + eps)) per 30 days (eps = ``GROWTH_VOLUME_EPS_MM3``); both 0 without tracks.
+    ``growing_volume_mm3``: today's volume of the tracks whose volume ratio (each plus eps =
+    ``GROWTH_VOLUME_EPS_MM3``) exceeds ``GROWING_VOLUME_RATIO``, 0 without tracks; ``max_track_growth_30d``: the
+    fastest track's log((v + eps) / (v_prev + eps)) per 30 days, None without tracks (nothing to compare).
     A lesion that grows while the total shrinks is hidden in the burden: these two show it.
     """
     eps = GROWTH_VOLUME_EPS_MM3
-    growing = sum(v for v, prev, _ in continuing if v > prev)
-    rates = [math.log((v + eps) / (prev + eps)) * DAYS_PER_MONTH / max(days, 1.0) for v, prev, days in continuing]
-    return {"growing_volume_mm3": float(growing), "max_track_growth_30d": float(max(rates, default=0.0))}
+    ratios = [((v + eps) / (prev + eps), v, days) for v, prev, days in continuing]
+    growing = sum(v for ratio, v, _ in ratios if ratio > GROWING_VOLUME_RATIO)
+    rates = [math.log(ratio) * DAYS_PER_MONTH / max(days, 1.0) for ratio, _, days in ratios]
+    return {"growing_volume_mm3": float(growing), "max_track_growth_30d": max(rates) if rates else None}
 
 
 def patient_features(

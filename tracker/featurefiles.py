@@ -40,6 +40,10 @@ def extract_files(job: FeatureJob, config: str | Path) -> Any:
         raise MetatrackError(f"{job.mask}: the mask is empty; there is no region to measure")
     image = sitk.GetArrayFromImage(loaded.image).astype(np.float64)
     spacing = tuple(float(s) for s in reversed(loaded.image.GetSpacing()))
+    if job.body_mask is not None and cfg["normalisation"] != "zscore":
+        raise MetatrackError(
+            f"{job.image}: a body mask only serves z-score normalisation; config {cfg.get('name')!r} has none"
+        )
     return extract(image, roi, spacing, cfg, body_mask=_body_mask(job, loaded.image, image))
 
 
@@ -50,7 +54,7 @@ def _body_mask(job: FeatureJob, grid: Any, image: np.ndarray) -> np.ndarray | No
 
     if job.body_mask is None:
         return None
-    if job.body_mask == "auto":
+    if job.body_mask.lower() == "auto":
         try:
             return foreground_mask(image)
         except MetatrackError as exc:
@@ -78,7 +82,7 @@ def read_batch(path: Path) -> list[FeatureJob]:
         if label and not label.isdigit():
             raise MetatrackError(f"{path}:{i}: label {label!r} is not a non-negative integer")
         body = (r.get("body_mask") or "").strip() or None
-        if body is not None and body != "auto":
+        if body is not None and body.lower() != "auto":
             body = str(path.parent / body)
         jobs.append(FeatureJob(path.parent / r["image"].strip(), path.parent / r["mask"].strip(),
                                int(label) if label else None, body))  # fmt: skip

@@ -307,11 +307,20 @@ def zscore_in_mask(image: np.ndarray, body_mask: np.ndarray) -> np.ndarray:
     return (np.asarray(image, dtype=np.float64) - values.mean()) / sd
 
 
+#: the foreground may cover at most this fraction of the image's outer faces (else there is no background)
+BACKGROUND_BORDER_FRACTION = 0.5
+#: the darker Otsu class must sit below this fraction of the brighter one's level (above 0, or above the image
+#: minimum where it is negative): air on MR is a few percent of tissue; two tissues are not body and air
+BACKGROUND_LEVEL = 0.25
+
+
 def foreground_mask(image: np.ndarray) -> np.ndarray:
     """Body (foreground) mask of an MR image: above the Otsu threshold, largest 26-connected component, holes
     filled slice by slice (axial) and in 3D.
 
-    For z-scoring MR intensities in the body instead of over air; not for images without a dark background.
+    For z-scoring MR intensities in the body instead of over air. Raises where the image has no dark background:
+    when most voxels of its outer faces lie above the threshold (a field of view inside the body), Otsu would
+    split tissues instead.
     """
     from scipy import ndimage
     from skimage.filters import threshold_otsu
@@ -322,6 +331,17 @@ def foreground_mask(image: np.ndarray) -> np.ndarray:
     if img.min() == img.max():
         raise MetatrackError("foreground mask: the image is constant")
     fg = img > threshold_otsu(img)
+    faces = [fg[0], fg[-1], fg[:, 0], fg[:, -1], fg[:, :, 0], fg[:, :, -1]]
+    low = min(float(img.min()), 0.0)  # MR magnitudes start at 0; a shifted scale is measured from its minimum
+    dark_level = (float(img[~fg].mean()) - low) / max(float(img[fg].mean()) - low, 1e-12)
+    if (
+        sum(int(f.sum()) for f in faces) > BACKGROUND_BORDER_FRACTION * sum(f.size for f in faces)
+        or dark_level > BACKGROUND_LEVEL
+    ):
+        raise MetatrackError(
+            "foreground mask: the image has no dark background around the body (bright edges, or a darker "
+            f"class at {dark_level:.0%} of the brighter one's level)"
+        )
     labels, n = ndimage.label(fg, structure=np.ones((3, 3, 3), dtype=bool))
     if n > 1:
         fg = labels == int(np.argmax(np.bincount(labels.ravel())[1:])) + 1

@@ -249,9 +249,9 @@ def _recist_follow_up(ctx: PatientContext, lesions: list[Lesion], links: list[Li
 
 
 def _body_mask(arr: np.ndarray, organ_map: np.ndarray | None, modality: str) -> np.ndarray | None:
-    """The patient's body: the organ map where there is one, else above -500 HU (CT) or the Otsu foreground
-    (other modalities; None where the image has no dark background to separate)."""
-    if organ_map is not None:
+    """The patient's body: the organ map where there is a non-empty one, else above -500 HU (CT) or the Otsu
+    foreground (other modalities; None where ``foreground_mask`` finds no dark background)."""
+    if organ_map is not None and organ_map.any():
         return organ_map > 0
     if modality == "CT":
         return arr > CT_BODY_THRESHOLD_HU
@@ -379,15 +379,7 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
 
     deltas = _track_deltas(ctx, scan, links, features)
     recist_sum = recist.sum_mm if recist is not None else baseline_sum
-    open_by_number = {t.number: t for t in ctx.open_tracks}
-    volume_of = {les.label: les.volume_mm3 for les in lesions}
-    continuing = [
-        (volume_of[link.lesion_label], track.last_volume_mm3, float((scan.scan_date - track.last_date).days))
-        for link in links
-        if link.change == "persistent"
-        and link.lesion_label in volume_of
-        and (track := open_by_number.get(link.track_number)) is not None
-    ]
+    continuing = _continuing_tracks(ctx, scan, links, lesions)
     pf = patient_features(
         [les.volume_mm3 for les in lesions],
         [features.get(les.label, {}).get("lesion", {}) for les in lesions],
@@ -427,6 +419,27 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
         patient_features=pf,
         timings=timings,
     )
+
+
+def _continuing_tracks(
+    ctx: PatientContext, scan: ScanFiles, links: list[LinkOut], lesions: list[Lesion]
+) -> list[tuple[float, float, float]]:
+    """(volume now, volume at the track's last sighting, days since) of every persistent track; lesions that
+    merge tracks or that a track split into are left out (their volumes do not compare one to one)."""
+    open_by_number = {t.number: t for t in ctx.open_tracks}
+    volume_of = {les.label: les.volume_mm3 for les in lesions}
+    merged_into = {link.lesion_label for link in links if link.change == "merged"}
+    split_from = {link.related_track_number for link in links if link.change == "split"}
+    out = []
+    for link in links:
+        track = open_by_number.get(link.track_number)
+        if link.change != "persistent" or track is None or link.lesion_label not in volume_of:
+            continue
+        if link.lesion_label in merged_into or link.track_number in split_from:
+            continue
+        days = float((scan.scan_date - track.last_date).days)
+        out.append((volume_of[link.lesion_label], track.last_volume_mm3, days))
+    return out
 
 
 def _track_deltas(

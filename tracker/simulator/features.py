@@ -55,6 +55,11 @@ def _lesion_hu(les: dict[str, Any], t: float) -> tuple[float, float, float]:
     return mean, float(np.sqrt(var)), frac
 
 
+def _since(sighting: tuple[float, float], day: float) -> tuple[float, float]:
+    """(volume, days since) of a lesion's last sighting."""
+    return sighting[0], day - sighting[1]
+
+
 def latent_visit_table(latent: list[dict[str, Any]], rng_seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-visit observable features and the outcome table of a latent cohort.
 
@@ -68,8 +73,7 @@ def latent_visit_table(latent: list[dict[str, Any]], rng_seed: int = 0) -> tuple
         base_ids: set[str] = set()
         cum_new = 0
         tv_hist: list[float] = []
-        prev_vol: dict[str, float] = {}
-        prev_day = 0.0
+        last_seen: dict[str, tuple[float, float]] = {}  # lesion -> (volume, day) at its last sighting
         for k, day in enumerate(pat["days"]):
             vols, diams, hus, sds, fracs, organs, weights = [], [], [], [], [], [], []
             vol_now: dict[str, float] = {}
@@ -94,9 +98,9 @@ def latent_visit_table(latent: list[dict[str, Any]], rng_seed: int = 0) -> tuple
                 organs.append(les["organ"])
                 weights.append(v)
             cum_new += n_new
-            # the lesions seen at this visit and the previous one continue their tracks (as in the pipeline)
-            growth = track_growth([(vol_now[i], prev_vol[i], day - prev_day) for i in vol_now if i in prev_vol])
-            prev_vol, prev_day = vol_now, day
+            # a lesion seen before continues its track, compared with its last sighting (as in the pipeline)
+            growth = track_growth([(v, *_since(last_seen[i], day)) for i, v in vol_now.items() if i in last_seen])
+            last_seen.update({i: (v, day) for i, v in vol_now.items()})
             tv = float(np.sum(vols)) if vols else 0.0
             tv_hist.append(tv)
             w = np.asarray(weights) / tv if tv > 0 else np.zeros(0)
@@ -121,7 +125,10 @@ def latent_visit_table(latent: list[dict[str, Any]], rng_seed: int = 0) -> tuple
                     "necrotic_fraction": float(w @ np.asarray(fracs)) if tv > 0 else 0.0,
                     "volume_change_rel": float(np.log((tv + 100.0) / (tv_hist[0] + 100.0))),
                     "volume_change_from_nadir": float(np.log((tv + 100.0) / (min(tv_hist) + 100.0))),
-                    **growth,
+                    "growing_volume_mm3": growth["growing_volume_mm3"],
+                    "max_track_growth_30d": np.nan
+                    if growth["max_track_growth_30d"] is None
+                    else growth["max_track_growth_30d"],
                 }
             )
     visits = pd.DataFrame(rows, columns=VISIT_COLUMNS)
