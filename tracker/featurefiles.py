@@ -30,6 +30,10 @@ def extract_files(job: FeatureJob, config: str | Path) -> Any:
     from tracker.radiomics import extract, load_config
 
     cfg = load_config(str(config))
+    if job.body_mask is not None and cfg["normalisation"] != "zscore":
+        raise MetatrackError(
+            f"{job.image}: a body mask only serves z-score normalisation; config {cfg.get('name')!r} has none"
+        )
     loaded = read_image(job.image)
     mask = read_mask(job.mask, loaded.image)
     labels = sitk.GetArrayFromImage(mask.mask)
@@ -40,10 +44,6 @@ def extract_files(job: FeatureJob, config: str | Path) -> Any:
         raise MetatrackError(f"{job.mask}: the mask is empty; there is no region to measure")
     image = sitk.GetArrayFromImage(loaded.image).astype(np.float64)
     spacing = tuple(float(s) for s in reversed(loaded.image.GetSpacing()))
-    if job.body_mask is not None and cfg["normalisation"] != "zscore":
-        raise MetatrackError(
-            f"{job.image}: a body mask only serves z-score normalisation; config {cfg.get('name')!r} has none"
-        )
     return extract(image, roi, spacing, cfg, body_mask=_body_mask(job, loaded.image, image))
 
 

@@ -55,11 +55,6 @@ def _lesion_hu(les: dict[str, Any], t: float) -> tuple[float, float, float]:
     return mean, float(np.sqrt(var)), frac
 
 
-def _since(sighting: tuple[float, float], day: float) -> tuple[float, float]:
-    """(volume, days since) of a lesion's last sighting."""
-    return sighting[0], day - sighting[1]
-
-
 def latent_visit_table(latent: list[dict[str, Any]], rng_seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-visit observable features and the outcome table of a latent cohort.
 
@@ -99,7 +94,9 @@ def latent_visit_table(latent: list[dict[str, Any]], rng_seed: int = 0) -> tuple
                 weights.append(v)
             cum_new += n_new
             # a lesion seen before continues its track, compared with its last sighting (as in the pipeline)
-            growth = track_growth([(v, *_since(last_seen[i], day)) for i, v in vol_now.items() if i in last_seen])
+            growth = track_growth(
+                [(v, last_seen[i][0], day - last_seen[i][1]) for i, v in vol_now.items() if i in last_seen]
+            )
             last_seen.update({i: (v, day) for i, v in vol_now.items()})
             tv = float(np.sum(vols)) if vols else 0.0
             tv_hist.append(tv)
