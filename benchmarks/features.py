@@ -14,6 +14,8 @@ resampling to 1 mm (trilinear), re-segmentation [-1000, 400] HU, fixed bin size 
 first) and includes reading the NIfTI files for the peers. Ratios are peer time / our time; runs are interleaved
 lesion by lesion (ours, then each peer) so that a busy machine slows all engines alike. A second table gives the
 CPU seconds of the extracting process (user + system), which other load on a shared machine disturbs less.
+Ours is timed twice per lesion: with its default threads (the feature families side by side on two threads for
+ROIs of >= 20,000 voxels) and on one thread, the peers' resources; the batch uses the defaults.
 """
 
 from __future__ import annotations
@@ -187,6 +189,7 @@ def print_ratios(header: str, lesions: dict, peers: list[Peer], ours: dict, thei
 
 def main() -> None:
     from tracker.radiomics import ENGINE_VERSION, extract, load_config
+    from tracker.radiomics.extractor import default_threads
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
@@ -212,17 +215,23 @@ def main() -> None:
         peer.time(*files["small"])
 
     # interleave: ours, then each peer, lesion by lesion, so that all see the same machine load
+    # ours twice: with the engine's default threads (two for ROIs of >= 20,000 voxels on this machine) and on
+    # one thread, the peers' resources
     ours: dict[str, list[float]] = {name: [] for name in lesions}
-    ours_cpu: dict[str, list[float]] = {name: [] for name in lesions}
+    ours_1t: dict[str, list[float]] = {name: [] for name in lesions}
+    ours_1t_cpu: dict[str, list[float]] = {name: [] for name in lesions}
     theirs: dict[str, dict[str, list[float]]] = {p.name: {name: [] for name in lesions} for p in peers}
     theirs_cpu: dict[str, dict[str, list[float]]] = {p.name: {name: [] for name in lesions} for p in peers}
     n_features = {}
     for rep in range(args.repeats):
         for name, (image, mask) in lesions.items():
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0 = time.perf_counter()
             fs = extract(image, mask, SPACING, cfg)
             ours[name].append(time.perf_counter() - t0)
-            ours_cpu[name].append(time.process_time() - c0)
+            t0, c0 = time.perf_counter(), time.process_time()
+            extract(image, mask, SPACING, cfg, threads=1)
+            ours_1t[name].append(time.perf_counter() - t0)
+            ours_1t_cpu[name].append(time.process_time() - c0)
             n_features["metatrack"] = sum(bool(np.isfinite(v)) for v in fs.values.values())
             for peer in peers:
                 if peer.name == "MIRP" and rep >= args.mirp_repeats:
@@ -239,10 +248,14 @@ def main() -> None:
     header = f"{'lesion':8s} {'ours s':>9s}"
     for peer in peers:
         header += f" {peer.name + ' s':>15s} {peer.name + '/ours':>17s}"
+    threads = ", ".join(f"{k} {default_threads(int(m.sum()))}" for k, (_, m) in lesions.items())
+    print(f"ours: default threads per lesion ({threads}); the peers run on one thread")
     print_ratios(header, lesions, peers, ours, theirs)
+    print("ours on one thread, as the peers:")
+    print_ratios(header, lesions, peers, ours_1t, theirs)
     # the same in CPU seconds of the extracting process: robust to other load on a shared machine
-    print("CPU seconds (process time):")
-    print_ratios(header.replace(" s ", " cpu ").replace("ours s", "ours cpu"), lesions, peers, ours_cpu, theirs_cpu)
+    print("CPU seconds (process time), ours on one thread:")
+    print_ratios(header.replace(" s ", " cpu ").replace("ours s", "ours cpu"), lesions, peers, ours_1t_cpu, theirs_cpu)
     for peer in peers:
         if peer.reason:
             print(f"{peer.name}: {peer.reason}")

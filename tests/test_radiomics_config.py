@@ -75,6 +75,22 @@ def test_extract_fixed_columns_and_nan_for_one_voxel_lesion() -> None:
     assert all(math.isnan(v) for v in empty.values.values())
 
 
+@pytest.mark.parametrize("config", ["ct_default", "ibsi_B"])
+def test_threads_leave_every_value_unchanged(config: str) -> None:
+    # the families run side by side on threads for large ROIs; the values must be the single-thread ones,
+    # bit for bit (ibsi_B: the 2D/2.5D texture variants too)
+    rng = np.random.default_rng(7)
+    zz, yy, xx = np.indices((28, 30, 32))
+    mask = (zz - 14) ** 2 / 100 + (yy - 15) ** 2 / 121 + (xx - 16) ** 2 / 144 <= 1.0
+    image = np.round(np.where(mask, 40.0, -800.0) + 60.0 * rng.normal(size=mask.shape))
+    spacing = (2.0, 0.8, 0.8)
+    one = extract(image, mask, spacing, config, threads=1).values
+    two = extract(image, mask, spacing, config, threads=2).values
+    assert list(one) == list(two) == feature_columns(config)
+    assert np.array_equal(np.array(list(one.values())), np.array(list(two.values())), equal_nan=True)
+    assert sum(np.isfinite(v) for v in one.values()) > 0.9 * len(one)
+
+
 def test_extract_rejects_bad_inputs() -> None:
     with pytest.raises(MetatrackError, match="mask"):
         extract(np.zeros((4, 4, 4)), np.zeros((4, 4, 5), bool), (1.0, 1.0, 1.0), "ct_default")

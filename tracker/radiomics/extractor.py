@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import warnings
+import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,8 +19,12 @@ from tracker.radiomics.preprocess import Prepared, bounding_box
 ENGINE_VERSION = "metatrack-radiomics 0.1.0"
 #: BLAS threads during one extraction. The engine's matrix products are small, where BLAS threads cost more
 #: than they give; on a busy machine their spin-waiting made extraction 2-6x slower. Parallelise over lesions
-#: (process pool) instead.
+#: (process pool) or over feature families (``threads``) instead.
 BLAS_THREADS = 1
+#: at most this many threads run one extraction's feature families side by side (see ``default_threads``)
+MAX_THREADS = 2
+#: ROIs below this many voxels are extracted on one thread
+THREADED_VOXELS = 20_000
 
 
 @dataclass
@@ -83,30 +89,19 @@ def _check_inputs(image: np.ndarray, mask: np.ndarray, spacing: tuple[float, ...
         raise MetatrackError(f"radiomics spacing: expected three positive (z, y, x) mm values, got {spacing}")
 
 
-def _texture(
-    levels_img: np.ndarray,
-    prep: Prepared,
-    n_levels: int,
-    cfg: dict[str, Any],
-    notes: list[str],
-) -> dict[str, float]:
+def _texture_tasks(
+    levels_img: np.ndarray, prep: Prepared, n_levels: int, cfg: dict[str, Any]
+) -> list[Callable[[], dict[str, float]]]:
+    from tracker.radiomics.texture import texture_tasks
+
     families = tuple(f for f in TEXTURE_FAMILIES if f in cfg["families"])
-    if not families or not cfg["texture"]["modes"]:
-        return {}
-    try:
-        from tracker.radiomics.texture import texture_features
-    except ImportError:
-        notes.append("texture not available (tracker.radiomics.texture missing)")
-        warnings.warn("tracker.radiomics.texture is not available: texture features are NaN", stacklevel=3)
-        return {}
-    out: dict[str, float] = {}
+    if not families:
+        return []
+    tasks: list[Callable[[], dict[str, float]]] = []
     for mode in cfg["texture"]["modes"]:
-        out.update(
-            texture_features(
-                levels_img, prep.int_mask, n_levels, mode=mode, morph_roi=prep.morph_mask, families=families
-            )
-        )
-    return out
+        tasks += texture_tasks(levels_img, prep.int_mask, n_levels, mode=mode, morph_roi=prep.morph_mask,
+                               families=families)  # fmt: skip
+    return tasks
 
 
 _CONTROLLER: list[Any] = []  # the threadpoolctl controller, created on first use (library discovery is slow)
@@ -142,6 +137,7 @@ def extract(
     spacing: tuple[float, float, float],
     cfg: dict[str, Any] | str,
     body_mask: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> FeatureSet:
     """IBSI 1 features of one ROI.
 
@@ -153,6 +149,8 @@ def extract(
     cfg : a preset name, a YAML path, or a (validated) configuration dict
     body_mask : optional (z, y, x) boolean body mask, same shape: where z-score normalisation takes its
         statistics (e.g. ``tracker.harmonisation.foreground_mask`` for MR); the whole image when None
+    threads : threads for this one ROI (the values do not depend on it); None: ``default_threads``. Use 1
+        where lesions already run in parallel processes.
 
     Returns
     -------
@@ -177,8 +175,9 @@ def extract(
     if cfg["normalisation"] == "zscore":
         notes.append("z-score in the body mask" if body_mask is not None else "z-score over the whole image")
     if mask.any():
+        n_threads = default_threads(int(np.count_nonzero(mask))) if threads is None else max(1, int(threads))
         with _blas_limit():
-            found.update(_compute(image, mask, spacing, cfg, notes, body_mask))
+            found.update(_compute(image, mask, spacing, cfg, body_mask, n_threads))
     else:
         notes.append("empty mask")
     values = {tag: float(found.get(tag, np.nan)) for tag in catalog}
@@ -190,35 +189,73 @@ def _compute(
     mask: np.ndarray,
     spacing: tuple[float, float, float],
     cfg: dict[str, Any],
-    notes: list[str],
     body_mask: np.ndarray | None,
+    threads: int,
 ) -> dict[str, float]:
-    """Every configured family of one non-empty ROI (tag -> value; missing tags become NaN)."""
+    """Every configured family of one non-empty ROI (tag -> value; missing tags become NaN).
+
+    The families are independent calls on the prepared ROI; with ``threads`` > 1 they run side by side (the
+    FFT-based ones, Moran's I and the local peak, release the GIL), the longest submitted first.
+    """
     from tracker.radiomics.histogram import histogram_features, ivh_features
     from tracker.radiomics.intensity import statistics_features
     from tracker.radiomics.local_intensity import local_intensity_features
-    from tracker.radiomics.morphology import morphology_features
+    from tracker.radiomics.morphology import autocorrelation_features, shape_features
     from tracker.radiomics.preprocess import discretise, prepare
 
-    found: dict[str, float] = {}
     prep = prepare(image, mask, spacing, cfg, body_mask)
     fams = set(cfg["families"])
     vals = prep.image[prep.int_mask]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    found: dict[str, float] = {}
+    with np.errstate(divide="ignore", invalid="ignore"), _executor(threads) as pool:
+        futures = []
+        roi = _crop_to_roi(prep)  # the local peak needs the margin around the ROI; nothing else does
+        if "morph" in fams and roi.morph_mask.any():
+            futures.append(pool.submit(autocorrelation_features, roi.image, roi.int_mask, roi.spacing))
         if "loc" in fams:
-            found.update(local_intensity_features(prep.image, prep.int_mask, prep.spacing))
-        prep = _crop_to_roi(prep)  # the local peak needed the margin around the ROI; nothing else does
-        if "morph" in fams and prep.morph_mask.any():
-            found.update(morphology_features(prep.image, prep.morph_mask, prep.int_mask, prep.spacing))
+            futures.append(pool.submit(local_intensity_features, prep.image, prep.int_mask, prep.spacing))
+        if "morph" in fams and roi.morph_mask.any():
+            futures.append(pool.submit(shape_features, roi.image, roi.morph_mask, roi.int_mask, roi.spacing))
         if "stat" in fams:
-            found.update(statistics_features(vals))
+            futures.append(pool.submit(statistics_features, vals))
         if "ivh" in fams:
-            found.update(ivh_features(vals, cfg))
+            futures.append(pool.submit(ivh_features, vals, cfg))
         if vals.size:
             levels, n_levels = discretise(vals, cfg["discretisation"], cfg)
             if "ih" in fams:
-                found.update(histogram_features(levels, n_levels))
-            levels_img = np.zeros(prep.image.shape, dtype=np.int64)
-            levels_img[prep.int_mask] = levels
-            found.update(_texture(levels_img, prep, n_levels, cfg, notes))
+                futures.append(pool.submit(histogram_features, levels, n_levels))
+            levels_img = np.zeros(roi.image.shape, dtype=np.int64)
+            levels_img[roi.int_mask] = levels
+            futures += [pool.submit(task) for task in _texture_tasks(levels_img, roi, n_levels, cfg)]
+        for future in futures:
+            found.update(future.result())
     return found
+
+
+class _Inline:
+    """An executor that runs each call at once in the caller's thread (one thread: no pool to start); a failing
+    call raises at once, where a pool's would raise from ``result()``."""
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_result(fn(*args))
+        return future
+
+
+def _executor(threads: int) -> ThreadPoolExecutor | _Inline:
+    # a pool per extraction, not a module-level one: worker threads do not survive a fork into a process pool
+    return ThreadPoolExecutor(threads, thread_name_prefix="radiomics") if threads > 1 else _Inline()
+
+
+def default_threads(n_voxels: int) -> int:
+    """Threads for one extraction: up to ``MAX_THREADS`` of this process's CPUs for ROIs of at least
+    ``THREADED_VOXELS`` voxels; one below that, where starting threads costs more than they save."""
+    if n_voxels < THREADED_VOXELS:
+        return 1
+    return max(1, min(MAX_THREADS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -40,14 +41,28 @@ def sphere_sums(
         even_fast_len(max(n, int(b) + h + 1, n + h - int(a), 2 * h + 2))
         for n, a, b, h in zip(array.shape, lo, hi, half, strict=True)
     ]
+    even = np.ascontiguousarray(kernel, dtype=np.float64)
+    spectrum = _kernel_spectrum(tuple(period), even.tobytes(), even.shape)
+    conv = fft.irfftn(fft.rfftn(array, period) * spectrum, period)
+    box = tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi, strict=True))
+    return conv[box], box
+
+
+@functools.lru_cache(maxsize=8)
+def _kernel_spectrum(period: tuple[int, ...], kernel_bytes: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """Real spectrum (rfft layout) of an even kernel on the grid of ``period``: the type-I DCT of its
+    non-negative octant, mirrored along the full axes. Cached: it depends on the period and kernel only."""
+    from scipy import fft
+
+    kernel = np.frombuffer(kernel_bytes, dtype=np.float64).reshape(shape)
+    half = np.array(shape) // 2
     octant = np.zeros([p // 2 + 1 for p in period])
     octant[: half[0] + 1, : half[1] + 1, : half[2] + 1] = kernel[half[0] :, half[1] :, half[2] :]
     spectrum = fft.dctn(octant, type=1)
     spectrum = np.concatenate([spectrum, spectrum[-2:0:-1]], axis=0)
     spectrum = np.concatenate([spectrum, spectrum[:, -2:0:-1]], axis=1)
-    conv = fft.irfftn(fft.rfftn(array, period) * spectrum, period)
-    box = tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi, strict=True))
-    return conv[box], box
+    spectrum.setflags(write=False)
+    return spectrum
 
 
 def local_intensity_features(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -162,6 +163,30 @@ def mvee(points: np.ndarray, tol: float = MVEE_TOLERANCE) -> tuple[np.ndarray, n
     return amat / max(reach, 1.0), centre
 
 
+@functools.lru_cache(maxsize=8)
+def _inverse_distance_spectrum(period: tuple[int, ...], spacing: tuple[float, ...]) -> np.ndarray:
+    """Spectrum K of the even periodic 1/r kernel (0 at lag 0) for ``_weighted_pair_sums``: float32, rfft
+    layout along the last axis with its interior columns doubled. It depends only on the period and spacing,
+    so lesions of one size share it (read-only)."""
+    from scipy import fft
+
+    half = [p // 2 + 1 for p in period]
+    sq = [(np.arange(h, dtype=np.float64) * s) ** 2 for h, s in zip(half, spacing, strict=True)]
+    r2 = sq[0][:, None, None] + sq[1][None, :, None] + sq[2][None, None, :]
+    r2[0, 0, 0] = 1.0
+    w = 1.0 / np.sqrt(r2)
+    w[0, 0, 0] = 0.0  # no self-pairs
+    # single precision transforms: faster, and the sums agree with float64 to ~1e-7 relative on the benchmark
+    # lesions and the IBSI CT phantom (the spectral sums are accumulated in float64)
+    kernel = fft.dctn(w.astype(np.float32), type=1)
+    # rfft half spectrum along the last axis: interior columns stand for two conjugate columns
+    kernel[:, :, 1:-1] *= 2.0
+    kernel = np.concatenate([kernel, kernel[-2:0:-1]], axis=0)  # K(p - k) = K(k) along the full axes
+    kernel = np.concatenate([kernel, kernel[:, -2:0:-1]], axis=1)
+    kernel.setflags(write=False)
+    return kernel
+
+
 def _weighted_pair_sums(
     mask: np.ndarray, values: np.ndarray, spacing: tuple[float, float, float]
 ) -> tuple[float, float, float]:
@@ -182,26 +207,19 @@ def _weighted_pair_sums(
     sl = tuple(slice(a, b + 1) for a, b in zip(lo, last, strict=True))
     inside = mask[sl]
     d = np.where(inside, values[sl] - values[mask].mean(), 0.0)
-    period = [even_fast_len(2 * n - 1) for n in inside.shape]
-    half = [p // 2 + 1 for p in period]
-    sq = [(np.arange(h, dtype=np.float64) * s) ** 2 for h, s in zip(half, spacing, strict=True)]
-    r2 = sq[0][:, None, None] + sq[1][None, :, None] + sq[2][None, None, :]
-    r2[0, 0, 0] = 1.0
-    w = 1.0 / np.sqrt(r2)
-    w[0, 0, 0] = 0.0  # no self-pairs
-    # single precision transforms: faster, and the sums agree with float64 to ~1e-7 relative on the benchmark
-    # lesions and the IBSI CT phantom (the spectral sums are accumulated in float64)
-    kernel = fft.dctn(w.astype(np.float32), type=1)
-    # rfft half spectrum along the last axis: interior columns stand for two conjugate columns
-    kernel[:, :, 1:-1] *= 2.0
-    kernel = np.concatenate([kernel, kernel[-2:0:-1]], axis=0)  # K(p - k) = K(k) along the full axes
-    kernel = np.concatenate([kernel, kernel[:, -2:0:-1]], axis=1)
-    stack = np.stack([inside, d, d * d]).astype(np.float32)
-    # zero-padded transform one axis at a time, so that the padding is not transformed along the first axes
-    spec = fft.rfft(stack, n=period[2], axis=3)
-    spec = fft.fft(spec, n=period[1], axis=2, overwrite_x=True)
-    spec = fft.fft(spec, n=period[0], axis=1, overwrite_x=True)
-    spec_m, spec_d, spec_d2 = spec
+    period = tuple(even_fast_len(2 * n - 1) for n in inside.shape)
+    kernel = _inverse_distance_spectrum(period, tuple(float(s) for s in spacing))
+
+    def spectrum(a: np.ndarray) -> np.ndarray:
+        # zero-padded transform one axis at a time, so that the padding is not transformed along the first axes;
+        # one array at a time keeps each buffer below glibc's 32 MB mmap ceiling: reused, not page-faulted anew
+        spec = fft.rfft(a.astype(np.float32), n=period[2], axis=2)
+        spec = fft.fft(spec, n=period[1], axis=1, overwrite_x=True)
+        return fft.fft(spec, n=period[0], axis=0, overwrite_x=True)
+
+    spec_m = spectrum(inside)
+    spec_d = spectrum(d)
+    spec_d2 = spectrum(d * d)
     n_total = float(np.prod(period))
 
     def spectral_sum(re: np.ndarray) -> float:
@@ -218,6 +236,30 @@ def morphology_features(
 ) -> dict[str, float]:
     """IBSI 3.1 morphological features (29). Mesh features use ``morph_mask``; intensity-weighted ones
     (centre of mass shift, integrated intensity, Moran's I, Geary's C) use ``int_mask``."""
+    if not morph_mask.any():
+        return {}
+    return shape_features(image, morph_mask, int_mask, spacing) | autocorrelation_features(image, int_mask, spacing)
+
+
+def autocorrelation_features(
+    image: np.ndarray, int_mask: np.ndarray, spacing: tuple[float, float, float]
+) -> dict[str, float]:
+    """Moran's I and Geary's C of the intensity mask (IBSI 3.1.28-29), inverse-distance weights over all pairs."""
+    int_vals = image[int_mask]
+    if int_vals.size < 2:
+        return {}
+    w_sum, cross, squares = _weighted_pair_sums(int_mask, image, spacing)
+    denom = float(np.sum((int_vals - int_vals.mean()) ** 2))
+    if not (denom > 0 and w_sum > 0):
+        return {}
+    n = int_vals.size
+    return {"morph_moran_i": n / w_sum * cross / denom, "morph_geary_c": (n - 1) / (2 * w_sum) * squares / denom}
+
+
+def shape_features(
+    image: np.ndarray, morph_mask: np.ndarray, int_mask: np.ndarray, spacing: tuple[float, float, float]
+) -> dict[str, float]:
+    """The morphological features other than Moran's I and Geary's C (27)."""
     from scipy.spatial import ConvexHull
     from scipy.spatial.distance import pdist
 
@@ -298,11 +340,4 @@ def morphology_features(
 
     if int_vals.size:
         out["morph_integ_int"] = volume * float(int_vals.mean())
-    if int_vals.size >= 2:
-        w_sum, cross, squares = _weighted_pair_sums(int_mask, image, spacing)
-        denom = float(np.sum((int_vals - int_vals.mean()) ** 2))
-        if denom > 0 and w_sum > 0:
-            n = int_vals.size
-            out["morph_moran_i"] = n / w_sum * cross / denom
-            out["morph_geary_c"] = (n - 1) / (2 * w_sum) * squares / denom
     return out

@@ -13,10 +13,10 @@ import numpy as np
 from tracker.errors import MetatrackError
 from tracker.radiomics.texture import glcm, gldzm, glrlm, glszm, ngldm, ngtdm
 from tracker.radiomics.texture.aggregate import suffixes_for
-from tracker.radiomics.texture.neighbourhood import Neighbourhood, build_neighbourhood
+from tracker.radiomics.texture.neighbourhood import build_neighbourhood
 from tracker.radiomics.texture.zones import label_zones
 
-__all__ = ["FAMILIES", "MODES", "texture_feature_names", "texture_features"]
+__all__ = ["FAMILIES", "MODES", "texture_feature_names", "texture_features", "texture_tasks"]
 
 MODES = ("2D", "3D")
 _MODULES = {"cm": glcm, "rlm": glrlm, "szm": glszm, "dzm": gldzm, "ngt": ngtdm, "ngl": ngldm}
@@ -59,31 +59,52 @@ def texture_features(
     -------
     dict mapping IBSI tags (e.g. ``cm_joint_max_3D_avg``) to floats; NaN where a feature is undefined.
     """
-    names = texture_feature_names(mode, families)
+    out = dict.fromkeys(texture_feature_names(mode, families), float("nan"))
+    for task in texture_tasks(levels, roi, n_levels, mode=mode, morph_roi=morph_roi, families=families):
+        out.update({key: float(value) for key, value in task().items()})
+    return out
+
+
+def texture_tasks(
+    levels: np.ndarray,
+    roi: np.ndarray,
+    n_levels: int,
+    *,
+    mode: str,
+    morph_roi: np.ndarray | None = None,
+    families: Sequence[str] = FAMILIES,
+) -> list[Callable[[], dict[str, float]]]:
+    """``texture_features`` as independent calls (one per family; GLSZM and GLDZM share their zones) to run
+    side by side on threads; tags a call leaves out are undefined (NaN). The neighbourhood that every family
+    reads is built here, before the calls are returned; an empty ROI gives no calls."""
+    _check_mode_families(mode, families)
     levels = np.asarray(levels)
     roi = np.asarray(roi, dtype=bool)
     morph = roi if morph_roi is None else np.asarray(morph_roi, dtype=bool)
     _check_inputs(levels, roi, morph, n_levels)
-    out = dict.fromkeys(names, float("nan"))
     if not roi.any():
-        return out
+        return []
     hood = build_neighbourhood(levels, roi, int(n_levels), mode, morph)
-    for values in _family_values(hood, families).values():
-        out.update({key: float(value) for key, value in values.items()})
-    return out
 
+    def zone_families() -> dict[str, float]:
+        zones = label_zones(hood)
+        out = {}
+        if "szm" in families:
+            out.update(glszm.glszm_features(hood, zones))
+        if "dzm" in families:
+            out.update(gldzm.gldzm_features(hood, zones))
+        return out
 
-def _family_values(hood: Neighbourhood, families: Sequence[str]) -> dict[str, dict[str, float]]:
-    zones = label_zones(hood) if ("szm" in families or "dzm" in families) else None
     calls: dict[str, Callable[[], dict[str, float]]] = {
         "cm": lambda: glcm.glcm_features(hood),
         "rlm": lambda: glrlm.glrlm_features(hood),
-        "szm": lambda: glszm.glszm_features(hood, zones),
-        "dzm": lambda: gldzm.gldzm_features(hood, zones),
         "ngt": lambda: ngtdm.ngtdm_features(hood),
         "ngl": lambda: ngldm.ngldm_features(hood),
     }
-    return {fam: calls[fam]() for fam in families}
+    tasks = [calls[fam] for fam in families if fam in calls]
+    if "szm" in families or "dzm" in families:
+        tasks.insert(0, zone_families)
+    return tasks
 
 
 def _check_mode_families(mode: str, families: Sequence[str]) -> None:
