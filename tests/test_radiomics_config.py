@@ -91,6 +91,14 @@ def test_threads_leave_every_value_unchanged(config: str) -> None:
     assert sum(np.isfinite(v) for v in one.values()) > 0.9 * len(one)
 
 
+def test_thread_pool_calls_share_the_callers_numpy_error_state() -> None:
+    # the families divide by zero on purpose under np.errstate; pool threads must see the same state
+    from tracker.radiomics.extractor import _executor, _submit
+
+    with np.errstate(divide="ignore", invalid="ignore"), _executor(2) as pool:
+        assert _submit(pool, np.geterr).result()["divide"] == "ignore"
+
+
 def test_extract_rejects_bad_inputs() -> None:
     with pytest.raises(MetatrackError, match="mask"):
         extract(np.zeros((4, 4, 4)), np.zeros((4, 4, 5), bool), (1.0, 1.0, 1.0), "ct_default")

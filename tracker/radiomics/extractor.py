@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -211,22 +212,22 @@ def _compute(
         futures = []
         roi = _crop_to_roi(prep)  # the local peak needs the margin around the ROI; nothing else does
         if "morph" in fams and roi.morph_mask.any():
-            futures.append(pool.submit(autocorrelation_features, roi.image, roi.int_mask, roi.spacing))
+            futures.append(_submit(pool, autocorrelation_features, roi.image, roi.int_mask, roi.spacing))
         if "loc" in fams:
-            futures.append(pool.submit(local_intensity_features, prep.image, prep.int_mask, prep.spacing))
+            futures.append(_submit(pool, local_intensity_features, prep.image, prep.int_mask, prep.spacing))
         if "morph" in fams and roi.morph_mask.any():
-            futures.append(pool.submit(shape_features, roi.image, roi.morph_mask, roi.int_mask, roi.spacing))
+            futures.append(_submit(pool, shape_features, roi.image, roi.morph_mask, roi.int_mask, roi.spacing))
         if "stat" in fams:
-            futures.append(pool.submit(statistics_features, vals))
+            futures.append(_submit(pool, statistics_features, vals))
         if "ivh" in fams:
-            futures.append(pool.submit(ivh_features, vals, cfg))
+            futures.append(_submit(pool, ivh_features, vals, cfg))
         if vals.size:
             levels, n_levels = discretise(vals, cfg["discretisation"], cfg)
             if "ih" in fams:
-                futures.append(pool.submit(histogram_features, levels, n_levels))
+                futures.append(_submit(pool, histogram_features, levels, n_levels))
             levels_img = np.zeros(roi.image.shape, dtype=np.int64)
             levels_img[roi.int_mask] = levels
-            futures += [pool.submit(task) for task in _texture_tasks(levels_img, roi, n_levels, cfg)]
+            futures += [_submit(pool, task) for task in _texture_tasks(levels_img, roi, n_levels, cfg)]
         for future in futures:
             found.update(future.result())
     return found
@@ -246,6 +247,12 @@ class _Inline:
         future: Future[Any] = Future()
         future.set_result(fn(*args))
         return future
+
+
+def _submit(pool: ThreadPoolExecutor | _Inline, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    # in the caller's context: numpy's error state (np.errstate) is a context variable that pool threads
+    # would otherwise not share
+    return pool.submit(contextvars.copy_context().run, fn, *args)
 
 
 def _executor(threads: int) -> ThreadPoolExecutor | _Inline:
