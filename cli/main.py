@@ -313,11 +313,12 @@ def features(
             "for the rows without a body_mask of their own."
         ),
     ] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Processes for --batch (one thread each).")] = 1,
 ) -> None:
     """IBSI radiomics of one image/mask pair (one record per feature), or of a batch (one row per pair)."""
     from cli.featurescmd import run_features
 
-    run_features(image, mask, config, label, batch, fmt, out, body_mask)
+    run_features(image, mask, config, label, batch, fmt, out, body_mask, jobs)
 
 
 @harmonise_app.command("fit")

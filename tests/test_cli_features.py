@@ -53,6 +53,22 @@ def test_batch_csv_one_row_per_pair_and_errors(tmp_path: Path) -> None:
     assert abs(float(rows[0]["morph_vol_approx"]) - 592.0) < 1e-9
 
 
+def test_batch_in_processes_gives_the_sequential_rows_in_order(tmp_path: Path) -> None:
+    batch = tmp_path / "pairs.csv"
+    batch.write_text(f"image,mask,label\n{IMAGE},{MASK},7\n{IMAGE},{MASK},1\n{IMAGE},{MASK},\n")
+    outs = {}
+    for jobs in ("1", "2"):
+        outs[jobs] = tmp_path / f"features_{jobs}.csv"
+        res = CliRunner().invoke(
+            app, ["features", "--batch", str(batch), "-c", "ibsi_dp", "--jobs", jobs, "-o", str(outs[jobs])]
+        )
+        assert res.exit_code == 1 and "1 of 3 pairs failed" in res.stderr
+    assert outs["1"].read_text() == outs["2"].read_text()
+    rows = list(csv.DictReader(open(outs["2"])))
+    assert [r["label"] for r in rows] == ["7", "1", ""] and "no voxels with label 7" in rows[0]["error"]
+    assert float(rows[1]["morph_vol_approx"]) == float(rows[2]["morph_vol_approx"]) == 592.0
+
+
 def test_body_mask_option_for_mr_zscore(tmp_path: Path) -> None:
     import numpy as np
     import SimpleITK as sitk

@@ -23,8 +23,9 @@ class FeatureJob:
     body_mask: str | None = None  # z-score statistics: a mask file, "auto" (Otsu foreground) or None (whole image)
 
 
-def extract_files(job: FeatureJob, config: str | Path) -> Any:
-    """Validate and read an image and its mask, then extract features of the ROI (one label, or all of them)."""
+def extract_files(job: FeatureJob, config: str | Path, threads: int | None = None) -> Any:
+    """Validate and read an image and its mask, then extract features of the ROI (one label, or all of them);
+    ``threads`` as in ``tracker.radiomics.extract``."""
     import SimpleITK as sitk
 
     from tracker.radiomics import extract, load_config
@@ -44,7 +45,7 @@ def extract_files(job: FeatureJob, config: str | Path) -> Any:
         raise MetatrackError(f"{job.mask}: the mask is empty; there is no region to measure")
     image = sitk.GetArrayFromImage(loaded.image).astype(np.float64)
     spacing = tuple(float(s) for s in reversed(loaded.image.GetSpacing()))
-    return extract(image, roi, spacing, cfg, body_mask=_body_mask(job, loaded.image, image))
+    return extract(image, roi, spacing, cfg, body_mask=_body_mask(job, loaded.image, image), threads=threads)
 
 
 def _body_mask(job: FeatureJob, grid: Any, image: np.ndarray) -> np.ndarray | None:
@@ -63,6 +64,19 @@ def _body_mask(job: FeatureJob, grid: Any, image: np.ndarray) -> np.ndarray | No
     if not body.any():
         raise MetatrackError(f"{job.body_mask}: the body mask is empty")
     return body
+
+
+def batch_row(job: FeatureJob, config: str | Path, threads: int | None = None) -> dict[str, Any]:
+    """One row of a batch: the pair, its label, its feature values (non-finite as None) and its error (None, or
+    the message of the ``MetatrackError`` that stopped it: one pair's failure does not stop the batch)."""
+    row: dict[str, Any] = {"image": str(job.image), "mask": str(job.mask), "label": job.label, "error": None}
+    try:
+        fs = extract_files(job, config, threads)
+    except MetatrackError as exc:
+        row["error"] = str(exc)
+        return row
+    row.update({k: (v if np.isfinite(v) else None) for k, v in fs.values.items()})
+    return row
 
 
 def read_batch(path: Path) -> list[FeatureJob]:

@@ -15,6 +15,8 @@ ELLIPSOID_SERIES_TERMS = 20
 #: the volume within ~0.5 % of the minimum at a third of the cost of 1e-3 (IBSI has no reference value)
 MVEE_TOLERANCE = 3e-3
 MVEE_MAX_ITER = 5000
+#: y-rows per slab in the last transform and spectral sums of Moran's I / Geary's C (cache-sized pieces)
+PAIR_SUM_SLAB = 8
 
 
 def mesh(mask: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -210,24 +212,21 @@ def _weighted_pair_sums(
     period = tuple(even_fast_len(2 * n - 1) for n in inside.shape)
     kernel = _inverse_distance_spectrum(period, tuple(float(s) for s in spacing))
 
-    def spectrum(a: np.ndarray) -> np.ndarray:
-        # zero-padded transform one axis at a time, so that the padding is not transformed along the first axes;
-        # one array at a time keeps each buffer below glibc's 32 MB mmap ceiling: reused, not page-faulted anew
-        spec = fft.rfft(a.astype(np.float32), n=period[2], axis=2)
-        spec = fft.fft(spec, n=period[1], axis=1, overwrite_x=True)
-        return fft.fft(spec, n=period[0], axis=0, overwrite_x=True)
-
-    spec_m = spectrum(inside)
-    spec_d = spectrum(d)
-    spec_d2 = spectrum(d * d)
-    n_total = float(np.prod(period))
-
-    def spectral_sum(re: np.ndarray) -> float:
-        return float(np.sum(kernel * re, dtype=np.float64)) / n_total
-
-    w_sum = spectral_sum(spec_m.real**2 + spec_m.imag**2)
-    cross = spectral_sum(spec_d.real**2 + spec_d.imag**2)
-    d2_conv_m = spectral_sum(spec_m.real * spec_d2.real + spec_m.imag * spec_d2.imag)
+    # transforms along x and y of the zero-padded arrays (the padding is not transformed along the first axes)
+    partial = [
+        fft.fft(fft.rfft(a.astype(np.float32), n=period[2], axis=2), n=period[1], axis=1, overwrite_x=True)
+        for a in (inside, d, d * d)
+    ]
+    # the transform along z and the spectral sums slab by slab along y: the slabs stay in cache, where whole
+    # spectra (12 MB each for a 150,000-voxel lesion) would stream through memory several times
+    sums = np.zeros(3)
+    for j in range(0, period[1], PAIR_SUM_SLAB):
+        spec_m, spec_d, spec_d2 = (fft.fft(a[:, j : j + PAIR_SUM_SLAB], n=period[0], axis=0) for a in partial)
+        k = kernel[:, j : j + PAIR_SUM_SLAB]
+        sums[0] += np.sum(k * (spec_m.real**2 + spec_m.imag**2), dtype=np.float64)
+        sums[1] += np.sum(k * (spec_d.real**2 + spec_d.imag**2), dtype=np.float64)
+        sums[2] += np.sum(k * (spec_m.real * spec_d2.real + spec_m.imag * spec_d2.imag), dtype=np.float64)
+    w_sum, cross, d2_conv_m = (float(v) for v in sums / float(np.prod(period)))
     return w_sum, cross, 2.0 * d2_conv_m - 2.0 * cross
 
 
