@@ -85,3 +85,32 @@ def test_conditional_survival_is_the_law_of_the_sampled_event_times() -> None:
         empirical = float(np.mean(alive > start + a))
         se = np.sqrt(s * (1 - s) / len(alive))
         assert abs(empirical - s) < 4 * se + 1e-3, (a, empirical, s)
+
+
+def test_latent_ceiling_is_the_expectation_of_the_oracle_over_future_lesions() -> None:
+    # the latent-state ceiling averages the true conditional survival over the new lesions still to come; by the
+    # law of total expectation its cohort mean equals that of the oracle, which sees the one future that happened
+    from tracker.simulator.latent import latent_conditional_survival
+    from tracker.simulator.outcome import conditional_survival
+
+    cfg = SimulationConfig(n_patients=200, seed=5)
+    latent = simulate_latent_cohort(cfg)
+    rng = np.random.default_rng(1)
+    ahead = np.array([182.0, 365.0, 730.0])
+    oracle, ceiling, seen_only = [], [], []
+    for pat in latent:
+        day = pat["planned_days"][1]
+        oracle.append(conditional_survival(pat, day, ahead, cfg.base_hazard_per_day))
+        ceiling.append(latent_conditional_survival(pat, cfg, day, ahead, rng, n_draws=16))
+        seen = {**pat, "lesions": [les for les in pat["lesions"] if les["onset_day"] <= day]}
+        seen_only.append(conditional_survival(seen, day, ahead, cfg.base_hazard_per_day))
+    diff = np.mean(oracle, axis=0) - np.mean(ceiling, axis=0)
+    assert np.all(np.abs(diff) < 0.02), diff
+    # leaving the future lesions out misses by far more at 1 and 2 years: the check can tell
+    assert np.all(np.mean(seen_only, axis=0)[1:] - np.mean(oracle, axis=0)[1:] > 0.05)
+    # with no new lesions to come (resistance -> -inf) the ceiling is exactly the survival of the lesions there
+    day = latent[0]["planned_days"][1]
+    seen = {**latent[0], "lesions": [les for les in latent[0]["lesions"] if les["onset_day"] <= day]}
+    quiet = {**seen, "resistance": -50.0}
+    exact = conditional_survival(seen, day, ahead, cfg.base_hazard_per_day)
+    assert np.array_equal(latent_conditional_survival(quiet, cfg, day, ahead, rng, n_draws=4), exact)

@@ -15,11 +15,20 @@ import numpy as np
 
 from tracker.simulator.config import SimulationConfig
 from tracker.simulator.lesions import D_VISIBLE_MM, make_blobs, nominal_diameter
-from tracker.simulator.outcome import sample_event_time
+from tracker.simulator.outcome import conditional_survival, sample_event_time
 
 STREAM_LATENT, STREAM_ANATOMY, STREAM_MOTION, STREAM_NOISE = range(4)
 HU_LESION = {"liver": (15.0, 40.0), "lung": (20.0, 45.0)}  # liver metastases are hypodense (liver ~60)
 LIVER_FRACTION = 0.6
+HET0_RANGE = (0.3, 1.0)  # texture heterogeneity at onset
+HET_TREND_PER_RESIST = 0.25  # per year and unit of resistance: resistant disease grows more heterogeneous
+HET_RATE_SD = 0.1
+# new lesions arise as a Poisson process, rate new_lesion_rate_per_year * exp(NEW_RATE_PER_RESIST * resistance),
+# up to NEW_LESION_WINDOW_DAYS after the last planned visit
+NEW_RATE_PER_RESIST = 0.9
+NEW_LESION_WINDOW_DAYS = 3 * 365.0
+NEW_D0_MM = (4.0, 9.0)
+NEW_GROWTH_PER_DAY = (0.004, 0.012)
 
 
 def patient_streams(cfg: SimulationConfig, index: int) -> list[np.random.Generator]:
@@ -58,7 +67,7 @@ def _lesion(
         "d0_mm": float(d0),
         "decay": float(decay),
         "growth": float(growth),
-        "het0": float(rng.uniform(0.3, 1.0)),
+        "het0": float(rng.uniform(*HET0_RANGE)),
         "het_rate": 0.0,
         "nec0": nec0,
         "nec_rate": 0.0,
@@ -83,7 +92,7 @@ def sample_lesions(rng: np.random.Generator, cfg: SimulationConfig, resist: floa
     t1, t_last = days[1], days[-1]
     lesions: list[dict[str, Any]] = []
     n_base = int(rng.integers(cfg.lesions_per_patient[0], cfg.lesions_per_patient[1] + 1))
-    het_trend = 0.25 * resist  # per year; resistant disease grows more heterogeneous
+    het_trend = HET_TREND_PER_RESIST * resist
     for j in range(n_base):
         organ = "liver" if rng.uniform() < LIVER_FRACTION else "lung"
         d0 = float(np.exp(rng.uniform(np.log(5.0), np.log(40.0))))
@@ -97,7 +106,7 @@ def sample_lesions(rng: np.random.Generator, cfg: SimulationConfig, resist: floa
         else:
             fate, decay, growth = "vanish", _decay_to_vanish(d0, days[min(2, len(days) - 1)]), 0.0
         les = _lesion(rng, f"L{j + 1:02d}", organ, fate, d0, decay, growth)
-        les["het_rate"] = float(het_trend + 0.1 * rng.normal())
+        les["het_rate"] = float(het_trend + HET_RATE_SD * rng.normal())
         les["nec_rate"] = float(np.clip(0.1 * (fate in ("shrink", "vanish")) + 0.05 * rng.normal(), -0.2, 0.3))
         lesions.append(les)
 
@@ -142,8 +151,8 @@ def sample_lesions(rng: np.random.Generator, cfg: SimulationConfig, resist: floa
             nxt += 2
 
     # new lesions, also after the imaging window (they drive the hazard there)
-    horizon = t_last + 3 * 365.0
-    rate = cfg.new_lesion_rate_per_year * np.exp(0.9 * resist) / 365.25
+    horizon = t_last + NEW_LESION_WINDOW_DAYS
+    rate = new_lesion_rate_per_day(cfg, resist)
     t = 0.0
     while True:
         t += rng.exponential(1.0 / rate)
@@ -154,15 +163,56 @@ def sample_lesions(rng: np.random.Generator, cfg: SimulationConfig, resist: floa
             f"L{nxt:02d}",
             "liver" if rng.uniform() < LIVER_FRACTION else "lung",
             "new",
-            rng.uniform(4.0, 9.0),
+            rng.uniform(*NEW_D0_MM),
             0.0,
-            rng.uniform(0.004, 0.012),
+            rng.uniform(*NEW_GROWTH_PER_DAY),
             onset_day=max(t, t1 * 0.3),
         )
-        les["het_rate"] = float(het_trend + 0.1 * rng.normal())
+        les["het_rate"] = float(het_trend + HET_RATE_SD * rng.normal())
         lesions.append(les)
         nxt += 1
     return lesions
+
+
+def new_lesion_rate_per_day(cfg: SimulationConfig, resist: float) -> float:
+    """Rate of new lesions (per day) of a patient with latent resistance ``resist``."""
+    return float(cfg.new_lesion_rate_per_year * np.exp(NEW_RATE_PER_RESIST * resist) / 365.25)
+
+
+def latent_conditional_survival(
+    patient: dict[str, Any],
+    cfg: SimulationConfig,
+    from_day: float,
+    days_ahead: np.ndarray,
+    rng: np.random.Generator,
+    n_draws: int = 32,
+) -> np.ndarray:
+    """Probability of no progression by ``from_day + days_ahead`` given none by ``from_day``, for one who knows
+    the patient's latent state at ``from_day`` but not the future: the resistance and every lesion that exists
+    by then with its kinetics; the new lesions after ``from_day`` are drawn from the simulator's own process
+    (mean over ``n_draws`` draws). Scans up to ``from_day`` carry at most that state: the ceiling for any model
+    of them, below the oracle that also knows the future lesions.
+    """
+    ahead = np.asarray(days_ahead, dtype=np.float64)
+    present = [les for les in patient["lesions"] if les["onset_day"] <= from_day]
+    resist = float(patient["resistance"])
+    rate = new_lesion_rate_per_day(cfg, resist)
+    end = min(from_day + float(ahead.max(initial=0.0)), patient["planned_days"][-1] + NEW_LESION_WINDOW_DAYS)
+    total = np.zeros(ahead.shape)
+    for _ in range(n_draws):
+        future = []
+        t = from_day + rng.exponential(1.0 / rate)
+        while t <= end:
+            # only what the hazard reads: nominal volume and heterogeneity
+            future.append({
+                "onset_day": t, "d0_mm": rng.uniform(*NEW_D0_MM), "decay": 0.0,
+                "growth": rng.uniform(*NEW_GROWTH_PER_DAY), "lag_days": 0.0, "het0": rng.uniform(*HET0_RANGE),
+                "het_rate": HET_TREND_PER_RESIST * resist + HET_RATE_SD * rng.normal(),
+            })  # fmt: skip
+            t += rng.exponential(1.0 / rate)
+        lesions = {**patient, "lesions": present + future}
+        total += conditional_survival(lesions, from_day, ahead, cfg.base_hazard_per_day)
+    return total / n_draws
 
 
 def sample_patient(cfg: SimulationConfig, index: int) -> dict[str, Any]:
