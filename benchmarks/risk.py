@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,9 @@ from tracker.survival.evaluate import PAIRED, cross_validated_predictions, score
 from tracker.survival.metrics import calibration_table, survival_at
 from tracker.survival.model import prepare_training_tables
 from tracker.survival.toy import ToyCohortConfig, toy_cohort
+
+if TYPE_CHECKING:
+    from tracker.simulator import SimulationConfig
 
 TARGET_VS_BASELINE = 0.05
 TARGET_VS_LANDMARK = 0.02
@@ -55,7 +59,9 @@ def simulator_available() -> bool:
     return _simulator() is not None
 
 
-def load_cohort(source: str, n_patients: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, list | None, object]:
+def load_cohort(
+    source: str, n_patients: int, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, list | None, SimulationConfig | None]:
     """Visits and events; for the simulator also its latent cohort and configuration (for the oracles)."""
     if source == "simulator":
         SimulationConfig, simulate_latent_cohort, latent_visit_table = _simulator()
@@ -66,7 +72,9 @@ def load_cohort(source: str, n_patients: int, seed: int) -> tuple[pd.DataFrame, 
     return visits, events, None, None
 
 
-def add_oracle(preds: dict, events: pd.DataFrame, latent: list, sim_cfg: object, cfg: SurvivalModelConfig) -> None:
+def add_oracle(
+    preds: dict, events: pd.DataFrame, latent: list, sim_cfg: SimulationConfig, cfg: SurvivalModelConfig, seed: int
+) -> None:
     """Add the simulator's true conditional survival curves to every landmark, as two models.
 
     "oracle" knows each patient's whole latent lesion history, future included: its C is above what any model of
@@ -82,11 +90,12 @@ def add_oracle(preds: dict, events: pd.DataFrame, latent: list, sim_cfg: object,
     by_id = {p["patient_id"]: p for p in latent}
     outcome_day = events.set_index(cfg.patient_col)[cfg.time_col]
     ahead = np.asarray(cfg.grid_months) * DAYS_PER_MONTH
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for pred in preds.values():
         pred.curves["oracle"], pred.curves["oracle_latent"] = [], []
         for ids, months in zip(pred.patient_ids, pred.months, strict=True):
-            start = outcome_day.loc[ids].to_numpy(dtype=np.float64) - months * DAYS_PER_MONTH
+            # visit days are whole days: rounding removes the error of rebuilding them from months
+            start = np.round(outcome_day.loc[ids].to_numpy(dtype=np.float64) - months * DAYS_PER_MONTH, 6)
             pairs = list(zip(ids, start, strict=True))
             pred.curves["oracle"].append(
                 np.stack([conditional_survival(by_id[i], d, ahead, sim_cfg.base_hazard_per_day) for i, d in pairs])
@@ -249,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     paired = PAIRED
     if latent is not None:
-        add_oracle(preds, events, latent, sim_cfg, cfg)
+        add_oracle(preds, events, latent, sim_cfg, cfg, args.seed)
         paired = (*PAIRED, ("oracle", "cox_landmark"), ("oracle_latent", "cox_landmark"))
     table = score_predictions(preds, cfg, (12.0, 24.0), args.bootstrap, args.seed, paired)
     print(f"(cross-validation + scoring {time.perf_counter() - t0:.0f} s)")

@@ -7,11 +7,15 @@ import dataclasses
 import io
 import json
 import math
+import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 from cli import output
 from tracker.errors import MetatrackError
+from tracker.featurefiles import FeatureJob
 
 
 def _emit(text: str, out: Path | None) -> None:
@@ -37,12 +41,14 @@ def run_features(
     body_mask: str | None = None,
     n_jobs: int = 1,
 ) -> None:
-    from tracker.featurefiles import FeatureJob, extract_files, read_batch
+    from tracker.featurefiles import extract_files, read_batch
 
     if fmt not in ("csv", "json"):
         raise MetatrackError(f"--format {fmt!r} is not csv or json")
     if n_jobs < 1:
         raise MetatrackError(f"--jobs {n_jobs} is not a positive number of processes")
+    if n_jobs > 1 and batch is None:
+        raise MetatrackError("--jobs runs the pairs of a --batch file in processes; one pair runs in this one")
     if batch is None:
         if image is None or mask is None:
             raise MetatrackError("give IMAGE and MASK, or --batch FILE")
@@ -76,29 +82,36 @@ def run_features(
         raise MetatrackError(f"{failed} of {len(jobs)} pairs failed (see their error column)")
 
 
-def _batch_rows(jobs: list, config: str, n_jobs: int) -> list[dict]:
+def _batch_rows(jobs: list[FeatureJob], config: str, n_jobs: int) -> list[dict[str, Any]]:
     """The batch's rows in the CSV's order; with ``n_jobs`` > 1 the pairs run in that many processes, one
     thread each (started by spawn: the progress bar's thread must not be forked)."""
     from tracker.featurefiles import batch_row
 
-    rows: list[dict | None] = [None] * len(jobs)
+    rows: list[dict[str, Any]] = []
     with output.progress("features", len(jobs)) as advance:
         if n_jobs == 1:
-            done = ((i, batch_row(job, config)) for i, job in enumerate(jobs))
-        else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            pool = ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("spawn"))
-            futures = {pool.submit(batch_row, job, config, 1): i for i, job in enumerate(jobs)}
-            done = ((futures[f], f.result()) for f in as_completed(futures))
-        try:
-            for i, row in done:
-                if row["error"] is not None:
-                    output.err.print(f"error: {row['error']}", highlight=False, markup=False)
-                rows[i] = row
+            for job in jobs:
+                rows.append(_reported(batch_row(job, config)))
                 advance()
-        finally:
-            if n_jobs > 1:
-                pool.shutdown(cancel_futures=True)
-    return [row for row in rows if row is not None]
+            return rows
+        done: dict[int, dict[str, Any]] = {}
+        with ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(batch_row, job, config, 1): i for i, job in enumerate(jobs)}
+            for future in as_completed(futures):
+                i = futures[future]
+                try:
+                    done[i] = _reported(future.result())
+                except Exception as exc:  # a crashed worker (BrokenProcessPool) or a bug: recorded in its row
+                    done[i] = _reported(_failed_row(jobs[i], f"{type(exc).__name__}: {exc}"))
+                advance()
+    return [done[i] for i in range(len(jobs))]
+
+
+def _failed_row(job: FeatureJob, error: str) -> dict[str, Any]:
+    return {"image": str(job.image), "mask": str(job.mask), "label": job.label, "error": error}
+
+
+def _reported(row: dict[str, Any]) -> dict[str, Any]:
+    if row["error"] is not None:
+        output.err.print(f"error: {row['error']}", highlight=False, markup=False)
+    return row

@@ -313,7 +313,7 @@ def features(
             "for the rows without a body_mask of their own."
         ),
     ] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Processes for --batch (one thread each).")] = 1,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Processes for --batch (one thread each).")] = 1,
 ) -> None:
     """IBSI radiomics of one image/mask pair (one record per feature), or of a batch (one row per pair)."""
     from cli.featurescmd import run_features

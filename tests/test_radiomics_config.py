@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,12 +92,31 @@ def test_threads_leave_every_value_unchanged(config: str) -> None:
     assert sum(np.isfinite(v) for v in one.values()) > 0.9 * len(one)
 
 
-def test_thread_pool_calls_share_the_callers_numpy_error_state() -> None:
+def test_thread_pool_calls_ignore_numpy_division_warnings() -> None:
     # the families divide by zero on purpose under np.errstate; pool threads must see the same state
     from tracker.radiomics.extractor import _executor, _submit
 
-    with np.errstate(divide="ignore", invalid="ignore"), _executor(2) as pool:
+    with _executor(2) as pool:
         assert _submit(pool, np.geterr).result()["divide"] == "ignore"
+
+
+def test_a_failing_family_raises_and_cancels_the_queued_ones() -> None:
+    from tracker.radiomics.extractor import _executor, _submit
+
+    ran = []
+
+    def fail() -> None:
+        raise ValueError("broken family")
+
+    def slow(i: int) -> None:
+        time.sleep(0.01)
+        ran.append(i)
+
+    with pytest.raises(ValueError, match="broken family"), _executor(2) as pool:
+        futures = [_submit(pool, fail), *(_submit(pool, slow, i) for i in range(100))]
+        for future in futures:
+            future.result()
+    assert len(ran) < 10  # 100 x 10 ms on two threads would take 0.5 s
 
 
 def test_extract_rejects_bad_inputs() -> None:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -211,11 +210,12 @@ def _compute(
     with np.errstate(divide="ignore", invalid="ignore"), _executor(threads) as pool:
         futures = []
         roi = _crop_to_roi(prep)  # the local peak needs the margin around the ROI; nothing else does
-        if "morph" in fams and roi.morph_mask.any():
+        morph = "morph" in fams and bool(roi.morph_mask.any())
+        if morph:
             futures.append(_submit(pool, autocorrelation_features, roi.image, roi.int_mask, roi.spacing))
         if "loc" in fams:
             futures.append(_submit(pool, local_intensity_features, prep.image, prep.int_mask, prep.spacing))
-        if "morph" in fams and roi.morph_mask.any():
+        if morph:
             futures.append(_submit(pool, shape_features, roi.image, roi.morph_mask, roi.int_mask, roi.spacing))
         if "stat" in fams:
             futures.append(_submit(pool, statistics_features, vals))
@@ -237,27 +237,37 @@ class _Inline:
     """An executor that runs each call at once in the caller's thread (one thread: no pool to start); a failing
     call raises at once, where a pool's would raise from ``result()``."""
 
-    def __enter__(self) -> _Inline:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         future: Future[Any] = Future()
         future.set_result(fn(*args))
         return future
 
 
+def _quiet(fn: Callable[..., Any], *args: Any) -> Any:
+    # undefined features divide by zero on purpose; every call sets numpy's error state itself, as pool threads
+    # do not share the caller's (numpy < 2 keeps it per thread)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return fn(*args)
+
+
 def _submit(pool: ThreadPoolExecutor | _Inline, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-    # in the caller's context: numpy's error state (np.errstate) is a context variable that pool threads
-    # would otherwise not share
-    return pool.submit(contextvars.copy_context().run, fn, *args)
+    return pool.submit(_quiet, fn, *args)
 
 
-def _executor(threads: int) -> ThreadPoolExecutor | _Inline:
-    # a pool per extraction, not a module-level one: worker threads do not survive a fork into a process pool
-    return ThreadPoolExecutor(threads, thread_name_prefix="radiomics") if threads > 1 else _Inline()
+@contextlib.contextmanager
+def _executor(threads: int) -> Iterator[ThreadPoolExecutor | _Inline]:
+    """One thread: calls run inline. More: a pool for this extraction (not a module-level one: worker threads do
+    not survive a fork into a process pool) whose queued calls are cancelled when one fails."""
+    if threads <= 1:
+        yield _Inline()
+        return
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="radiomics")
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def default_threads(n_voxels: int) -> int:

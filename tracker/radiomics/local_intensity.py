@@ -48,7 +48,7 @@ def sphere_sums(
     return conv[box], box
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)
 def _kernel_spectrum(period: tuple[int, ...], kernel_bytes: bytes, shape: tuple[int, ...]) -> np.ndarray:
     """Real spectrum (rfft layout) of an even kernel on the grid of ``period``: the type-I DCT of its
     non-negative octant, mirrored along the full axes. Cached: it depends on the period and kernel only."""

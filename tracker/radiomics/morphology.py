@@ -165,7 +165,7 @@ def mvee(points: np.ndarray, tol: float = MVEE_TOLERANCE) -> tuple[np.ndarray, n
     return amat / max(reach, 1.0), centre
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)
 def _inverse_distance_spectrum(period: tuple[int, ...], spacing: tuple[float, ...]) -> np.ndarray:
     """Spectrum K of the even periodic 1/r kernel (0 at lag 0) for ``_weighted_pair_sums``: float32, rfft
     layout along the last axis with its interior columns doubled. It depends only on the period and spacing,

@@ -29,6 +29,8 @@ NEW_RATE_PER_RESIST = 0.9
 NEW_LESION_WINDOW_DAYS = 3 * 365.0
 NEW_D0_MM = (4.0, 9.0)
 NEW_GROWTH_PER_DAY = (0.004, 0.012)
+NEW_ONSET_FIRST_INTERVAL_FRACTION = 0.3
+ONSET_TOLERANCE_DAYS = 1e-6
 
 
 def patient_streams(cfg: SimulationConfig, index: int) -> list[np.random.Generator]:
@@ -89,7 +91,7 @@ def _decay_to_vanish(d0: float, by_day: float) -> float:
 
 def sample_lesions(rng: np.random.Generator, cfg: SimulationConfig, resist: float, days: list[float]) -> list[dict]:
     """Baseline and new lesions of one patient, with fates and trajectory parameters."""
-    t1, t_last = days[1], days[-1]
+    t_last = days[-1]
     lesions: list[dict[str, Any]] = []
     n_base = int(rng.integers(cfg.lesions_per_patient[0], cfg.lesions_per_patient[1] + 1))
     het_trend = HET_TREND_PER_RESIST * resist
@@ -166,7 +168,7 @@ def sample_lesions(rng: np.random.Generator, cfg: SimulationConfig, resist: floa
             rng.uniform(*NEW_D0_MM),
             0.0,
             rng.uniform(*NEW_GROWTH_PER_DAY),
-            onset_day=max(t, t1 * 0.3),
+            onset_day=new_lesion_onset(t, days),
         )
         les["het_rate"] = float(het_trend + HET_RATE_SD * rng.normal())
         lesions.append(les)
@@ -175,8 +177,15 @@ def sample_lesions(rng: np.random.Generator, cfg: SimulationConfig, resist: floa
 
 
 def new_lesion_rate_per_day(cfg: SimulationConfig, resist: float) -> float:
-    """Rate of new lesions (per day) of a patient with latent resistance ``resist``."""
-    return float(cfg.new_lesion_rate_per_year * np.exp(NEW_RATE_PER_RESIST * resist) / 365.25)
+    """Rate of new lesions (per day) of a patient with latent resistance ``resist`` (a numpy float: a zero rate
+    gives an infinite waiting time, no lesions)."""
+    return cfg.new_lesion_rate_per_year * np.exp(NEW_RATE_PER_RESIST * resist) / 365.25
+
+
+def new_lesion_onset(arrival_day: float, days: list[float]) -> float:
+    """Onset day of a new lesion arriving at ``arrival_day``: not before 30 % of the first follow-up interval,
+    so that the baseline scan holds only baseline lesions."""
+    return max(arrival_day, NEW_ONSET_FIRST_INTERVAL_FRACTION * days[1])
 
 
 def latent_conditional_survival(
@@ -194,18 +203,22 @@ def latent_conditional_survival(
     of them, below the oracle that also knows the future lesions.
     """
     ahead = np.asarray(days_ahead, dtype=np.float64)
-    present = [les for les in patient["lesions"] if les["onset_day"] <= from_day]
+    # landmark days rebuilt from months carry rounding error: a lesion of onset day 0 is present at day -1e-13
+    present = [les for les in patient["lesions"] if les["onset_day"] <= from_day + ONSET_TOLERANCE_DAYS]
     resist = float(patient["resistance"])
     rate = new_lesion_rate_per_day(cfg, resist)
-    end = min(from_day + float(ahead.max(initial=0.0)), patient["planned_days"][-1] + NEW_LESION_WINDOW_DAYS)
+    days = patient["planned_days"]
+    end = min(from_day + float(ahead.max(initial=0.0)), days[-1] + NEW_LESION_WINDOW_DAYS)
+    # arrivals before the landmark whose onset is deferred past it are still to come
+    first = from_day if new_lesion_onset(0.0, days) <= from_day else 0.0
     total = np.zeros(ahead.shape)
     for _ in range(n_draws):
         future = []
-        t = from_day + rng.exponential(1.0 / rate)
+        t = first + rng.exponential(1.0 / rate)
         while t <= end:
             # only what the hazard reads: nominal volume and heterogeneity
             future.append({
-                "onset_day": t, "d0_mm": rng.uniform(*NEW_D0_MM), "decay": 0.0,
+                "onset_day": new_lesion_onset(t, days), "d0_mm": rng.uniform(*NEW_D0_MM), "decay": 0.0,
                 "growth": rng.uniform(*NEW_GROWTH_PER_DAY), "lag_days": 0.0, "het0": rng.uniform(*HET0_RANGE),
                 "het_rate": HET_TREND_PER_RESIST * resist + HET_RATE_SD * rng.normal(),
             })  # fmt: skip

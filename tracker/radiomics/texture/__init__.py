@@ -1,7 +1,8 @@
 """IBSI texture feature families on discretised grey levels.
 
-``texture_features`` is the one entry point the radiomics extractor calls; each family lives in its own
-module (``glcm``, ``glrlm``, ``glszm``, ``gldzm``, ``ngtdm``, ``ngldm``).
+``texture_tasks`` gives the families as independent calls (the radiomics extractor runs them side by side);
+``texture_features`` runs them in turn. Each family lives in its own module (``glcm``, ``glrlm``, ``glszm``,
+``gldzm``, ``ngtdm``, ``ngldm``).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def texture_tasks(
 
     def zone_families() -> dict[str, float]:
         zones = label_zones(hood)
-        out = {}
+        out: dict[str, float] = {}
         if "szm" in families:
             out.update(glszm.glszm_features(hood, zones))
         if "dzm" in families:
