@@ -85,7 +85,7 @@ def run_features(
 def _batch_rows(jobs: list[FeatureJob], config: str, n_jobs: int) -> list[dict[str, Any]]:
     """The batch's rows in the CSV's order; with ``n_jobs`` > 1 the pairs run in that many processes, one
     thread each (started by spawn: the progress bar's thread must not be forked)."""
-    from tracker.featurefiles import batch_row
+    from tracker.featurefiles import batch_row, failed_row
 
     rows: list[dict[str, Any]] = []
     with output.progress("features", len(jobs)) as advance:
@@ -102,13 +102,9 @@ def _batch_rows(jobs: list[FeatureJob], config: str, n_jobs: int) -> list[dict[s
                 try:
                     done[i] = _reported(future.result())
                 except Exception as exc:  # a crashed worker (BrokenProcessPool) or a bug: recorded in its row
-                    done[i] = _reported(_failed_row(jobs[i], f"{type(exc).__name__}: {exc}"))
+                    done[i] = _reported(failed_row(jobs[i], f"{type(exc).__name__}: {exc}"))
                 advance()
     return [done[i] for i in range(len(jobs))]
-
-
-def _failed_row(job: FeatureJob, error: str) -> dict[str, Any]:
-    return {"image": str(job.image), "mask": str(job.mask), "label": job.label, "error": error}
 
 
 def _reported(row: dict[str, Any]) -> dict[str, Any]:

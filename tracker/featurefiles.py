@@ -69,7 +69,7 @@ def _body_mask(job: FeatureJob, grid: Any, image: np.ndarray) -> np.ndarray | No
 def batch_row(job: FeatureJob, config: str | Path, threads: int | None = None) -> dict[str, Any]:
     """One row of a batch: the pair, its label, its feature values (non-finite as None) and its error (None, or
     the message of the ``MetatrackError`` that stopped it: one pair's failure does not stop the batch)."""
-    row: dict[str, Any] = {"image": str(job.image), "mask": str(job.mask), "label": job.label, "error": None}
+    row = failed_row(job, None)
     try:
         fs = extract_files(job, config, threads)
     except MetatrackError as exc:
@@ -77,6 +77,11 @@ def batch_row(job: FeatureJob, config: str | Path, threads: int | None = None) -
         return row
     row.update({k: (v if np.isfinite(v) else None) for k, v in fs.values.items()})
     return row
+
+
+def failed_row(job: FeatureJob, error: str | None) -> dict[str, Any]:
+    """A batch row without feature values: the pair, its label and ``error``."""
+    return {"image": str(job.image), "mask": str(job.mask), "label": job.label, "error": error}
 
 
 def read_batch(path: Path) -> list[FeatureJob]:
