@@ -116,3 +116,36 @@ def test_latent_ceiling_is_the_expectation_of_the_oracle_over_future_lesions() -
     quiet = {**seen, "resistance": -50.0}
     exact = conditional_survival(seen, day, ahead, cfg.base_hazard_per_day)
     assert np.array_equal(latent_conditional_survival(quiet, cfg, day, ahead, rng, n_draws=4), exact)
+
+
+def test_scan_posterior_recovers_resistance_and_matches_the_oracle_on_average() -> None:
+    # the scan-based ceiling infers each patient's latent resistance from the measured lesions: its posterior must
+    # concentrate near the truth and be calibrated (90 % intervals hold the truth about 90 % of the time), and as a
+    # posterior predictive its cohort-mean survival must equal the oracle's (law of total expectation again)
+    from tracker.simulator import latent_tables
+    from tracker.simulator.outcome import conditional_survival
+    from tracker.simulator.posterior import RESIST_GRID, scan_conditional_survival, scan_posterior
+
+    cfg = SimulationConfig(n_patients=120, seed=7)
+    latent = simulate_latent_cohort(cfg)
+    _, _, lesions = latent_tables(latent, rng_seed=7)
+    by_patient = dict(tuple(lesions.groupby("patient_id")))
+    rng = np.random.default_rng(2)
+    mean, inside = [], []
+    oracle, scans = [], []
+    ahead = np.array([182.0, 365.0])
+    for pat in latent:
+        day = pat["days"][-1]
+        rows = by_patient.get(pat["patient_id"], lesions.iloc[:0])
+        post, _, _ = scan_posterior(pat, cfg, rows, day, rng, n_samples=256)
+        cdf = np.cumsum(post)
+        lo, hi = RESIST_GRID[np.searchsorted(cdf, 0.05)], RESIST_GRID[np.searchsorted(cdf, 0.95)]
+        mean.append(post @ RESIST_GRID)
+        inside.append(lo - 0.1 <= pat["resistance"] <= hi + 0.1)  # +- half a grid step
+        oracle.append(conditional_survival(pat, day, ahead, cfg.base_hazard_per_day))
+        scans.append(scan_conditional_survival(pat, cfg, rows, day, ahead, rng, n_samples=256, n_draws=16))
+    truth = np.array([p["resistance"] for p in latent])
+    assert np.corrcoef(mean, truth)[0, 1] > 0.8
+    assert 0.8 <= np.mean(inside) <= 0.98
+    diff = np.mean(oracle, axis=0) - np.mean(scans, axis=0)
+    assert np.all(np.abs(diff) < 0.03), diff

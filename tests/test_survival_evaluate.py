@@ -60,8 +60,10 @@ def test_evaluate_models_table():
     visits, events = exponential_cohort(120, 0.05, 40.0, seed=2)
     visits["noise"] = np.random.default_rng(1).normal(size=len(visits))
     table = evaluate_models(visits, events, FAST, folds=2, seed=0, landmarks=(1,), n_bootstrap=20)
-    assert {"model", "landmark", "metric", "mean", "ci_low", "ci_high"} <= set(table.columns)
+    assert {"model", "landmark", "metric", "pooling", "mean", "ci_low", "ci_high"} <= set(table.columns)
     assert set(table["model"]) == {"rnn", "cox_baseline", "cox_landmark", "km", "rnn-cox_baseline", "rnn-cox_landmark"}
+    assert set(table["pooling"]) == {"pooled", "per_fold"}
+    table = table[table["pooling"] == "pooled"]
     c = table[(table["metric"] == "c_td")].set_index("model")
     assert (c["ci_low"] <= c["ci_high"]).all()
     # no feature carries information: every model ranks at chance
@@ -69,3 +71,27 @@ def test_evaluate_models_table():
     # and the RNN's curves are no better or worse than the fold's Kaplan-Meier curve
     ibs = table[table["metric"] == "ibs"].set_index("model")["estimate"]
     assert ibs["rnn"] == pytest.approx(ibs["km"], abs=0.02)
+
+
+def test_per_fold_scores_rank_within_each_fitted_model():
+    """Two folds, each ranked perfectly by its own model, but fold 1's model predicts far lower risks for everyone:
+    per fold the C is 1; pooled, the cross-fold pairs are discordant."""
+    from tracker.survival.evaluate import LandmarkPredictions, score_predictions
+
+    cfg = SurvivalModelConfig()
+    grid = np.asarray(cfg.grid_months)
+    pred = LandmarkPredictions(2)
+    for f, scale in ((0, 1.0), (1, 0.05)):
+        months = np.array([3.0, 6.0, 9.0, 12.0, 15.0, 18.0]) + f  # fold 1's patients fail a month later
+        hazard = scale * 0.2 / months  # earlier failure, higher hazard: perfect ranking within the fold
+        pred.patient_ids.append(np.arange(6) + 6 * f)
+        pred.months.append(months)
+        pred.events.append(np.ones(6, dtype=int))
+        pred.folds.append(np.full(6, f))
+        curve = np.exp(-hazard[:, None] * grid[None, :])
+        for m in pred.curves:
+            pred.curves[m].append(curve)
+    table = score_predictions({2: pred}, cfg, (12.0,), n_bootstrap=0)
+    c = table[(table["metric"] == "c_td") & (table["model"] == "rnn")].set_index("pooling")["estimate"]
+    assert c["per_fold"] == pytest.approx(1.0)
+    assert c["pooled"] < 0.8

@@ -46,7 +46,7 @@ Lesion volumes/centroids are of the analytic shape in the baseline frame (volume
 
 from tracker.simulator.cohort import simulate_cohort, simulate_patient
 from tracker.simulator.config import DEFAULT_SCANNERS, ScannerSpec, SimulationConfig
-from tracker.simulator.features import latent_visit_table
+from tracker.simulator.features import latent_tables, latent_visit_table
 from tracker.simulator.latent import simulate_latent_cohort
 from tracker.simulator.truth import (
     label_to_lesions,
@@ -61,6 +61,7 @@ __all__ = [
     "ScannerSpec",
     "SimulationConfig",
     "label_to_lesions",
+    "latent_tables",
     "latent_visit_table",
     "load_truth",
     "simulate_cohort",

@@ -55,14 +55,34 @@ def _lesion_hu(les: dict[str, Any], t: float) -> tuple[float, float, float]:
     return mean, float(np.sqrt(var)), frac
 
 
+LESION_COLUMNS = [
+    "patient_id",
+    "time_days",
+    "track_id",
+    "log_volume",
+    "diameter_mm",
+    "mean_hu",
+    "heterogeneity_hu",
+    "necrotic_fraction",
+]
+
+
 def latent_visit_table(latent: list[dict[str, Any]], rng_seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-visit observable features and the outcome table of a latent cohort.
 
     Returns ``visits`` (one row per kept visit: patient_id, visit, time_days, features; see VISIT_COLUMNS) and
     ``events`` (patient_id, time_days, event).
     """
+    visits, events, _ = latent_tables(latent, rng_seed)
+    return visits, events
+
+
+def latent_tables(latent: list[dict[str, Any]], rng_seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """As :func:`latent_visit_table`, plus ``lesions``: one row per detected lesion per visit (patient_id,
+    time_days, track_id = the true lesion identity, measured features; see LESION_COLUMNS), the very measurements
+    the visit rows aggregate."""
     rng = np.random.default_rng(rng_seed)
-    rows = []
+    rows, lesion_rows = [], []
     for pat in latent:
         seen: set[str] = set()
         base_ids: set[str] = set()
@@ -92,6 +112,18 @@ def latent_visit_table(latent: list[dict[str, Any]], rng_seed: int = 0) -> tuple
                 fracs.append(frac)
                 organs.append(les["organ"])
                 weights.append(v)
+                lesion_rows.append(
+                    {
+                        "patient_id": pat["patient_id"],
+                        "time_days": float(day),
+                        "track_id": les["id"],
+                        "log_volume": float(np.log(v)),
+                        "diameter_mm": diams[-1],
+                        "mean_hu": hus[-1],
+                        "heterogeneity_hu": sds[-1],
+                        "necrotic_fraction": frac,
+                    }
+                )
             cum_new += n_new
             # a lesion seen before continues its track, compared with its last sighting (as in the pipeline)
             growth = track_growth(
@@ -132,4 +164,4 @@ def latent_visit_table(latent: list[dict[str, Any]], rng_seed: int = 0) -> tuple
     events = pd.DataFrame(
         [{"patient_id": p["patient_id"], "time_days": p["time_days"], "event": p["event"]} for p in latent]
     )
-    return visits, events
+    return visits, events, pd.DataFrame(lesion_rows, columns=LESION_COLUMNS)

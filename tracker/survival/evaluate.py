@@ -141,9 +141,10 @@ def evaluate_models(
 ) -> pd.DataFrame:
     """RNN vs baseline Cox vs landmark Cox (and Kaplan-Meier) at each landmark.
 
-    Returns one row per model x landmark x metric with columns model, landmark, metric, estimate (on all pooled
-    out-of-fold predictions), mean, ci_low, ci_high (bootstrap over patients), n_patients, n_events. Rows with
-    model "rnn-cox_baseline" / "rnn-cox_landmark" hold paired differences.
+    Returns one row per model x landmark x metric x pooling with columns model, landmark, metric, pooling ("pooled"
+    over all out-of-fold predictions or "per_fold" mean, see :func:`score_predictions`), estimate, mean, ci_low,
+    ci_high (bootstrap over patients), n_patients, n_events. Rows with model "rnn-cox_baseline" /
+    "rnn-cox_landmark" hold paired differences.
     """
     preds = cross_validated_predictions(visits, events, cfg, folds, seed, landmarks, progress)
     return score_predictions(preds, cfg, horizons_months, n_bootstrap, seed)
@@ -157,48 +158,68 @@ def score_predictions(
     seed: int = 0,
     paired: Sequence[tuple[str, str]] = PAIRED,
 ) -> pd.DataFrame:
-    """Metrics with paired patient-bootstrap CIs from pooled out-of-fold predictions; ``paired`` lists the
-    (a, b) model pairs whose differences a - b get rows (pairs with a model not present are skipped)."""
+    """Metrics with paired patient-bootstrap CIs from out-of-fold predictions; ``paired`` lists the (a, b) model
+    pairs whose differences a - b get rows (pairs with a model not present are skipped).
+
+    Every metric is computed two ways (column ``pooling``): "pooled" over all out-of-fold predictions at once, and
+    "per_fold", within each fold (one fitted model) and averaged over folds. Pooling also compares patients scored
+    by different fitted models, so it penalises a model whose absolute risk scale varies between folds (an unstable
+    Cox fit) even where each fit ranks its own patients well; the per-fold mean is what one deployed model would show.
+    """
     rows = []
     rng = np.random.default_rng(seed)
     alpha = (1.0 - CI_LEVEL) / 2.0
     for k, pred in preds.items():
         months, evt, curves = pred.arrays()
+        folds = np.concatenate(pred.folds)
         horizon = cfg.horizon_months
         evt = np.where(months > horizon, 0, evt)
         months = np.minimum(months, horizon)
         ibs_end = min(float(np.quantile(months, IBS_TIME_QUANTILE)), horizon)
 
-        def all_scores(idx: np.ndarray, months=months, evt=evt, curves=curves, ibs_end=ibs_end) -> dict:
+        def scores(idx: np.ndarray, months=months, evt=evt, curves=curves, ibs_end=ibs_end) -> dict:
             return {
                 m: score_curves(months[idx], evt[idx], c[idx], cfg, horizons_months, ibs_end) for m, c in curves.items()
             }
 
+        def all_scores(idx: np.ndarray, folds=folds) -> dict:
+            pooled = scores(idx)
+            within = [scores(idx[folds[idx] == f]) for f in np.unique(folds[idx])]
+            with np.errstate(all="ignore"):
+                per_fold = {
+                    m: {metric: float(np.nanmean([w[m][metric] for w in within])) for metric in pooled[m]}
+                    for m in pooled
+                }
+            return {"pooled": pooled, "per_fold": per_fold}
+
         point = all_scores(np.arange(len(months)))
         boots = [all_scores(rng.integers(0, len(months), len(months))) for _ in range(n_bootstrap)]
-        table = {(m, metric): (point[m][metric], [b[m][metric] for b in boots]) for m in point for metric in point[m]}
-        for a, b in paired:
-            if a not in point or b not in point:
-                continue
-            for metric in point[a]:
-                table[(f"{a}-{b}", metric)] = (
-                    point[a][metric] - point[b][metric],
-                    [bt[a][metric] - bt[b][metric] for bt in boots],
+        for pooling in ("pooled", "per_fold"):
+            pt, bs = point[pooling], [b[pooling] for b in boots]
+            table = {(m, metric): (pt[m][metric], [b[m][metric] for b in bs]) for m in pt for metric in pt[m]}
+            for a, b in paired:
+                if a not in pt or b not in pt:
+                    continue
+                for metric in pt[a]:
+                    table[(f"{a}-{b}", metric)] = (
+                        pt[a][metric] - pt[b][metric],
+                        [bt[a][metric] - bt[b][metric] for bt in bs],
+                    )
+            for (model, metric), (est, samples) in table.items():
+                s = np.asarray(samples, dtype=np.float64)
+                s = s[np.isfinite(s)]
+                rows.append(
+                    {
+                        "model": model,
+                        "landmark": k,
+                        "metric": metric,
+                        "pooling": pooling,
+                        "estimate": est,
+                        "mean": float(s.mean()) if len(s) else np.nan,
+                        "ci_low": float(np.quantile(s, alpha)) if len(s) else np.nan,
+                        "ci_high": float(np.quantile(s, 1 - alpha)) if len(s) else np.nan,
+                        "n_patients": len(months),
+                        "n_events": int(evt.sum()),
+                    }
                 )
-        for (model, metric), (est, samples) in table.items():
-            s = np.asarray(samples, dtype=np.float64)
-            s = s[np.isfinite(s)]
-            rows.append(
-                {
-                    "model": model,
-                    "landmark": k,
-                    "metric": metric,
-                    "estimate": est,
-                    "mean": float(s.mean()) if len(s) else np.nan,
-                    "ci_low": float(np.quantile(s, alpha)) if len(s) else np.nan,
-                    "ci_high": float(np.quantile(s, 1 - alpha)) if len(s) else np.nan,
-                    "n_patients": len(months),
-                    "n_events": int(evt.sum()),
-                }
-            )
     return pd.DataFrame(rows)
