@@ -131,21 +131,22 @@ def test_scan_posterior_recovers_resistance_and_matches_the_oracle_on_average() 
     _, _, lesions = latent_tables(latent, rng_seed=7)
     by_patient = dict(tuple(lesions.groupby("patient_id")))
     rng = np.random.default_rng(2)
+    half_step = (RESIST_GRID[1] - RESIST_GRID[0]) / 2.0
     mean, inside = [], []
     oracle, scans = [], []
     ahead = np.array([182.0, 365.0])
     for pat in latent:
         day = pat["days"][-1]
         rows = by_patient.get(pat["patient_id"], lesions.iloc[:0])
-        post, _, _ = scan_posterior(pat, cfg, rows, day, rng, n_samples=256)
+        post, _, _ = scan_posterior(pat, cfg, rows, day, rng)
         cdf = np.cumsum(post)
         lo, hi = RESIST_GRID[np.searchsorted(cdf, 0.05)], RESIST_GRID[np.searchsorted(cdf, 0.95)]
         mean.append(post @ RESIST_GRID)
-        inside.append(lo - 0.1 <= pat["resistance"] <= hi + 0.1)  # +- half a grid step
+        inside.append(lo - half_step <= pat["resistance"] <= hi + half_step)
         oracle.append(conditional_survival(pat, day, ahead, cfg.base_hazard_per_day))
         scans.append(scan_conditional_survival(pat, cfg, rows, day, ahead, rng, n_samples=256, n_draws=16))
     truth = np.array([p["resistance"] for p in latent])
-    assert np.corrcoef(mean, truth)[0, 1] > 0.8
-    assert 0.8 <= np.mean(inside) <= 0.98
+    assert np.corrcoef(mean, truth)[0, 1] > 0.85
+    assert 0.82 <= np.mean(inside) <= 0.98  # 0.9 within 3 standard errors for 120 patients
     diff = np.mean(oracle, axis=0) - np.mean(scans, axis=0)
     assert np.all(np.abs(diff) < 0.03), diff

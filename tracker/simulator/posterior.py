@@ -13,9 +13,12 @@ inferred from what the scans measured up to the landmark, with the simulator's t
   on r, are taken as known.
 
 The survival curve is the mean over joint posterior draws of the true conditional survival, with future new
-lesions drawn from the process. It is a model of the scans that knows the data-generating process: a learner
-trained on unlimited data could reach it, so it is the practical ceiling (up to the small optimism of the known
-special lesions, onset days and necrosis) between the landmark Cox and ``latent_conditional_survival``.
+lesions drawn from the process, each draw weighted by its probability of no event by the landmark (the patient is
+event-free there). It is a model of the scans that knows the data-generating process: a learner trained on
+unlimited data could come close to it, so it is the practical ceiling between the landmark Cox and
+``latent_conditional_survival``. Caveats both ways: it uses the true track identities and onset days, each lesion's
+organ, base HU and exact necrotic fraction (for the heterogeneity reading) and knows the special lesions; it leaves
+out the diameter and mean-HU readings. The models it is compared with read the visit table only.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from tracker.simulator.latent import (
     new_lesion_rate_per_day,
 )
 from tracker.simulator.lesions import D_MAX_MM, DAYS_PER_YEAR, HET_HU, NECROTIC_HU
-from tracker.simulator.outcome import conditional_survival
+from tracker.simulator.outcome import cumulative_hazard
 
 REGULAR_FATES = ("grow", "stable", "shrink", "vanish")
 RESIST_GRID = np.linspace(-4.0, 4.0, 49)
@@ -59,49 +62,51 @@ def _regular_prior(
     rng: np.random.Generator, r: np.ndarray, n: int, log_v0: float, planned_days: list[float]
 ) -> dict[str, np.ndarray]:
     """(len(r), n) draws of a regular baseline lesion's parameters given resistance r, as ``sample_lesions`` draws
-    them; d0 from its baseline measurement (flat prior in log d0 on ``D0_RANGE_MM``)."""
-    shape = (len(r), n)
+    them, with the same random numbers on every grid row of r (so the evidence is smooth in r); d0 from its
+    baseline measurement (flat prior in log d0 on ``D0_RANGE_MM``), whose likelihood ``log_prior`` cancels."""
     rr = r[:, None]
-    d0 = np.exp((log_v0 - np.log(np.pi / 6.0) - VOLUME_CV * rng.normal(size=shape)) / 3.0)
+    eps_d, eps_u, u1, u2, u_het, eps_het = (
+        rng.normal(size=n),
+        rng.normal(size=n),
+        *rng.uniform(size=(3, n)),
+        rng.normal(size=n),
+    )
+    d0 = np.broadcast_to(np.exp((log_v0 - np.log(np.pi / 6.0) - VOLUME_CV * eps_d) / 3.0), (len(r), n))
     inside = (d0 >= D0_RANGE_MM[0]) & (d0 <= D0_RANGE_MM[1])
-    u = rr + 0.6 * rng.normal(size=shape)
+    u = rr + 0.6 * eps_u
     grow, stable = u > 0.4, (u <= 0.4) & (u > -0.4)
     shrink = ~grow & ~stable & ((u > -1.1) | (d0 > 25.0))
-    vanish = ~grow & ~stable & ~shrink
+    span = lambda lo, hi, x: lo + (hi - lo) * x  # noqa: E731
     decay = np.select(
         [grow, stable, shrink],
-        [rng.uniform(0.0, 0.002, shape), rng.uniform(0.001, 0.003, shape), rng.uniform(0.004, 0.012, shape)],
+        [span(0.0, 0.002, u1), span(0.001, 0.003, u1), span(0.004, 0.012, u1)],
         default=_decay_to_vanish(d0, planned_days[min(2, len(planned_days) - 1)]),
     )
     growth = np.select(
         [grow, stable, shrink],
-        [
-            rng.uniform(0.003, 0.009, shape) * np.exp(0.3 * u),
-            rng.uniform(0.001, 0.003, shape),
-            rng.uniform(0.0, 0.0015, shape),
-        ],
+        [span(0.003, 0.009, u2) * np.exp(0.3 * u), span(0.001, 0.003, u2), span(0.0, 0.0015, u2)],
         default=0.0,
     )
-    del vanish
     return {
         "d0": np.clip(d0, *D0_RANGE_MM),
         "decay": decay,
         "growth": growth,
-        "het0": rng.uniform(*HET0_RANGE, shape),
-        "het_rate": HET_TREND_PER_RESIST * rr + HET_RATE_SD * rng.normal(size=shape),
-        "log_prior": np.where(inside, 0.0, -np.inf),
+        "het0": np.broadcast_to(span(*HET0_RANGE, u_het), (len(r), n)),
+        "het_rate": HET_TREND_PER_RESIST * rr + HET_RATE_SD * eps_het,
+        # the proposal is the baseline reading's likelihood: its term in _log_likelihood is cancelled here
+        "log_prior": np.where(inside, 0.5 * eps_d**2, -np.inf),
     }
 
 
 def _new_prior(rng: np.random.Generator, r: np.ndarray, n: int) -> dict[str, np.ndarray]:
-    """(len(r), n) draws of a new lesion's parameters given r."""
+    """(len(r), n) draws of a new lesion's parameters given r (the same random numbers on every grid row)."""
     shape = (len(r), n)
     return {
-        "d0": rng.uniform(*NEW_D0_MM, shape),
+        "d0": np.broadcast_to(rng.uniform(*NEW_D0_MM, n), shape),
         "decay": np.zeros(shape),
-        "growth": rng.uniform(*NEW_GROWTH_PER_DAY, shape),
-        "het0": rng.uniform(*HET0_RANGE, shape),
-        "het_rate": HET_TREND_PER_RESIST * r[:, None] + HET_RATE_SD * rng.normal(size=shape),
+        "growth": np.broadcast_to(rng.uniform(*NEW_GROWTH_PER_DAY, n), shape),
+        "het0": np.broadcast_to(rng.uniform(*HET0_RANGE, n), shape),
+        "het_rate": HET_TREND_PER_RESIST * r[:, None] + HET_RATE_SD * rng.normal(size=n),
         "log_prior": np.zeros(shape),
     }
 
@@ -126,7 +131,9 @@ def _log_likelihood(
         frac = float(row["necrotic_fraction"])
         spread = lesion["base_hu"] - NECROTIC_HU[lesion["organ"]]
         sd = np.sqrt((1 - frac) * het**2 + frac * (0.3 * het) ** 2 + frac * (1 - frac) * spread**2)
-        ll = ll - 0.5 * ((row["heterogeneity_hu"] - sd) / HU_SD) ** 2
+        # the reading is |sd + noise|: a folded normal
+        x = float(row["heterogeneity_hu"])
+        ll = ll + np.logaddexp(-0.5 * ((x - sd) / HU_SD) ** 2, -0.5 * ((x + sd) / HU_SD) ** 2)
     return ll
 
 
@@ -136,7 +143,7 @@ def scan_posterior(
     lesion_rows: pd.DataFrame,
     from_day: float,
     rng: np.random.Generator,
-    n_samples: int = 512,
+    n_samples: int = 1024,
 ) -> tuple[np.ndarray, list[dict[str, Any]], list[tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray]]]:
     """Posterior over the resistance grid ``RESIST_GRID`` given the measurements up to ``from_day``, the lesions
     taken as known, and per inferred lesion its importance draws (grid points x samples) with their log weights."""
@@ -171,7 +178,11 @@ def scan_posterior(
         inferred.append((les, draws, ll))
     # new lesions seen so far: every arrival up to the landmark is visible there (Poisson in r)
     if from_day >= new_lesion_onset(0.0, planned):
-        n_new = sum(1 for les in patient["lesions"] if les["fate"] == "new" and les["onset_day"] <= from_day)
+        n_new = sum(
+            1
+            for les in patient["lesions"]
+            if les["fate"] == "new" and les["onset_day"] <= from_day + ONSET_TOLERANCE_DAYS
+        )
         rate = np.array([new_lesion_rate_per_day(cfg, v) for v in r]) * from_day
         log_post = log_post + n_new * np.log(rate) - rate
     post = np.exp(log_post - log_post.max())
@@ -185,7 +196,7 @@ def scan_conditional_survival(
     from_day: float,
     days_ahead: np.ndarray,
     rng: np.random.Generator,
-    n_samples: int = 512,
+    n_samples: int = 1024,
     n_draws: int = 64,
 ) -> np.ndarray:
     """Posterior-predictive probability of no progression by ``from_day + days_ahead`` given none by ``from_day``
@@ -196,7 +207,7 @@ def scan_conditional_survival(
     planned = patient["planned_days"]
     end = min(from_day + float(ahead.max(initial=0.0)), planned[-1] + NEW_LESION_WINDOW_DAYS)
     start = from_day if new_lesion_onset(0.0, planned) <= from_day else 0.0
-    total = np.zeros(ahead.shape)
+    curves, survived = [], []
     for _ in range(n_draws):
         i = int(rng.choice(len(RESIST_GRID), p=post))
         resist = float(RESIST_GRID[i])
@@ -215,5 +226,12 @@ def scan_conditional_survival(
                 "het_rate": HET_TREND_PER_RESIST * resist + HET_RATE_SD * rng.normal(),
             })  # fmt: skip
             t += rng.exponential(1.0 / rate)
-        total += conditional_survival({**patient, "lesions": lesions}, from_day, ahead, cfg.base_hazard_per_day)
-    return total / n_draws
+        t, cum = cumulative_hazard(
+            lesions, patient["hazard_start_day"], from_day + ahead.max(initial=0.0), cfg.base_hazard_per_day
+        )
+        at = np.interp(from_day, t, cum)
+        curves.append(np.exp(-(np.interp(from_day + ahead, t, cum) - at)))
+        survived.append(-at)
+    # the patient is event-free at the landmark: each draw weighs by its probability of that, exp(-H(from_day))
+    w = np.exp(np.asarray(survived) - max(survived))
+    return (w / w.sum()) @ np.asarray(curves)

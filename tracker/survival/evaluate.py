@@ -1,8 +1,9 @@
 """Patient-grouped cross-validation of the RNN against Cox baselines at visit landmarks, with bootstrap CIs.
 
 At landmark k (a visit index, 1-based) the patients with >= k visits before their outcome are scored from their
-k-th visit: time origin at that visit, follow-up truncated at the model horizon. Out-of-fold predictions are
-pooled over folds; CIs come from a patient bootstrap of the pooled predictions (paired across models).
+k-th visit: time origin at that visit, follow-up truncated at the model horizon. Metrics are computed on the
+out-of-fold predictions within each fold and averaged, and on all of them pooled; CIs come from a patient bootstrap
+of the out-of-fold predictions (paired across models).
 """
 
 from __future__ import annotations
@@ -150,6 +151,14 @@ def evaluate_models(
     return score_predictions(preds, cfg, horizons_months, n_bootstrap, seed)
 
 
+def _fold_mean(per_fold: list[dict], model: str, metric: str, minus: str | None = None) -> float:
+    """Mean over folds of a model's metric (minus another model's, fold by fold), skipping folds where it is NaN
+    (e.g. a bootstrap fold without events); NaN when no fold has it."""
+    vals = np.array([f[model][metric] - (f[minus][metric] if minus else 0.0) for f in per_fold], dtype=np.float64)
+    vals = vals[np.isfinite(vals)]
+    return float(vals.mean()) if len(vals) else np.nan
+
+
 def score_predictions(
     preds: dict[int, LandmarkPredictions],
     cfg: SurvivalModelConfig,
@@ -183,27 +192,26 @@ def score_predictions(
             }
 
         def all_scores(idx: np.ndarray, folds=folds) -> dict:
-            pooled = scores(idx)
             within = [scores(idx[folds[idx] == f]) for f in np.unique(folds[idx])]
-            with np.errstate(all="ignore"):
-                per_fold = {
-                    m: {metric: float(np.nanmean([w[m][metric] for w in within])) for metric in pooled[m]}
-                    for m in pooled
-                }
-            return {"pooled": pooled, "per_fold": per_fold}
+            return {"pooled": [scores(idx)], "per_fold": within}
 
         point = all_scores(np.arange(len(months)))
         boots = [all_scores(rng.integers(0, len(months), len(months))) for _ in range(n_bootstrap)]
         for pooling in ("pooled", "per_fold"):
-            pt, bs = point[pooling], [b[pooling] for b in boots]
-            table = {(m, metric): (pt[m][metric], [b[m][metric] for b in bs]) for m in pt for metric in pt[m]}
+            models = point[pooling][0]
+            table = {
+                (m, metric): (_fold_mean(point[pooling], m, metric), [_fold_mean(b[pooling], m, metric) for b in boots])
+                for m in models
+                for metric in models[m]
+            }
             for a, b in paired:
-                if a not in pt or b not in pt:
+                if a not in models or b not in models:
                     continue
-                for metric in pt[a]:
+                for metric in models[a]:
+                    # per fold, the difference is taken within each fold, then averaged
                     table[(f"{a}-{b}", metric)] = (
-                        pt[a][metric] - pt[b][metric],
-                        [bt[a][metric] - bt[b][metric] for bt in bs],
+                        _fold_mean(point[pooling], a, metric, b),
+                        [_fold_mean(bt[pooling], a, metric, b) for bt in boots],
                     )
             for (model, metric), (est, samples) in table.items():
                 s = np.asarray(samples, dtype=np.float64)
