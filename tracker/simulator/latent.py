@@ -84,7 +84,7 @@ def _lesion(
     }
 
 
-def _decay_to_vanish(d0: float, by_day: float) -> float:
+def decay_to_vanish(d0: float, by_day: float) -> float:
     """Decay rate (per day) that takes a lesion of diameter d0 below visibility by ``by_day``."""
     return 3.0 * np.log(d0 / (0.8 * D_VISIBLE_MM)) / max(by_day, 1.0)
 
@@ -106,7 +106,7 @@ def sample_lesions(rng: np.random.Generator, cfg: SimulationConfig, resist: floa
         elif u > -1.1 or d0 > 25.0:
             fate, decay, growth = "shrink", rng.uniform(0.004, 0.012), rng.uniform(0.0, 0.0015)
         else:
-            fate, decay, growth = "vanish", _decay_to_vanish(d0, days[min(2, len(days) - 1)]), 0.0
+            fate, decay, growth = "vanish", decay_to_vanish(d0, days[min(2, len(days) - 1)]), 0.0
         les = _lesion(rng, f"L{j + 1:02d}", organ, fate, d0, decay, growth)
         les["het_rate"] = float(het_trend + HET_RATE_SD * rng.normal())
         les["nec_rate"] = float(np.clip(0.1 * (fate in ("shrink", "vanish")) + 0.05 * rng.normal(), -0.2, 0.3))
@@ -130,7 +130,7 @@ def sample_lesions(rng: np.random.Generator, cfg: SimulationConfig, resist: floa
         nxt += 2
         # a lesion that shrinks below visibility by the first follow-up and comes back by the last visit
         d_r = rng.uniform(8.0, 15.0)
-        ret = _lesion(rng, f"L{nxt:02d}", "lung", "return", d_r, _decay_to_vanish(d_r, days[1]), 0.0)
+        ret = _lesion(rng, f"L{nxt:02d}", "lung", "return", d_r, decay_to_vanish(d_r, days[1]), 0.0)
         back_day = days[-1] if len(days) > 2 else days[-1] + 90.0
         ret["lag_days"] = float(days[1] + 1.0)
         ret["growth"] = float(np.log(1.0 + 0.6**3) / max(back_day - ret["lag_days"], 1.0))
@@ -205,27 +205,38 @@ def latent_conditional_survival(
     ahead = np.asarray(days_ahead, dtype=np.float64)
     # landmark days rebuilt from months carry rounding error: a lesion of onset day 0 is present at day -1e-13
     present = [les for les in patient["lesions"] if les["onset_day"] <= from_day + ONSET_TOLERANCE_DAYS]
-    resist = float(patient["resistance"])
-    rate = new_lesion_rate_per_day(cfg, resist)
-    days = patient["planned_days"]
-    end = min(from_day + float(ahead.max(initial=0.0)), days[-1] + NEW_LESION_WINDOW_DAYS)
-    # arrivals before the landmark whose onset is deferred past it are still to come
-    first = from_day if new_lesion_onset(0.0, days) <= from_day else 0.0
+    until = from_day + float(ahead.max(initial=0.0))
     total = np.zeros(ahead.shape)
     for _ in range(n_draws):
-        future = []
-        t = first + rng.exponential(1.0 / rate)
-        while t <= end:
-            # only what the hazard reads: nominal volume and heterogeneity
-            future.append({
-                "onset_day": new_lesion_onset(t, days), "d0_mm": rng.uniform(*NEW_D0_MM), "decay": 0.0,
-                "growth": rng.uniform(*NEW_GROWTH_PER_DAY), "lag_days": 0.0, "het0": rng.uniform(*HET0_RANGE),
-                "het_rate": HET_TREND_PER_RESIST * resist + HET_RATE_SD * rng.normal(),
-            })  # fmt: skip
-            t += rng.exponential(1.0 / rate)
+        future = future_new_lesions(rng, cfg, float(patient["resistance"]), from_day, until, patient["planned_days"])
         lesions = {**patient, "lesions": present + future}
         total += conditional_survival(lesions, from_day, ahead, cfg.base_hazard_per_day)
     return total / n_draws
+
+
+def future_new_lesions(
+    rng: np.random.Generator,
+    cfg: SimulationConfig,
+    resist: float,
+    from_day: float,
+    until_day: float,
+    planned_days: list[float],
+) -> list[dict[str, Any]]:
+    """One draw of the new lesions with onset after ``from_day`` up to ``until_day`` (within the simulator's
+    window), from the process of resistance ``resist``; each holds only what the hazard reads (nominal volume and
+    heterogeneity). Arrivals before ``from_day`` whose onset is deferred past it are still to come."""
+    rate = new_lesion_rate_per_day(cfg, resist)
+    end = min(until_day, planned_days[-1] + NEW_LESION_WINDOW_DAYS)
+    t = (from_day if new_lesion_onset(0.0, planned_days) <= from_day else 0.0) + rng.exponential(1.0 / rate)
+    future = []
+    while t <= end:
+        future.append({
+            "onset_day": new_lesion_onset(t, planned_days), "d0_mm": rng.uniform(*NEW_D0_MM), "decay": 0.0,
+            "growth": rng.uniform(*NEW_GROWTH_PER_DAY), "lag_days": 0.0, "het0": rng.uniform(*HET0_RANGE),
+            "het_rate": HET_TREND_PER_RESIST * resist + HET_RATE_SD * rng.normal(),
+        })  # fmt: skip
+        t += rng.exponential(1.0 / rate)
+    return future
 
 
 def sample_patient(cfg: SimulationConfig, index: int) -> dict[str, Any]:

@@ -36,9 +36,9 @@ from tracker.simulator.latent import (
     HET_TREND_PER_RESIST,
     NEW_D0_MM,
     NEW_GROWTH_PER_DAY,
-    NEW_LESION_WINDOW_DAYS,
     ONSET_TOLERANCE_DAYS,
-    _decay_to_vanish,
+    decay_to_vanish,
+    future_new_lesions,
     new_lesion_onset,
     new_lesion_rate_per_day,
 )
@@ -80,7 +80,7 @@ def _regular_prior(
     decay = np.select(
         [grow, stable, shrink],
         [span(0.0, 0.002, u1), span(0.001, 0.003, u1), span(0.004, 0.012, u1)],
-        default=_decay_to_vanish(d0, planned_days[min(2, len(planned_days) - 1)]),
+        default=decay_to_vanish(d0, planned_days[min(2, len(planned_days) - 1)]),
     )
     growth = np.select(
         [grow, stable, shrink],
@@ -204,9 +204,7 @@ def scan_conditional_survival(
     table: time_days, track_id, log_volume, heterogeneity_hu, necrotic_fraction)."""
     ahead = np.asarray(days_ahead, dtype=np.float64)
     post, known, inferred = scan_posterior(patient, cfg, lesion_rows, from_day, rng, n_samples)
-    planned = patient["planned_days"]
-    end = min(from_day + float(ahead.max(initial=0.0)), planned[-1] + NEW_LESION_WINDOW_DAYS)
-    start = from_day if new_lesion_onset(0.0, planned) <= from_day else 0.0
+    until = from_day + float(ahead.max(initial=0.0))
     curves, survived = [], []
     for _ in range(n_draws):
         i = int(rng.choice(len(RESIST_GRID), p=post))
@@ -217,18 +215,8 @@ def scan_conditional_survival(
             j = int(rng.choice(n_samples, p=w / w.sum()))
             drawn = {k: float(draws[k][i, j]) for k in ("decay", "growth", "het0", "het_rate")}
             lesions.append({**les, **drawn, "d0_mm": float(draws["d0"][i, j]), "lag_days": 0.0})
-        rate = new_lesion_rate_per_day(cfg, resist)
-        t = start + rng.exponential(1.0 / rate)
-        while t <= end:
-            lesions.append({
-                "onset_day": new_lesion_onset(t, planned), "d0_mm": rng.uniform(*NEW_D0_MM), "decay": 0.0,
-                "growth": rng.uniform(*NEW_GROWTH_PER_DAY), "lag_days": 0.0, "het0": rng.uniform(*HET0_RANGE),
-                "het_rate": HET_TREND_PER_RESIST * resist + HET_RATE_SD * rng.normal(),
-            })  # fmt: skip
-            t += rng.exponential(1.0 / rate)
-        t, cum = cumulative_hazard(
-            lesions, patient["hazard_start_day"], from_day + ahead.max(initial=0.0), cfg.base_hazard_per_day
-        )
+        lesions += future_new_lesions(rng, cfg, resist, from_day, until, patient["planned_days"])
+        t, cum = cumulative_hazard(lesions, patient["hazard_start_day"], until, cfg.base_hazard_per_day)
         at = np.interp(from_day, t, cum)
         curves.append(np.exp(-(np.interp(from_day + ahead, t, cum) - at)))
         survived.append(-at)
