@@ -383,8 +383,18 @@ def _latest_jobs(
     return list(newest.values()), [j for j, _ in claimed if j not in kept]
 
 
-def _run_batch(engine: Engine, store: FileStore, worker: str, claimed: list[tuple[int, dict[str, Any]]]) -> WorkStats:
-    """Score the patients of claimed jobs (one vectorised call per model/as-of group) and write the results."""
+@dataclass
+class ScoredBatch:
+    """A claimed batch scored and not yet written: its score rows, jobs done and failed jobs with their errors."""
+
+    stats: WorkStats
+    rows: pd.DataFrame
+    done: list[int]
+    failed: dict[int, str]
+
+
+def _score_batch(engine: Engine, store: FileStore, claimed: list[tuple[int, dict[str, Any]]]) -> ScoredBatch:
+    """Score the patients of claimed jobs (one vectorised call per model/as-of group); nothing is written."""
     from db.models import ModelVersion
     from db.registry import load_file
     from db.session import session_scope
@@ -430,10 +440,9 @@ def _run_batch(engine: Engine, store: FileStore, worker: str, claimed: list[tupl
                     failed[job_of[pid]] = f"{type(exc).__name__}: {exc}"
         stats.patients += len(db_ids)
     rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    _write_batch(engine, worker, rows, done, failed)
     stats.jobs_done, stats.jobs_failed, stats.rows_written = len(done), len(failed), len(rows)
     stats.errors = [f"job {j}: {e}" for j, e in failed.items()]
-    return stats
+    return ScoredBatch(stats, rows, done, failed)
 
 
 def work(
@@ -453,8 +462,11 @@ def work(
 
     Running jobs of lost workers go back to the queue first: on SQLite all of them (the single-worker lock proves
     their worker is gone), on PostgreSQL those older than `stale_after_s` (default 15 minutes), or all with
-    `reclaim`. Each batch is one transaction for its scores and job states.
+    `reclaim`. Each batch is one transaction for its scores and job states, written on a second thread while the
+    next batch is claimed and scored (the database works while the model does); a failed write stops the worker.
     """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from db import jobs
     from db.session import session_scope
 
@@ -468,14 +480,22 @@ def work(
             stats.reclaimed = jobs.reclaim(
                 s, JOB_KIND, None if everything else (stale_after_s or jobs.DEFAULT_STALE_AFTER_S)
             )
-        while max_batches is None or stats.batches < max_batches:
-            with session_scope(engine) as s:
-                claimed = jobs.claim(s, JOB_KIND, worker, batch_size, keys=keys)
-            if not claimed:
-                break
-            stats.add(_run_batch(engine, store, worker, claimed))
-            if progress is not None:
-                progress(len(claimed))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rescore-write") as writer:
+            pending: Future | None = None
+            while max_batches is None or stats.batches < max_batches:
+                with session_scope(engine) as s:
+                    claimed = jobs.claim(s, JOB_KIND, worker, batch_size, keys=keys)
+                if not claimed:
+                    break
+                batch = _score_batch(engine, store, claimed)
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(_write_batch, engine, worker, batch.rows, batch.done, batch.failed)
+                stats.add(batch.stats)
+                if progress is not None:
+                    progress(len(claimed))
+            if pending is not None:
+                pending.result()
     stats.seconds = time.perf_counter() - start
     return stats
 
