@@ -122,6 +122,20 @@ def complete(session: Session, job_ids: Sequence[int], worker: str) -> int:
     return res.rowcount or 0
 
 
+def release(session: Session, job_ids: Sequence[int], worker: str) -> int:
+    """Put this worker's running jobs back in the queue as if never claimed (the claim's attempt is given back);
+    returns how many."""
+    if not job_ids:
+        return 0
+    table = Job.__table__
+    res = session.execute(
+        update(table)
+        .where(table.c.id.in_(list(job_ids)), table.c.worker == worker, table.c.state == JobState.RUNNING)
+        .values(state=JobState.QUEUED, worker=None, started_at=None, attempts=table.c.attempts - 1)
+    )
+    return res.rowcount or 0
+
+
 def fail(session: Session, job_id: int, worker: str, error: str) -> None:
     """Mark a running job failed with its error (one line kept short); `retry` queues it again."""
     table = Job.__table__

@@ -162,16 +162,55 @@ def test_crash_then_resume_completes_without_duplicates(engine: Engine, tmp_path
     with pytest.raises(KeyboardInterrupt):
         rescore.rescore_all(engine, store, as_of=AS_OF, batch_size=10)
     with session_scope(engine) as s:
-        # the third batch was claimed and scored while the second was being written: all 15 left running
-        assert jobs.counts(s, rescore.JOB_KIND) == {"queued": 0, "running": 15, "done": 10, "failed": 0}
+        # the third batch, scored while the second was being written, went back to the queue with its attempt
+        assert jobs.counts(s, rescore.JOB_KIND) == {"queued": 5, "running": 10, "done": 10, "failed": 0}
+        attempts = s.execute(select(Job.state, Job.attempts)).all()
+    assert {a for state, a in attempts if state == JobState.QUEUED} == {0}
+    assert {a for state, a in attempts if state != JobState.QUEUED} == {1}
     monkeypatch.setattr(rescore, "_write_batch", real)
     # PostgreSQL keeps running jobs for the stale timeout unless asked; SQLite's lock proves the worker is gone
     stats = rescore.rescore_all(engine, store, as_of=AS_OF, batch_size=10, reclaim=engine.dialect.name != "sqlite")
-    assert stats["reclaimed"] == 15 and stats["jobs_done"] == 15
+    assert stats["reclaimed"] == 10 and stats["jobs_done"] == 15
     n_rows, _, n_jobs = _snapshot(engine)
     assert n_rows == _expected_rows(visits, events, AS_OF) and n_jobs == 25
     with session_scope(engine) as s:
         assert jobs.counts(s, rescore.JOB_KIND)["done"] == 25
+
+
+def test_a_failed_write_stops_the_worker_and_gives_the_next_batch_back(
+    engine: Engine, tmp_path: Path, monkeypatch
+) -> None:
+    store, _, _ = _setup(engine, tmp_path, n=30, seed=16)
+    real = rescore._write_batch
+    calls = {"n": 0}
+
+    def fails_first(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rescore, "_write_batch", fails_first)
+    with pytest.raises(RuntimeError, match="disk full"):
+        rescore.rescore_all(engine, store, as_of=AS_OF, batch_size=10)
+    assert calls["n"] == 1  # no later batch was written after the failure
+    with session_scope(engine) as s:
+        # the failed batch stays running (reclaim recovers it, its attempt charged); the one scored meanwhile is
+        # back in the queue as if never claimed
+        assert jobs.counts(s, rescore.JOB_KIND) == {"queued": 20, "running": 10, "done": 0, "failed": 0}
+        assert {a for st, a in s.execute(select(Job.state, Job.attempts)) if st == JobState.QUEUED} == {0}
+        assert s.scalar(select(func.count()).select_from(RiskScore)) == 0
+
+
+def test_in_memory_sqlite_rescores(tmp_path: Path) -> None:
+    # each thread would open its own empty in-memory database: the batches are written in the worker's thread
+    eng = make_engine("sqlite://")
+    upgrade(eng)
+    store, _, (visits, events) = _setup(eng, tmp_path, n=12, seed=17)
+    stats = rescore.rescore_all(eng, store, as_of=AS_OF, batch_size=5)
+    assert stats["jobs_done"] == 12
+    assert _snapshot(eng)[0] == _expected_rows(visits, events, AS_OF)
+    eng.dispose()
 
 
 def test_failing_patient_fails_its_job_then_retry(engine: Engine, tmp_path: Path, monkeypatch) -> None:

@@ -12,12 +12,14 @@ The survival curve (the model's, seen from the as-of date) is stored on the 12-m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
@@ -465,8 +467,6 @@ def work(
     `reclaim`. Each batch is one transaction for its scores and job states, written on a second thread while the
     next batch is claimed and scored (the database works while the model does); a failed write stops the worker.
     """
-    from concurrent.futures import Future, ThreadPoolExecutor
-
     from db import jobs
     from db.session import session_scope
 
@@ -480,16 +480,22 @@ def work(
             stats.reclaimed = jobs.reclaim(
                 s, JOB_KIND, None if everything else (stale_after_s or jobs.DEFAULT_STALE_AFTER_S)
             )
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rescore-write") as writer:
+        with _batch_writer(engine) as writer:
             pending: Future | None = None
             while max_batches is None or stats.batches < max_batches:
+                if pending is not None and pending.done():
+                    pending.result()  # a failed write stops the worker before it claims more
                 with session_scope(engine) as s:
                     claimed = jobs.claim(s, JOB_KIND, worker, batch_size, keys=keys)
                 if not claimed:
                     break
                 batch = _score_batch(engine, store, claimed)
                 if pending is not None:
-                    pending.result()
+                    try:
+                        pending.result()
+                    except BaseException:
+                        _release(engine, worker, [job_id for job_id, _ in claimed])
+                        raise
                 pending = writer.submit(_write_batch, engine, worker, batch.rows, batch.done, batch.failed)
                 stats.add(batch.stats)
                 if progress is not None:
@@ -498,6 +504,41 @@ def work(
                 pending.result()
     stats.seconds = time.perf_counter() - start
     return stats
+
+
+def _release(engine: Engine, worker: str, job_ids: list[int]) -> None:
+    """Give a claimed, scored, unwritten batch back to the queue when an earlier batch's write failed: it is not to
+    blame, so its attempt is returned. Best effort: if the database is gone too, reclaim recovers it later."""
+    from db import jobs
+    from db.session import session_scope
+
+    with contextlib.suppress(Exception), session_scope(engine) as s:
+        jobs.release(s, job_ids, worker)
+
+
+class _InlineWriter:
+    """The writer for an in-memory SQLite database: each thread would open its own empty database, so batches are
+    written in the calling thread, at once."""
+
+    def __enter__(self) -> _InlineWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+
+def _batch_writer(engine: Engine) -> ThreadPoolExecutor | _InlineWriter:
+    """One background thread that writes a worker's batches in order, inline for an in-memory SQLite database."""
+    database = engine.url.database or ":memory:"
+    in_memory = database.startswith((":memory:", "file::memory:")) or "mode=memory" in database
+    if engine.dialect.name == "sqlite" and in_memory:
+        return _InlineWriter()
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="rescore-write")
 
 
 class _null:
