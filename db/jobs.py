@@ -109,31 +109,30 @@ def claim(
     return sorted(rows)
 
 
-def complete(session: Session, job_ids: Sequence[int], worker: str) -> int:
-    """Mark this worker's running jobs done; returns how many (a job reclaimed by someone else is not counted)."""
+def _update_running(session: Session, job_ids: Sequence[int], worker: str, values: dict[str, Any]) -> int:
+    """Set ``values`` on those of ``job_ids`` this worker is running; returns how many (a job reclaimed by someone
+    else is not counted)."""
     if not job_ids:
         return 0
     table = Job.__table__
     res = session.execute(
         update(table)
         .where(table.c.id.in_(list(job_ids)), table.c.worker == worker, table.c.state == JobState.RUNNING)
-        .values(state=JobState.DONE, finished_at=utcnow(), error=None)
+        .values(values)
     )
     return res.rowcount or 0
+
+
+def complete(session: Session, job_ids: Sequence[int], worker: str) -> int:
+    """Mark this worker's running jobs done; returns how many (a job reclaimed by someone else is not counted)."""
+    return _update_running(session, job_ids, worker, {"state": JobState.DONE, "finished_at": utcnow(), "error": None})
 
 
 def release(session: Session, job_ids: Sequence[int], worker: str) -> int:
     """Put this worker's running jobs back in the queue as if never claimed (the claim's attempt is given back);
     returns how many."""
-    if not job_ids:
-        return 0
-    table = Job.__table__
-    res = session.execute(
-        update(table)
-        .where(table.c.id.in_(list(job_ids)), table.c.worker == worker, table.c.state == JobState.RUNNING)
-        .values(state=JobState.QUEUED, worker=None, started_at=None, attempts=table.c.attempts - 1)
-    )
-    return res.rowcount or 0
+    queued = {"state": JobState.QUEUED, "worker": None, "started_at": None, "attempts": Job.__table__.c.attempts - 1}
+    return _update_running(session, job_ids, worker, queued)
 
 
 def fail(session: Session, job_id: int, worker: str, error: str) -> None:

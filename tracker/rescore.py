@@ -12,7 +12,6 @@ The survival curve (the model's, seen from the as-of date) is stored on the 12-m
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import threading
@@ -493,8 +492,8 @@ def work(
                 if pending is not None:
                     try:
                         pending.result()
-                    except BaseException:
-                        _release(engine, worker, [job_id for job_id, _ in claimed])
+                    except BaseException as exc:
+                        _release(engine, worker, [job_id for job_id, _ in claimed], exc)
                         raise
                 pending = writer.submit(_write_batch, engine, worker, batch.rows, batch.done, batch.failed)
                 stats.add(batch.stats)
@@ -506,14 +505,18 @@ def work(
     return stats
 
 
-def _release(engine: Engine, worker: str, job_ids: list[int]) -> None:
-    """Give a claimed, scored, unwritten batch back to the queue when an earlier batch's write failed: it is not to
-    blame, so its attempt is returned. Best effort: if the database is gone too, reclaim recovers it later."""
+def _release(engine: Engine, worker: str, job_ids: list[int], cause: BaseException) -> None:
+    """Give a claimed, scored, unwritten batch back to the queue when an earlier batch's write failed (``cause``):
+    it is not to blame, so its attempt is returned. If that fails too (the database is gone), the failure is noted
+    on ``cause`` and reclaim recovers the batch later."""
     from db import jobs
     from db.session import session_scope
 
-    with contextlib.suppress(Exception), session_scope(engine) as s:
-        jobs.release(s, job_ids, worker)
+    try:
+        with session_scope(engine) as s:
+            jobs.release(s, job_ids, worker)
+    except Exception as exc:
+        cause.add_note(f"the batch scored meanwhile (jobs {job_ids[0]}..{job_ids[-1]}) stays running: {exc}")
 
 
 class _InlineWriter:
