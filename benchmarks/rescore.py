@@ -31,8 +31,8 @@ from db.migrate import upgrade  # noqa: E402
 from db.models import RiskScore  # noqa: E402
 from db.registry import promote, register_model  # noqa: E402
 from db.session import make_engine, session_scope  # noqa: E402
-from tracker import rescore  # noqa: E402
 from tracker.store import FileStore  # noqa: E402
+from tracker.workflows import rescore  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("METATRACK_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 AS_OF = date(2024, 6, 1)

@@ -21,11 +21,12 @@ ENDPOINT = "metastasis"
 
 def run_demo(state: AppState, *, patients: int, seed: int) -> None:
     """Simulate (once per seed and size) into the data home, ingest, process, score, and print the timeline."""
-    from db.session import session_scope
-    from db.views import cohort, timeline
+    from cli.main import run_process
     from tracker.home import data_home
-    from tracker.ingest import ingest_many, read_manifest
+    from tracker.records import Settings
     from tracker.simulator import SimulationConfig, simulate_cohort
+    from tracker.workflows import views
+    from tracker.workflows.ingest import ingest_many, read_manifest
 
     out = data_home() / "demo" / f"cohort-n{patients}-seed{seed}"
     manifest = out / "manifest.csv"
@@ -43,29 +44,18 @@ def run_demo(state: AppState, *, patients: int, seed: int) -> None:
     output.log(f"    {new} new, {len(done) - new} already present, {len(failed)} failed")
     _import_events(engine, out / "events.csv")
     output.log("3/6 processing: registration, lesions, tracks, RECIST, radiomics, deltas")
-    from cli.pipeline import run_process
-
     run_process(
-        state,
-        patient=None,
-        preset="fast",
-        threads=2,
-        seed=0,
-        features="ct_default",
-        shell_mm=5.0,
-        no_features=False,
-        as_json=False,
+        state, Settings(preset="fast", threads=2, seed=0, feature_config="ct_default"), patient=None, as_json=False
     )
     _ensure_model(state, seed)
     output.log("5/6 re-scoring risk with the promoted model")
-    from tracker.rescore import rescore_all
+    from tracker.workflows.rescore import rescore_all
 
     stats = rescore_all(engine, store, ENDPOINT)
     output.log(f"    {stats.get('rows_written', stats)} risk rows written")
     output.log("6/6 cohort timeline")
-    with session_scope(engine) as s:
-        rows = cohort(s)
-        first = timeline(s, rows[0]["patient_id"]) if rows else None
+    rows = views.cohort(engine)
+    first = views.timeline(engine, rows[0]["patient_id"]) if rows else None
     write_cohort(rows, "table", None)
     if first is not None:
         print_timeline(first)
@@ -74,26 +64,22 @@ def run_demo(state: AppState, *, patients: int, seed: int) -> None:
 def _import_events(engine: Engine, path: Path) -> None:
     import pandas as pd
 
-    from db.session import session_scope
-    from db.visits import import_events
+    from tracker.workflows.models import add_events
 
-    with session_scope(engine) as s:
-        added = import_events(s, pd.read_csv(path), ENDPOINT, source="simulator")
+    added = add_events(engine, pd.read_csv(path), ENDPOINT, source="simulator")
     output.log(f"    {added} clinical events imported")
 
 
 def _ensure_model(state: AppState, seed: int) -> None:
     """Train, register and promote the demo model unless a model is promoted for the endpoint already."""
-    from db.registry import promote, promoted_model, register_model
-    from db.session import session_scope
     from tracker.demo_model import latent_training_tables
     from tracker.survival import SurvivalModelConfig, train_model
+    from tracker.workflows import models
 
     engine, store = state.engine(), state.store()
-    with session_scope(engine) as s:
-        if promoted_model(s, ENDPOINT) is not None:
-            output.log(f"4/6 a {ENDPOINT} model is promoted already")
-            return
+    if models.has_promoted(engine, ENDPOINT):
+        output.log(f"4/6 a {ENDPOINT} model is promoted already")
+        return
     output.log(
         f"4/6 training the demo risk model on a latent simulated cohort of {DEMO_TRAINING_PATIENTS} patients "
         "(features named as the pipeline's patient features)"
@@ -103,9 +89,6 @@ def _ensure_model(state: AppState, seed: int) -> None:
     cfg = SurvivalModelConfig()
     with output.progress("train", cfg.n_ensemble * cfg.max_epochs, state.progress) as advance:
         model = train_model(visits, events, cfg, seed=seed, progress=lambda e, n, loss: advance())
-    with session_scope(engine) as s:
-        mv = register_model(s, store, model, DEMO_MODEL, ENDPOINT)
-        spec = f"{mv.name}:{mv.version}"
-    with session_scope(engine) as s:
-        promote(s, spec)
+    spec = models.register(engine, store, model, DEMO_MODEL, ENDPOINT)["model"]
+    models.promote(engine, spec)
     output.log(f"    registered and promoted {spec}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -17,6 +17,9 @@ from cli import output
 from cli.context import AppState
 from cli.risk import events_app, jobs_app, model_app, rescore, train
 from tracker.errors import MetatrackError
+
+if TYPE_CHECKING:
+    from tracker.records import Settings
 
 
 class _Group(TyperGroup):
@@ -65,54 +68,40 @@ def _root(
 @app.command()
 def init(ctx: typer.Context) -> None:
     """Create (or bring up to date) the database and the data home."""
-    from db import migrate
-    from db.session import make_engine
-    from tracker.home import data_home, database_url
+    from tracker.home import data_home
+    from tracker.workflows import database
 
-    eng = make_engine(database_url(_state(ctx).db_url))
-    migrate.upgrade(eng)
-    data_home().mkdir(parents=True, exist_ok=True)
-    output.log(f"database ready at migration {migrate.current_revision(eng)}; data home {data_home()}")
+    revision = database.init(_state(ctx).db_url)
+    output.log(f"database ready at migration {revision}; data home {data_home()}")
 
 
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context, revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
     """Apply migrations up to REVISION (default: the newest)."""
-    from db import migrate
-    from db.session import make_engine
-    from tracker.home import database_url
+    from tracker.workflows import database
 
-    eng = make_engine(database_url(_state(ctx).db_url))
-    migrate.upgrade(eng, revision)
-    output.log(f"database at migration {migrate.current_revision(eng)}")
+    output.log(f"database at migration {database.upgrade(_state(ctx).db_url, revision)}")
 
 
 @db_app.command("downgrade")
 def db_downgrade(ctx: typer.Context, revision: Annotated[str, typer.Argument(help="Target revision.")]) -> None:
     """Revert migrations down to REVISION ('base' empties the database)."""
-    from db import migrate
-    from db.session import make_engine
-    from tracker.home import database_url
+    from tracker.workflows import database
 
-    eng = make_engine(database_url(_state(ctx).db_url))
-    migrate.downgrade(eng, revision)
-    output.log(f"database at migration {migrate.current_revision(eng)}")
+    output.log(f"database at migration {database.downgrade(_state(ctx).db_url, revision)}")
 
 
 @db_app.command("current")
 def db_current(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Show the database's migration revision and the newest one available."""
-    from db import migrate
-    from db.session import make_engine
-    from tracker.home import database_url
+    from tracker.workflows import database
 
-    eng = make_engine(database_url(_state(ctx).db_url))
-    info = {"current": migrate.current_revision(eng), "head": migrate.head_revision()}
+    info = database.revisions(_state(ctx).db_url)
     output.print_json(info) if as_json else output.out.print(f"current {info['current']}  head {info['head']}")
 
 
 def _parse_day(value: str) -> date:
-    from tracker.ingest import parse_date
+    from tracker.workflows.ingest import parse_date
 
     return parse_date(value, "--date")
 
@@ -139,8 +128,8 @@ def ingest(
     as_json: JsonOpt = False,
 ) -> None:
     """Ingest a scan (and its lesion mask), or every row of a manifest; each scan is one transaction."""
-    from db.models import ScanRole
-    from tracker.ingest import ScanRequest, ingest_many, read_manifest
+    from tracker.records import ScanRole
+    from tracker.workflows.ingest import ScanRequest, ingest_many, read_manifest
 
     state = _state(ctx)
     if manifest is not None:
@@ -236,24 +225,53 @@ def process(
     as_json: JsonOpt = False,
 ) -> None:
     """Register, find lesions, track, assess RECIST and measure every unprocessed scan (one transaction each)."""
-    from cli.pipeline import reset_patient, run_process
+    from tracker.records import Settings
+    from tracker.workflows.process import reset_patient
 
+    state = _state(ctx)
     if reprocess_from is not None:
         if patient is None:
             raise typer.BadParameter("--reprocess-from needs --patient")
-        reset_patient(_state(ctx), patient, _parse_day(reprocess_from))
-
-    run_process(
-        _state(ctx),
-        patient=patient,
-        preset=preset,
-        threads=threads,
-        seed=seed,
-        features=features,
-        shell_mm=shell_mm,
-        no_features=no_features,
-        as_json=as_json,
+        day = _parse_day(reprocess_from)
+        n = reset_patient(state.engine(), patient, day)
+        output.log(f"{n} scans of {patient} from {day} will be processed again")
+    settings = Settings(
+        preset=preset, threads=threads, seed=seed, feature_config=features, shell_mm=shell_mm, features=not no_features
     )
+    run_process(state, settings, patient=patient, as_json=as_json)
+
+
+def run_process(state: AppState, settings: Settings, *, patient: str | None, as_json: bool) -> None:
+    """`process` with a progress bar and its summary (also the demo's step 3)."""
+    from tracker.home import data_home
+    from tracker.workflows.process import count_pending, process
+
+    engine, store = state.engine(), state.store()
+    with output.progress("process", count_pending(engine, patient), state.progress) as advance:
+
+        def on_scan(scan_id: int, error: str | None) -> None:
+            advance()
+            if error:
+                output.err.print(f"error: scan {scan_id}: {error}", highlight=False, markup=False)
+
+        report = process(engine, store, settings, data_home() / "tmp", patient=patient, on_scan=on_scan)
+    harmonised = report.harmonisation
+    if harmonised and harmonised["skipped_scanners"]:
+        output.log(
+            f"warning: scanners {harmonised['skipped_scanners']} are unknown to harmonisation model "
+            f"{harmonised['model']}; their features stay unharmonised (fit a new model to include them)"
+        )
+    summary = report.summary()
+    if as_json:
+        output.print_json(summary)
+    else:
+        scored = report.scored_patients
+        output.log(
+            f"processed {summary['processed']} scans, {len(report.failed)} failed, {summary['waiting']} waiting"
+            + (f"; risk scored for {scored} patients" if scored else "")
+        )
+    if report.failed:
+        raise MetatrackError(f"{len(report.failed)} scans failed (errors above and in `metatrack timeline`)")
 
 
 @app.command()
@@ -271,8 +289,8 @@ def locate(
 
     Put `--` before negative coordinates: metatrack locate P --from 2024-01-10 --to 2024-03-20 -- -12.5 40 -7
     """
-    from tracker.ingest import parse_date
-    from tracker.locate import locate as run
+    from tracker.workflows.ingest import parse_date
+    from tracker.workflows.locate import locate as run
 
     state = _state(ctx)
     res = run(
@@ -330,7 +348,7 @@ def harmonise_fit(
     as_json: JsonOpt = False,
 ) -> None:
     """Fit ComBat on every stored lesion (batches = scanners), store it, and harmonise the stored values."""
-    from tracker.harmonise_cohort import fit
+    from tracker.workflows.harmonisation import fit
 
     res = fit(_state(ctx).engine(), name, config, parametric=not non_parametric)
     output.print_json(res) if as_json else output.log(
@@ -345,7 +363,7 @@ def harmonise_apply(
     as_json: JsonOpt = False,
 ) -> None:
     """Harmonise values not yet harmonised with the active model (never refits)."""
-    from tracker.harmonise_cohort import apply_pending
+    from tracker.workflows.harmonisation import apply_pending
 
     res = apply_pending(_state(ctx).engine(), config)
     output.print_json(res) if as_json else output.log(
@@ -361,7 +379,7 @@ def recist_targets(
     as_json: JsonOpt = False,
 ) -> None:
     """Override the RECIST target selection and re-assess every processed follow-up."""
-    from tracker.recist_override import set_targets
+    from tracker.workflows.recist_targets import set_targets
 
     rows = set_targets(_state(ctx).engine(), patient, tracks)
     output.print_json(rows) if as_json else output.print_table(rows)
@@ -370,11 +388,9 @@ def recist_targets(
 @app.command("patients")
 def patients_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List patients with their scan counts and dates."""
-    from db.session import session_scope
-    from db.views import list_patients
+    from tracker.workflows import views
 
-    with session_scope(_state(ctx).engine()) as s:
-        rows = list_patients(s)
+    rows = views.patients(_state(ctx).engine())
     output.print_json(rows) if as_json else output.print_table(rows)
 
 
@@ -385,11 +401,9 @@ def timeline(
     as_json: JsonOpt = False,
 ) -> None:
     """A patient's scans, lesions, tracks, RECIST and risk in date order."""
-    from db.session import session_scope
-    from db.views import timeline as build
+    from tracker.workflows import views
 
-    with session_scope(_state(ctx).engine()) as s:
-        data = build(s, patient)
+    data = views.timeline(_state(ctx).engine(), patient)
     if as_json:
         output.print_json(data)
         return
@@ -406,12 +420,10 @@ def cohort(
     out: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file (parquet needs it).")] = None,
 ) -> None:
     """The cohort table: one row per scan of every patient."""
-    from db.session import session_scope
-    from db.views import cohort as build
-
-    with session_scope(_state(ctx).engine()) as s:
-        rows = build(s)
     from cli.render import write_cohort
+    from tracker.workflows import views
+
+    rows = views.cohort(_state(ctx).engine())
 
     write_cohort(rows, "json" if as_json else fmt, out)
 

@@ -81,17 +81,21 @@ def _train_and_register(
     epochs: int | None,
     as_json: bool,
 ) -> None:
-    from db.registry import register_model
-    from db.session import session_scope
-    from tracker.survival import train_model
+    from tracker.workflows import models
 
     cfg = _config(epochs)
     with output.progress("train", cfg.n_ensemble * cfg.max_epochs, state.progress) as advance:
-        model = train_model(visits, events, cfg, seed=seed, progress=lambda e, n, loss: advance())
-    engine, store = state.engine(), state.store()
-    with session_scope(engine) as s:
-        mv = register_model(s, store, model, name or f"rnn-{endpoint}", endpoint)
-        info = {"model": f"{mv.name}:{mv.version}", "endpoint": endpoint, "features": mv.features, **mv.metrics}
+        info = models.train(
+            state.engine(),
+            state.store(),
+            visits,
+            events,
+            cfg,
+            endpoint=endpoint,
+            name=name,
+            seed=seed,
+            progress=lambda e, n, loss: advance(),
+        )
     if as_json:
         output.print_json(info)
     else:
@@ -125,16 +129,10 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a risk model on the database (processed scans' patient features and clinical events), register it."""
-    from db.session import session_scope
-    from db.visits import event_table, model_inputs, visit_table
+    from tracker.workflows import models
 
     state = _state(ctx)
-    with session_scope(state.engine()) as s:
-        visits = model_inputs(visit_table(s))
-        events = event_table(s, endpoint)
-    if visits.empty:
-        raise MetatrackError("no processed scans in the database: nothing to train on")
-    visits = visits[visits["patient_id"].isin(events["patient_id"])]
+    visits, events = models.database_tables(state.engine(), endpoint)
     _train_and_register(state, visits, events, endpoint, name, seed, epochs, as_json)
 
 
@@ -147,15 +145,12 @@ def model_predict(
     as_json: JsonOpt = False,
 ) -> None:
     """Risk within each horizon as of each patient's last visit in a CSV table."""
-    from db.registry import load_model
-    from db.session import session_scope
+    from tracker.workflows import models
 
     state = _state(ctx)
     horizons = [parse_horizon(h) for h in horizon] if horizon else [6, 12, 24]
     table = _read_csv(visits, "visits")
-    with session_scope(state.engine()) as s:
-        mv, rm = load_model(s, state.store(), model)
-        label = f"{mv.name}:{mv.version}"
+    label, rm = models.load(state.engine(), state.store(), model)
     risks = rm.risk_at(table, horizons)
     wide = risks.pivot(index=["patient_id", "as_of_time_days"], columns="horizon_months", values="risk")
     rows = [
@@ -171,11 +166,9 @@ def model_predict(
 @model_app.command("list")
 def model_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Registered model versions."""
-    from db.registry import list_models
-    from db.session import session_scope
+    from tracker.workflows import models
 
-    with session_scope(_state(ctx).engine()) as s:
-        rows = list_models(s)
+    rows = models.list_versions(_state(ctx).engine())
     output.print_json(rows) if as_json else output.print_table(rows)
 
 
@@ -184,11 +177,9 @@ def model_show(
     ctx: typer.Context, model: Annotated[str, typer.Argument(help="NAME or NAME:VERSION.")], as_json: JsonOpt = False
 ) -> None:
     """Everything about one model version."""
-    from db.registry import show_model
-    from db.session import session_scope
+    from tracker.workflows import models
 
-    with session_scope(_state(ctx).engine()) as s:
-        info = show_model(s, model)
+    info = models.show(_state(ctx).engine(), model)
     if as_json:
         output.print_json(info)
         return
@@ -198,23 +189,18 @@ def model_show(
 @model_app.command("promote")
 def model_promote(ctx: typer.Context, model: Annotated[str, typer.Argument(help="NAME:VERSION.")]) -> None:
     """Make a version the one that scores its endpoint (the previous one goes back to trained)."""
-    from db.registry import promote
-    from db.session import session_scope
+    from tracker.workflows import models
 
-    with session_scope(_state(ctx).engine()) as s:
-        mv = promote(s, model)
-        output.log(f"promoted {mv.name}:{mv.version} for endpoint {mv.endpoint}; `metatrack rescore` applies it")
+    label, endpoint = models.promote(_state(ctx).engine(), model)
+    output.log(f"promoted {label} for endpoint {endpoint}; `metatrack rescore` applies it")
 
 
 @model_app.command("retire")
 def model_retire(ctx: typer.Context, model: Annotated[str, typer.Argument(help="NAME:VERSION.")]) -> None:
     """Retire a version (a promoted one stops scoring its endpoint)."""
-    from db.registry import retire
-    from db.session import session_scope
+    from tracker.workflows import models
 
-    with session_scope(_state(ctx).engine()) as s:
-        mv = retire(s, model)
-        output.log(f"retired {mv.name}:{mv.version}")
+    output.log(f"retired {models.retire(_state(ctx).engine(), model)}")
 
 
 @model_app.command("evaluate")
@@ -237,12 +223,9 @@ def model_evaluate(
     if visits is not None and events is not None:
         v, e = _read_csv(visits, "visits"), _read_csv(events, "events")
     else:
-        from db.session import session_scope
-        from db.visits import event_table, model_inputs, visit_table
+        from tracker.workflows import models
 
-        with session_scope(_state(ctx).engine()) as s:
-            v, e = model_inputs(visit_table(s)), event_table(s, endpoint)
-        v = v[v["patient_id"].isin(e["patient_id"])]
+        v, e = models.database_tables(_state(ctx).engine(), endpoint)
     table = evaluate_models(
         v, e, _config(epochs), folds=folds, seed=seed, n_bootstrap=bootstrap, progress=lambda msg: output.log(msg)
     )
@@ -261,12 +244,9 @@ def jobs_list(
     as_json: JsonOpt = False,
 ) -> None:
     """The newest jobs and the count per state."""
-    from db import jobs
-    from db.session import session_scope
+    from tracker.workflows import models
 
-    with session_scope(_state(ctx).engine()) as s:
-        rows = jobs.list_jobs(s, state, kind, limit)
-        counts = jobs.counts(s, kind)
+    rows, counts = models.list_jobs(_state(ctx).engine(), state, kind, limit)
     if as_json:
         output.print_json({"counts": counts, "jobs": rows})
         return
@@ -287,11 +267,9 @@ def jobs_retry(
     as_json: JsonOpt = False,
 ) -> None:
     """Queue failed jobs again (attempts start over); `metatrack rescore` then works them."""
-    from db import jobs
-    from db.session import session_scope
+    from tracker.workflows import models
 
-    with session_scope(_state(ctx).engine()) as s:
-        n = jobs.retry(s, job_id, all_failed)
+    n = models.retry_jobs(_state(ctx).engine(), job_id, all_failed)
     output.print_json({"requeued": n}) if as_json else output.log(f"requeued {n} job(s)")
 
 
@@ -303,12 +281,10 @@ def events_import(
     as_json: JsonOpt = False,
 ) -> None:
     """Import clinical events; all rows in one transaction (any bad row: nothing is imported)."""
-    from db.session import session_scope
-    from db.visits import import_events
+    from tracker.workflows import models
 
     table = _read_csv(path, "events")
-    with session_scope(_state(ctx).engine()) as s:
-        n = import_events(s, table, endpoint, source=path.name)
+    n = models.add_events(_state(ctx).engine(), table, endpoint, source=path.name)
     info = {"imported": n, "skipped_existing": len(table) - n}
     output.print_json(info) if as_json else output.log(f"imported {n} event(s), {len(table) - n} already present")
 
@@ -325,16 +301,14 @@ def rescore(
     as_json: JsonOpt = False,
 ) -> None:
     """Bring every patient's risk scores up to date with the promoted models (idempotent, resumable)."""
-    from db.registry import promoted_models
-    from db.session import session_scope
-    from tracker.rescore import rescore_all
+    from tracker.workflows.models import has_promoted
+    from tracker.workflows.rescore import rescore_all
 
     state = _state(ctx)
     day = _parse_date(as_of) if as_of else None
     engine, store = state.engine(), state.store()
-    with session_scope(engine) as s:
-        if not promoted_models(s, endpoint):
-            output.log("no promoted model" + (f" for endpoint {endpoint}" if endpoint else "") + ": nothing to score")
+    if not has_promoted(engine, endpoint):
+        output.log("no promoted model" + (f" for endpoint {endpoint}" if endpoint else "") + ": nothing to score")
     bar: dict[str, Any] = {}
 
     def on_planned(total: int) -> None:

@@ -31,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from db.types import JSONType, UTCDateTime, utcnow
+from tracker.records import ChangeClass, ScanRole, ScanState
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -58,27 +59,6 @@ def _enum(cls: type[enum.Enum], name: str) -> Enum:
         values_callable=lambda e: [m.value for m in e],
         validate_strings=True,
     )
-
-
-class ScanRole(enum.StrEnum):
-    BASELINE = "baseline"
-    FOLLOW_UP = "follow-up"
-
-
-class ScanState(enum.StrEnum):
-    """Processing state of a scan: processing (registration, lesions, tracks, RECIST, features) is one unit."""
-
-    INGESTED = "ingested"
-    PROCESSED = "processed"
-    FAILED = "failed"
-
-
-class ChangeClass(enum.StrEnum):
-    PERSISTENT = "persistent"
-    NEW = "new"
-    VANISHED = "vanished"
-    MERGED = "merged"
-    SPLIT = "split"
 
 
 class EventKind(enum.StrEnum):

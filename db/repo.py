@@ -2,10 +2,41 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.models import Blob, Mask, Patient, Scan
+
+
+def add_patient(session: Session, external_id: str) -> Patient:
+    patient = Patient(external_id=external_id)
+    session.add(patient)
+    session.flush()
+    return patient
+
+
+def patient_of(session: Session, scan: Scan) -> Patient:
+    patient = session.get(Patient, scan.patient_id)
+    assert patient is not None  # a foreign key
+    return patient
+
+
+def add_scan(session: Session, **columns: Any) -> Scan:
+    """A new scan row (columns as in `db.models.Scan`), flushed so that it has its id."""
+    scan = Scan(**columns)
+    session.add(scan)
+    session.flush()
+    return scan
+
+
+def add_mask(session: Session, **columns: Any) -> Mask:
+    """A new mask row of a scan (columns as in `db.models.Mask`)."""
+    mask = Mask(**columns)
+    session.add(mask)
+    session.flush()
+    return mask
 
 
 def get_patient(session: Session, external_id: str) -> Patient | None:

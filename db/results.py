@@ -25,18 +25,17 @@ from db.models import (
     RecistAssessment,
     Registration,
     Scan,
+    ScanRole,
     ScanState,
     TrackDelta,
     TrackLink,
 )
 from db.types import utcnow
 from tracker.errors import MetatrackError
-from tracker.imageio import volume_suffix
-from tracker.pipeline import OpenTrack, PatientContext, ScanFiles, ScanOutcome, Settings
-from tracker.store import FileStore
+from tracker.records import OpenTrack, PatientContext, ScanFiles, ScanOutcome, Settings
 
 if TYPE_CHECKING:
-    from tracker.store import StoredFile
+    from tracker.store import FileStore, StoredFile
 
 ENGINE_NAME = "metatrack-radiomics"
 
@@ -77,6 +76,17 @@ def _lesion_features(session: Session, lesion_ids: list[int]) -> dict[int, dict[
         for lid, tag, value in rows:
             out[lid][tag] = value
     return out
+
+
+def load_scan_context(session: Session, store: FileStore, scan_id: int) -> PatientContext:
+    """The processed history of a scan's patient, with the scan last; earlier scans must all be processed."""
+    scan = session.get(Scan, scan_id)
+    if scan is None:
+        raise MetatrackError(f"scan {scan_id} does not exist")
+    ctx = load_context(session, store, scan)
+    if scan.role == ScanRole.BASELINE and len(ctx.scans) != 1:
+        raise MetatrackError(f"scan {scan_id}: a baseline scan must be the patient's first scan")
+    return ctx
 
 
 def load_context(session: Session, store: FileStore, scan: Scan) -> PatientContext:
@@ -176,14 +186,11 @@ def _patient_features(session: Session, scan_ids: list[int]) -> dict[int, dict[s
     return out
 
 
-def _store_transforms(session: Session, store: FileStore, paths: list[Path]) -> list[str]:
-    hashes = []
-    for p in paths:
-        suffix = volume_suffix(p) or p.suffix
-        stored: StoredFile = store.put_file(p, suffix)
-        repo.ensure_blob(session, stored.sha256, "transform", suffix, stored.size_bytes)
-        hashes.append(stored.sha256)
-    return hashes
+def _transform_hashes(session: Session, stored: list[StoredFile]) -> list[str]:
+    """Blob rows for transform files the caller put into the store; their hashes in list order."""
+    for f in stored:
+        repo.ensure_blob(session, f.sha256, "transform", f.suffix, f.size_bytes)
+    return [f.sha256 for f in stored]
 
 
 def _feature_config(session: Session, cfg: dict[str, Any], engine_version: str) -> FeatureConfig:
@@ -204,11 +211,28 @@ def _feature_config(session: Session, cfg: dict[str, Any], engine_version: str) 
 
 
 def save_outcome(
-    session: Session, store: FileStore, scan: Scan, outcome: ScanOutcome, settings: Settings, baseline_id: int
-) -> None:
-    """Write everything processing `scan` produced; the caller's transaction makes it all-or-nothing."""
+    session: Session,
+    scan_id: int,
+    outcome: ScanOutcome,
+    settings: Settings,
+    baseline_id: int,
+    transforms: tuple[list[StoredFile], list[StoredFile]] | None = None,
+) -> bool:
+    """Write everything processing a scan produced; the caller's transaction makes it all-or-nothing.
+
+    ``transforms`` are the registration's (forward, inverse) files, already put into the store by the caller
+    (which removes them again if this transaction fails). Returns False, writing nothing, when the scan was
+    processed meanwhile by another worker.
+    """
+    scan = session.get(Scan, scan_id)
+    if scan is None:
+        raise MetatrackError(f"scan {scan_id} does not exist")
+    if scan.state == ScanState.PROCESSED:
+        return False
     reg_review = False
     if outcome.registration is not None:
+        if transforms is None:
+            raise MetatrackError(f"scan {scan.id}: the registration's transform files were not stored")
         r = outcome.registration
         m = r.metrics
         session.add(
@@ -216,8 +240,8 @@ def save_outcome(
                 moving_scan_id=scan.id,
                 fixed_scan_id=baseline_id,
                 preset=str(m.get("preset", settings.preset)),
-                forward_sha256=_store_transforms(session, store, list(r.forward)),
-                inverse_sha256=_store_transforms(session, store, list(r.inverse)),
+                forward_sha256=_transform_hashes(session, transforms[0]),
+                inverse_sha256=_transform_hashes(session, transforms[1]),
                 similarity_before=_num(m.get("similarity_before")),
                 similarity_after=_num(m.get("similarity_after")),
                 jacobian_min=_num(m.get("jacobian_min")),
@@ -301,6 +325,7 @@ def save_outcome(
     scan.error = None
     scan.processed_at = utcnow()
     scan.processing = {"settings": settings.to_dict(), "timings": outcome.timings}
+    return True
 
 
 def _save_features(

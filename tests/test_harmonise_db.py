@@ -12,7 +12,7 @@ from sqlalchemy import Engine, func, select
 from db.models import Blob, FeatureConfig, FeatureValue, HarmonisationModel, Lesion, Mask, Patient, Scan, ScanRole
 from db.session import session_scope
 from tracker.errors import MetatrackError
-from tracker.harmonise_cohort import apply_pending, fit
+from tracker.workflows.harmonisation import apply_pending, fit
 
 SITE_OFFSET = {"A": 0.0, "B": 40.0, "C": -20.0}  # a scanner offset in HU-like units
 SITE_SCALE = {"A": 1.0, "B": 1.6, "C": 0.8}

@@ -17,8 +17,8 @@ from db import repo
 from db.models import Mask, Scan, ScanRole
 from db.session import session_scope
 from tracker.errors import MetatrackError
-from tracker.ingest import ScanRequest, ingest_scan, read_manifest
 from tracker.store import FileStore, sha256_file
+from tracker.workflows.ingest import ScanRequest, ingest_scan, read_manifest
 
 SHAPE_ZYX = (12, 16, 20)
 SPACING_XYZ = (1.5, 1.5, 3.0)

@@ -16,13 +16,13 @@ from db.models import Lesion, Scan, ScanState
 from db.results import reset_from
 from db.session import make_engine, session_scope
 from db.views import timeline
-from tracker.ingest import ingest_many, read_manifest
-from tracker.locate import locate
-from tracker.pipeline import Settings
-from tracker.process import process_pending
-from tracker.recist_override import set_targets
+from tracker.records import Settings
 from tracker.simulator import SimulationConfig, simulate_cohort
 from tracker.store import FileStore
+from tracker.workflows.ingest import ingest_many, read_manifest
+from tracker.workflows.locate import locate
+from tracker.workflows.process import process_scans
+from tracker.workflows.recist_targets import set_targets
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,7 @@ def _predicted_edges(tl: dict) -> set[tuple[int, int, int, int]]:
 
 def _process(engine: Engine, store: FileStore, work: Path) -> object:
     settings = Settings(preset="fast", shell_mm=3.0)
-    return process_pending(engine, store, settings, work)
+    return process_scans(engine, store, settings, work)
 
 
 def test_process_tracks_against_truth_and_is_idempotent(engine: Engine, cohort: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 from test_events_tables import FEATURES, fill_cohort, synthetic_tables, tiny_model
 
-import tracker.rescore as rescore
+import tracker.workflows.rescore as rescore
 from db import jobs
 from db.migrate import upgrade
 from db.models import ClinicalEvent, EventKind, Job, JobState, PatientFeature, RiskScore

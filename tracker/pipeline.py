@@ -1,16 +1,15 @@
 """The per-scan pipeline: registration -> lesions -> tracks -> RECIST -> features -> deltas, for one scan.
 
-`compute_scan` reads the scan's files and calls the pure steps; it never touches the database. The caller
-(`tracker.process`) loads the patient's context from the database before and writes the outcome after, in
-one transaction per scan. Frames: every follow-up is registered to the patient's baseline; registration lists
-apply to a point in list order, so scan j -> scan k is ``inverse_j + forward_k``.
+`compute_scan` reads the scan's files and calls the pure steps; it never touches the database. The process
+workflow (`tracker.workflows.process`) loads the patient's context before and writes the outcome after, in one
+transaction per scan; the records it exchanges with `db/` are in `tracker.records`. Frames: every follow-up is
+registered to the patient's baseline; registration lists apply to a point in list order, so scan j -> scan k is
+``inverse_j + forward_k``.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,115 +17,16 @@ import numpy as np
 
 from tracker.deltas import Change, patient_deltas, patient_features, track_deltas
 from tracker.errors import MetatrackError
+from tracker.records import LinkOut, PatientContext, ScanFiles, ScanOutcome, Settings
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
     from registration import RegistrationResult
     from tracker.lesions import Lesion
-    from tracker.recist import RecistAssessment
 
 CT_BODY_THRESHOLD_HU = -500.0
 SHELL_MARGIN_VOXELS = 2
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How scans are processed; stored with every processed scan."""
-
-    preset: str = "accurate"
-    threads: int = 2
-    seed: int = 0
-    min_lesion_mm3: float = 10.0
-    feature_config: str = "ct_default"
-    shell_mm: float = 5.0  # peritumoral shell width; 0 disables shell features
-    features: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class ScanFiles:
-    """One scan of the patient as the pipeline sees it (files in the store)."""
-
-    scan_id: int
-    index: int  # position in the patient's date order, baseline = 0
-    scan_date: date
-    modality: str
-    image: Path
-    mask: Path | None
-    organs: Path | None = None
-    organ_names: dict[int, str] | None = None
-    forward: list[Path] = field(default_factory=list)  # baseline points -> this scan's points
-    inverse: list[Path] = field(default_factory=list)  # this scan's points -> baseline points
-    needs_review: bool = False
-
-
-@dataclass
-class OpenTrack:
-    """A track that can still continue: where it was last seen and the features it had then and first."""
-
-    number: int
-    last_scan_index: int
-    last_label: int
-    last_volume_mm3: float
-    last_centroid: tuple[float, float, float]  # in the last scan's frame
-    last_features: dict[str, float | None]
-    last_date: date
-    last_scan_id: int
-    first_features: dict[str, float | None]
-    first_date: date
-    first_scan_id: int
-
-
-@dataclass
-class PatientContext:
-    """What processing the next scan needs to know of the patient's earlier, processed scans."""
-
-    patient_id: str
-    scans: list[ScanFiles]  # processed scans in date order, then the scan to process last
-    open_tracks: list[OpenTrack]
-    next_track_number: int
-    targets: dict[int, tuple[str | None, float, float]]  # baseline target track -> (organ, long, short axis)
-    non_targets: list[int]
-    nadir_mm: float | None
-    baseline_sum_mm: float | None
-    previous_patient_features: dict[str, float | None] | None
-    baseline_patient_features: dict[str, float | None] | None
-
-
-@dataclass
-class LinkOut:
-    track_number: int
-    lesion_label: int | None
-    change: str
-    score: float
-    related_track_number: int | None = None
-
-
-@dataclass
-class ScanOutcome:
-    """Everything processing one scan produced, ready to be written in one transaction."""
-
-    is_baseline: bool
-    registration: RegistrationResult | None
-    lesions: list[Lesion]
-    links: list[LinkOut]
-    new_tracks: dict[int, int | None]  # track number -> parent track number (splits)
-    lesion_track: dict[int, int]  # lesion label -> track number it belongs to
-    recist: RecistAssessment | None
-    recist_roles: dict[int, str]  # baseline only: track number -> target | non-target
-    baseline_sum_mm: float | None
-    new_lesion: bool
-    features: dict[int, dict[str, dict[str, float | None]]]  # lesion label -> region -> tag -> value
-    feature_errors: dict[tuple[int, str], str]
-    feature_runtime_s: dict[tuple[int, str], float]
-    feature_config: dict[str, Any] | None
-    engine_version: str | None
-    deltas: list[tuple[int, int, str, dict[str, Change]]]  # (track number, reference scan id, reference, changes)
-    patient_features: dict[str, float | None]
-    timings: dict[str, float]
 
 
 def _read(path: Path) -> sitk.Image:

@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 from tracker.errors import MetatrackError
 
@@ -41,6 +42,7 @@ class StoredFile:
     path: Path
     size_bytes: int
     already_present: bool
+    suffix: str
 
 
 class FileStore:
@@ -64,7 +66,7 @@ class FileStore:
         digest = sha256 or sha256_file(src)
         dest = self.path_for(digest, suffix)
         if dest.exists():
-            return StoredFile(digest, dest, dest.stat().st_size, True)
+            return StoredFile(digest, dest, dest.stat().st_size, True, suffix)
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".incoming-")
         os.close(fd)
@@ -74,14 +76,14 @@ class FileStore:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        return StoredFile(digest, dest, dest.stat().st_size, False)
+        return StoredFile(digest, dest, dest.stat().st_size, False, suffix)
 
     def put_bytes(self, data: bytes, suffix: str) -> StoredFile:
         """Store bytes under their own sha256."""
         digest = hashlib.sha256(data).hexdigest()
         dest = self.path_for(digest, suffix)
         if dest.exists():
-            return StoredFile(digest, dest, len(data), True)
+            return StoredFile(digest, dest, len(data), True, suffix)
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".incoming-")
         try:
@@ -91,4 +93,38 @@ class FileStore:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        return StoredFile(digest, dest, len(data), False)
+        return StoredFile(digest, dest, len(data), False, suffix)
+
+
+class StoreUnit:
+    """The files one unit of work adds to the store; on failure they leave with it.
+
+    Use it around the unit's database transaction (``with StoreUnit(store) as files, session_scope(engine)``):
+    when the transaction fails, the objects this unit wrote (not those that were already present) are removed,
+    so a rolled-back unit leaves the store as it was.
+    """
+
+    def __init__(self, store: FileStore) -> None:
+        self.store = store
+        self.added: list[Path] = []
+
+    def put_file(self, src: Path, suffix: str, sha256: str | None = None) -> StoredFile:
+        return self._keep(self.store.put_file(src, suffix, sha256))
+
+    def put_bytes(self, data: bytes, suffix: str) -> StoredFile:
+        return self._keep(self.store.put_bytes(data, suffix))
+
+    def _keep(self, stored: StoredFile) -> StoredFile:
+        if not stored.already_present:
+            self.added.append(stored.path)
+        return stored
+
+    def __enter__(self) -> StoreUnit:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is not None:
+            for p in self.added:
+                p.unlink(missing_ok=True)

@@ -130,21 +130,6 @@ def _dedupe_key(model_version_id: int, plan: PatientPlan) -> str:
     return f"{JOB_KIND}:m{model_version_id}:p{plan.db_patient_id}:{plan.fingerprint}"
 
 
-def _stored_counts(session: Session, model_version_id: int, db_ids: list[int] | None) -> dict[tuple[int, str], int]:
-    from sqlalchemy import func, select
-
-    from db.models import RiskScore
-
-    q = (
-        select(RiskScore.patient_id, RiskScore.input_fingerprint, func.count())
-        .where(RiskScore.model_version_id == model_version_id)
-        .group_by(RiskScore.patient_id, RiskScore.input_fingerprint)
-    )
-    if db_ids is not None:
-        q = q.where(RiskScore.patient_id.in_(db_ids))
-    return {(int(p), f): int(n) for p, f, n in session.execute(q)}
-
-
 def _plan_in_session(
     session: Session,
     endpoint: str | None,
@@ -153,7 +138,7 @@ def _plan_in_session(
     db_ids: list[int] | None,
 ) -> tuple[list[str], int]:
     """Queue jobs for stale patients; returns (dedupe keys of every stale patient's job, jobs added)."""
-    from db import jobs
+    from db import jobs, scores
     from db.registry import promoted_models
     from db.visits import first_event_dates, visit_table
 
@@ -165,7 +150,7 @@ def _plan_in_session(
             continue
         events = first_event_dates(session, mv.endpoint, db_ids, on_or_before=as_of)
         plans = plan_patients(visits, list(mv.features), mv.id, as_of, horizons, events)
-        stored = _stored_counts(session, mv.id, db_ids)
+        stored = scores.stored_counts(session, mv.id, db_ids)
         stale = [p for p in plans if stored.get((p.db_patient_id, p.fingerprint), 0) != p.n_rows]
         items = [
             (
@@ -283,91 +268,13 @@ def _score_group(
     )
 
 
-SCORE_COLUMNS = (
-    "patient_id",
-    "scan_id",
-    "as_of_date",
-    "model_version_id",
-    "horizon_months",
-    "risk",
-    "curve",
-    "input_fingerprint",
-    "computed_at",
-)
-UPSERT_SQLITE = (
-    f"INSERT INTO risk_scores ({', '.join(SCORE_COLUMNS)}) VALUES ({', '.join('?' * len(SCORE_COLUMNS))}) "
-    "ON CONFLICT (patient_id, as_of_date, model_version_id, horizon_months) DO UPDATE SET scan_id = excluded.scan_id, "
-    "risk = excluded.risk, curve = excluded.curve, input_fingerprint = excluded.input_fingerprint, "
-    "computed_at = excluded.computed_at WHERE risk_scores.input_fingerprint <> excluded.input_fingerprint"
-)
-UPSERT_POSTGRES = (
-    f"INSERT INTO risk_scores ({', '.join(SCORE_COLUMNS)}) "
-    "SELECT p, s, d, m, h, r, c::jsonb, f, %(now)s FROM unnest(%(p)b::bigint[], %(s)b::bigint[], %(d)b::date[], "
-    "%(m)b::bigint[], %(h)b::int[], %(r)b::float8[], %(c)b::text[], %(f)b::text[]) AS t(p, s, d, m, h, r, c, f) "
-    "ON CONFLICT (patient_id, as_of_date, model_version_id, horizon_months) DO UPDATE SET scan_id = excluded.scan_id, "
-    "risk = excluded.risk, curve = excluded.curve, input_fingerprint = excluded.input_fingerprint, "
-    "computed_at = excluded.computed_at WHERE risk_scores.input_fingerprint <> excluded.input_fingerprint"
-)
-
-
-def _upsert_scores(session: Session, rows: pd.DataFrame, computed_at: datetime) -> None:
-    """Insert score rows; a row with the same key and another fingerprint is replaced, an identical one kept.
-
-    Raw driver calls (one unnest() statement on PostgreSQL, executemany on SQLite): per-row ORM/Core parameter
-    processing would cost more than the scoring itself.
-    """
-    from db.jobs import db_timestamp, executemany
-
-    if rows.empty:
-        return
-    scan = [None if v is None else int(v) for v in rows["scan_id"]]
-    if session.get_bind().dialect.name == "postgresql":
-        params = {
-            "p": rows["patient_id"].tolist(),
-            "s": scan,
-            "d": rows["as_of_date"].tolist(),
-            "m": rows["model_version_id"].tolist(),
-            "h": rows["horizon_months"].tolist(),
-            "r": rows["risk"].tolist(),
-            "c": rows["curve"].tolist(),
-            "f": rows["input_fingerprint"].tolist(),
-            "now": computed_at,
-        }
-        cursor = session.connection().connection.cursor()  # same transaction
-        try:  # binary parameters (%(x)b): no per-element quoting of the text arrays
-            cursor.execute(UPSERT_POSTGRES, params)
-        finally:
-            cursor.close()
-        return
-    now = db_timestamp(session, computed_at)
-    days = [d.isoformat() for d in rows["as_of_date"]]
-    executemany(
-        session,
-        UPSERT_SQLITE,
-        list(
-            zip(
-                rows["patient_id"].tolist(),
-                scan,
-                days,
-                rows["model_version_id"].tolist(),
-                rows["horizon_months"].tolist(),
-                rows["risk"].tolist(),
-                rows["curve"].tolist(),
-                rows["input_fingerprint"].tolist(),
-                [now] * len(rows),
-                strict=True,
-            )
-        ),
-    )
-
-
 def _write_batch(engine: Engine, worker: str, rows: pd.DataFrame, done: list[int], failed: dict[int, str]) -> None:
     """One transaction: the batch's score rows, its jobs done, its failed jobs with their errors."""
-    from db import jobs
+    from db import jobs, scores
     from db.session import session_scope
 
     with session_scope(engine) as s:
-        _upsert_scores(s, rows, datetime.now(UTC))
+        scores.upsert_scores(s, rows, datetime.now(UTC))
         jobs.complete(s, done, worker)
         for job_id, error in failed.items():
             jobs.fail(s, job_id, worker, error)
@@ -396,8 +303,8 @@ class ScoredBatch:
 
 def _score_batch(engine: Engine, store: FileStore, claimed: list[tuple[int, dict[str, Any]]]) -> ScoredBatch:
     """Score the patients of claimed jobs (one vectorised call per model/as-of group); nothing is written."""
-    from db.models import ModelVersion
     from db.registry import load_file
+    from db.scores import model_version
     from db.session import session_scope
     from db.visits import first_event_dates, visit_table
 
@@ -415,7 +322,7 @@ def _score_batch(engine: Engine, store: FileStore, claimed: list[tuple[int, dict
         as_of = date.fromisoformat(as_of_s)
         try:
             with session_scope(engine) as s:
-                mv = s.get(ModelVersion, mv_id)
+                mv = model_version(s, mv_id)
                 if mv is None:
                     raise MetatrackError(f"model version id {mv_id} no longer exists")
                 features = list(mv.features)
@@ -634,3 +541,15 @@ def score_patients(
     if not keys:
         return WorkStats()
     return work(engine, store, keys=keys, batch_size=max(len(keys), 1))
+
+
+def score_patients_by_pseudonym(engine: Engine, store: FileStore, pseudonyms: Sequence[str]) -> int:
+    """:func:`score_patients` for patients given by their pseudonyms; returns how many were scored."""
+    from db.repo import patient_ids
+    from db.session import session_scope
+
+    if not pseudonyms:
+        return 0
+    with session_scope(engine) as s:
+        ids = patient_ids(s, list(pseudonyms))
+    return score_patients(engine, store, ids).patients

@@ -8,16 +8,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING
 
 from db import repo
-from db.models import Mask, Patient, Scan, ScanRole, ScanState
 from db.session import session_scope
 from tracker.errors import MetatrackError
 from tracker.imageio import LoadedImage, LoadedMask, read_image, read_mask, volume_suffix
-from tracker.store import FileStore, StoredFile, sha256_file, sha256_files
+from tracker.records import ScanRole, ScanState
+from tracker.store import FileStore, StoredFile, StoreUnit, sha256_file, sha256_files
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session
+
+    from db.models import Patient, Scan
 
 MODALITIES = ("CT", "MR")
 # Organ label codes of organ maps (the simulator writes these); lesions take the organ under most of their voxels.
@@ -70,22 +75,27 @@ def _check_request(req: ScanRequest) -> None:
         raise MetatrackError(f"{req.image}: modality {req.modality!r} is not one of {', '.join(MODALITIES)}")
 
 
-def _store_image(store: FileStore, loaded: LoadedImage) -> tuple[StoredFile, str]:
+def _store_image(files: StoreUnit, loaded: LoadedImage) -> StoredFile:
     """Store the image: single files as they are; DICOM series converted to NIfTI, keyed by the series' hash."""
     digest = sha256_files(loaded.content_files)
     if loaded.source_format != "dicom":
-        suffix = volume_suffix(loaded.content_files[0]) or ""
-        return store.put_file(loaded.content_files[0], suffix, sha256=digest), suffix
+        return files.put_file(loaded.content_files[0], volume_suffix(loaded.content_files[0]) or "", sha256=digest)
+    return _store_volume(files, loaded.image, digest)
+
+
+def _store_volume(files: StoreUnit, image: sitk.Image, digest: str) -> StoredFile:
+    """Store an image read from another format as NIfTI, keyed by the hash of its source content."""
     import SimpleITK as sitk
 
     suffix = ".nii.gz"
-    existing = store.path_for(digest, suffix)
+    existing = files.store.path_for(digest, suffix)
     if existing.exists():
-        return StoredFile(digest, existing, existing.stat().st_size, True), suffix
-    with tempfile.TemporaryDirectory(dir=store.root.parent if store.root.parent.exists() else None) as tmp:
-        out = Path(tmp) / f"image{suffix}"
-        sitk.WriteImage(loaded.image, str(out), useCompression=True)
-        return store.put_file(out, suffix, sha256=digest), suffix
+        return StoredFile(digest, existing, existing.stat().st_size, True, suffix)
+    root = files.store.root
+    with tempfile.TemporaryDirectory(dir=root.parent if root.parent.exists() else None) as tmp:
+        out = Path(tmp) / f"volume{suffix}"
+        sitk.WriteImage(image, str(out), useCompression=True)
+        return files.put_file(out, suffix, sha256=digest)
 
 
 def _scanner_from_dicom(loaded: LoadedImage) -> str | None:
@@ -137,56 +147,45 @@ def ingest_scan(engine: Engine, store: FileStore, req: ScanRequest) -> IngestRes
     organs: LoadedMask | None = read_mask(req.organs, loaded.image) if req.organs is not None else None
     image_hash = sha256_files(loaded.content_files)
     mask_hash = sha256_files(mask.content_files) if mask else None
-    new_files: list[Path] = []
-    try:
-        with session_scope(engine) as session:
-            existing = repo.scan_by_image(session, image_hash)
-            if existing is not None:
-                return _already_present(session, existing, req, mask_hash)
-            patient = repo.get_patient(session, req.patient_id)
-            role = _resolve_role(session, req, patient)
-            if patient is None:
-                patient = Patient(external_id=req.patient_id)
-                session.add(patient)
-                session.flush()
-            stored, suffix = _store_image(store, loaded)
-            if not stored.already_present:
-                new_files.append(stored.path)
-            repo.ensure_blob(session, stored.sha256, "image", suffix, stored.size_bytes)
-            img = loaded.image
-            scan = Scan(
-                patient_id=patient.id,
-                scan_date=req.scan_date,
-                role=role,
-                modality=req.modality,
-                scanner=req.scanner or _scanner_from_dicom(loaded),
-                site=req.site,
-                image_sha256=stored.sha256,
-                source_format=loaded.source_format,
-                source_name=loaded.source_name,
-                size_xyz=list(img.GetSize()),
-                spacing_xyz=[float(v) for v in img.GetSpacing()],
-                origin_xyz=[float(v) for v in img.GetOrigin()],
-                direction=[float(v) for v in img.GetDirection()],
-            )
-            session.add(scan)
-            session.flush()
-            for loaded_mask, kind in ((mask, "lesions"), (organs, "organs")):
-                if loaded_mask is not None:
-                    new_files += _add_mask(session, store, scan, loaded_mask, kind)
-            return IngestResult(
-                req.patient_id,
-                req.scan_date,
-                scan.id,
-                role,
-                "ingested",
-                len(mask.labels) if mask else 0,
-                (mask.voxel_count == 0) if mask else None,
-            )
-    except BaseException:
-        for p in new_files:  # nothing half-written: files this failed unit added leave with it
-            p.unlink(missing_ok=True)
-        raise
+    with StoreUnit(store) as files, session_scope(engine) as session:
+        existing = repo.scan_by_image(session, image_hash)
+        if existing is not None:
+            return _already_present(session, existing, req, mask_hash)
+        patient = repo.get_patient(session, req.patient_id)
+        role = _resolve_role(session, req, patient)
+        if patient is None:
+            patient = repo.add_patient(session, req.patient_id)
+        stored = _store_image(files, loaded)
+        repo.ensure_blob(session, stored.sha256, "image", stored.suffix, stored.size_bytes)
+        img = loaded.image
+        scan = repo.add_scan(
+            session,
+            patient_id=patient.id,
+            scan_date=req.scan_date,
+            role=role,
+            modality=req.modality,
+            scanner=req.scanner or _scanner_from_dicom(loaded),
+            site=req.site,
+            image_sha256=stored.sha256,
+            source_format=loaded.source_format,
+            source_name=loaded.source_name,
+            size_xyz=list(img.GetSize()),
+            spacing_xyz=[float(v) for v in img.GetSpacing()],
+            origin_xyz=[float(v) for v in img.GetOrigin()],
+            direction=[float(v) for v in img.GetDirection()],
+        )
+        for loaded_mask, kind in ((mask, "lesions"), (organs, "organs")):
+            if loaded_mask is not None:
+                _add_mask(session, files, scan.id, loaded_mask, kind)
+        return IngestResult(
+            req.patient_id,
+            req.scan_date,
+            scan.id,
+            role,
+            "ingested",
+            len(mask.labels) if mask else 0,
+            (mask.voxel_count == 0) if mask else None,
+        )
 
 
 def _present_without_reading(engine: Engine, req: ScanRequest) -> IngestResult | None:
@@ -201,29 +200,26 @@ def _present_without_reading(engine: Engine, req: ScanRequest) -> IngestResult |
         return _already_present(session, existing, req, mask_hash)
 
 
-def _add_mask(session: Session, store: FileStore, scan: Scan, loaded: LoadedMask, kind: str) -> list[Path]:
-    """Store a mask file and record it; returns the store files this call added."""
-    suffix = volume_suffix(loaded.content_files[0]) or ".nii.gz"
-    stored = store.put_file(loaded.content_files[0], suffix, sha256=sha256_files(loaded.content_files))
-    repo.ensure_blob(session, stored.sha256, "mask", suffix, stored.size_bytes)
+def _add_mask(session: Session, files: StoreUnit, scan_id: int, loaded: LoadedMask, kind: str) -> None:
+    """Store the reader's label image (keyed by the hash of the mask's source content) and record it."""
+    stored = _store_volume(files, loaded.mask, sha256_files(loaded.content_files))
+    repo.ensure_blob(session, stored.sha256, "mask", stored.suffix, stored.size_bytes)
     names = {str(k): v for k, v in DEFAULT_ORGAN_NAMES.items()} if kind == "organs" else None
-    session.add(
-        Mask(
-            scan_id=scan.id,
-            kind=kind,
-            mask_sha256=stored.sha256,
-            source_format=loaded.source_format,
-            labels=loaded.labels,
-            label_names=names,
-            voxel_count=loaded.voxel_count,
-            is_empty=loaded.voxel_count == 0,
-        )
+    repo.add_mask(
+        session,
+        scan_id=scan_id,
+        kind=kind,
+        mask_sha256=stored.sha256,
+        source_format=loaded.source_format,
+        labels=loaded.labels,
+        label_names=names,
+        voxel_count=loaded.voxel_count,
+        is_empty=loaded.voxel_count == 0,
     )
-    return [] if stored.already_present else [stored.path]
 
 
 def _already_present(session: Session, scan: Scan, req: ScanRequest, mask_hash: str | None) -> IngestResult:
-    patient = session.get(Patient, scan.patient_id)
+    patient = repo.patient_of(session, scan)
     if patient.external_id != req.patient_id or scan.scan_date != req.scan_date:
         raise MetatrackError(
             f"{req.image}: duplicate scan: this image is already ingested as patient {patient.external_id!r} "

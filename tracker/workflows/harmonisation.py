@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine
 
-from db import harmonise as store
+from db import harmonisation as store
 from db.session import session_scope
 from tracker.errors import MetatrackError
 from tracker.harmonisation import CombatModel, apply_combat, fit_combat

@@ -1,0 +1,113 @@
+"""Risk models, clinical events and jobs: train (from tables or the database), register, promote, predict.
+
+The registry's rows live in `db.registry`; the model files in the store. Loading a model file goes through the
+survival package's process-wide cache (files are immutable, keyed by their sha256).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from db import jobs, registry
+from db.session import session_scope
+from db.visits import event_table, import_events, model_inputs, visit_table
+from tracker.errors import MetatrackError
+from tracker.store import StoreUnit
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from sqlalchemy import Engine
+
+    from tracker.store import FileStore
+    from tracker.survival import RiskModel, SurvivalModelConfig
+
+EpochProgress = Callable[[int, int, float], None]
+
+
+def database_tables(engine: Engine, endpoint: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(visits, events) of the processed scans' patient features, restricted to patients with event rows."""
+    with session_scope(engine) as s:
+        visits = model_inputs(visit_table(s))
+        events = event_table(s, endpoint)
+    if visits.empty:
+        raise MetatrackError("no processed scans in the database: nothing to train on")
+    return visits[visits["patient_id"].isin(events["patient_id"])], events
+
+
+def register(engine: Engine, store: FileStore, model: RiskModel, name: str, endpoint: str) -> dict[str, Any]:
+    """Register a trained model (its file stored once by hash; removed again if the registration fails)."""
+    with StoreUnit(store) as files, session_scope(engine) as s:
+        mv = registry.register_model(s, files, model, name, endpoint)
+        return {"model": f"{mv.name}:{mv.version}", "endpoint": endpoint, "features": mv.features, **mv.metrics}
+
+
+def train(
+    engine: Engine,
+    store: FileStore,
+    visits: pd.DataFrame,
+    events: pd.DataFrame,
+    cfg: SurvivalModelConfig,
+    *,
+    endpoint: str,
+    name: str | None,
+    seed: int,
+    progress: EpochProgress | None = None,
+) -> dict[str, Any]:
+    """Train the risk model on visit/event tables and register it (state "trained")."""
+    from tracker.survival import train_model
+
+    model = train_model(visits, events, cfg, seed=seed, progress=progress)
+    return register(engine, store, model, name or f"rnn-{endpoint}", endpoint)
+
+
+def load(engine: Engine, store: FileStore, spec: str) -> tuple[str, RiskModel]:
+    """('name:version', model) for 'name[:version]' (the newest version by default)."""
+    with session_scope(engine) as s:
+        mv, model = registry.load_model(s, store, spec)
+        return f"{mv.name}:{mv.version}", model
+
+
+def list_versions(engine: Engine) -> list[dict[str, Any]]:
+    with session_scope(engine) as s:
+        return registry.list_models(s)
+
+
+def show(engine: Engine, spec: str) -> dict[str, Any]:
+    with session_scope(engine) as s:
+        return registry.show_model(s, spec)
+
+
+def promote(engine: Engine, spec: str) -> tuple[str, str]:
+    """Promote a version; returns ('name:version', endpoint)."""
+    with session_scope(engine) as s:
+        mv = registry.promote(s, spec)
+        return f"{mv.name}:{mv.version}", mv.endpoint
+
+
+def retire(engine: Engine, spec: str) -> str:
+    with session_scope(engine) as s:
+        mv = registry.retire(s, spec)
+        return f"{mv.name}:{mv.version}"
+
+
+def has_promoted(engine: Engine, endpoint: str | None = None) -> bool:
+    with session_scope(engine) as s:
+        return bool(registry.promoted_models(s, endpoint))
+
+
+def add_events(engine: Engine, table: pd.DataFrame, endpoint: str, source: str) -> int:
+    """Import clinical events in one transaction (any bad row: nothing is imported); returns rows added."""
+    with session_scope(engine) as s:
+        return import_events(s, table, endpoint, source=source)
+
+
+def list_jobs(engine: Engine, state: str | None, kind: str | None, limit: int) -> tuple[list[dict], dict[str, int]]:
+    """(the newest jobs, the count per state)."""
+    with session_scope(engine) as s:
+        return jobs.list_jobs(s, state, kind, limit), jobs.counts(s, kind)
+
+
+def retry_jobs(engine: Engine, job_id: int | None, all_failed: bool) -> int:
+    with session_scope(engine) as s:
+        return jobs.retry(s, job_id, all_failed)
