@@ -16,21 +16,20 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the synthetic cohort writer shared with the tests
 
-from sqlalchemy import Engine, create_engine, func, select, text  # noqa: E402
+from sqlalchemy import Engine  # noqa: E402
 from test_events_tables import FEATURES, fill_cohort, synthetic_tables  # noqa: E402
 
 from db import jobs  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
-from db.models import RiskScore  # noqa: E402
 from db.registry import promote, register_model  # noqa: E402
-from db.session import make_engine, session_scope  # noqa: E402
+from db.scores import row_stats  # noqa: E402
+from db.session import make_engine, scratch_database, session_scope  # noqa: E402
 from tracker.store import FileStore  # noqa: E402
 from tracker.workflows import rescore  # noqa: E402
 
@@ -56,15 +55,7 @@ def train_small_model(epochs: int):
 def score_counts(engine: Engine, model_version_id: int | None = None) -> tuple[int, int, object]:
     """(rows, distinct keys, newest computed_at) of risk_scores."""
     with session_scope(engine) as s:
-        where = [RiskScore.model_version_id == model_version_id] if model_version_id else []
-        keys = select(
-            RiskScore.patient_id, RiskScore.as_of_date, RiskScore.model_version_id, RiskScore.horizon_months
-        ).where(*where)
-        return (
-            s.scalar(select(func.count()).select_from(RiskScore).where(*where)),
-            s.scalar(select(func.count()).select_from(keys.distinct().subquery())),
-            s.scalar(select(func.max(RiskScore.computed_at)).where(*where)),
-        )
+        return row_stats(s, model_version_id)
 
 
 def killed_run(engine: Engine, url: str, store: FileStore, model) -> dict:
@@ -172,14 +163,6 @@ def run_backend(name: str, url: str, n: int, model, workers: int, tmp: Path) -> 
     return out
 
 
-def _pg_database() -> tuple[str, Engine]:
-    name = f"mt_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", admin
-
-
 def _worker_main(url: str, store_root: str, batch: int) -> None:
     engine = make_engine(url)
     rescore.work(engine, FileStore(Path(store_root)), batch_size=batch)
@@ -206,13 +189,8 @@ def main() -> None:
             if backend == "sqlite":
                 rows += run_backend("sqlite", f"sqlite:///{tmp / 'bench.db'}", args.patients, model, 1, tmp)
             elif backend == "postgresql":
-                url, admin = _pg_database()
-                try:
+                with scratch_database(PG_ADMIN_URL, "mt_bench") as url:
                     rows += run_backend("postgresql", url, args.patients, model, args.workers, tmp)
-                finally:
-                    with admin.connect() as conn:
-                        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
-                    admin.dispose()
             else:
                 raise SystemExit(f"unknown backend {backend!r}")
     cols = ["backend", "run", "patients", "scans", "seconds", "patients_per_s", "rows_per_s", "rows", "ok", "note"]

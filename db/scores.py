@@ -12,6 +12,19 @@ from db.jobs import db_timestamp, executemany
 from db.models import ModelVersion, RiskScore
 
 
+def row_stats(session: Session, model_version_id: int | None = None) -> tuple[int, int, datetime | None]:
+    """(rows, distinct keys, newest computed_at) of the stored scores (of one model version, or all)."""
+    where = [RiskScore.model_version_id == model_version_id] if model_version_id else []
+    keys = select(
+        RiskScore.patient_id, RiskScore.as_of_date, RiskScore.model_version_id, RiskScore.horizon_months
+    ).where(*where)
+    return (
+        int(session.scalar(select(func.count()).select_from(RiskScore).where(*where)) or 0),
+        int(session.scalar(select(func.count()).select_from(keys.distinct().subquery())) or 0),
+        session.scalar(select(func.max(RiskScore.computed_at)).where(*where)),
+    )
+
+
 def model_version(session: Session, model_version_id: int) -> ModelVersion | None:
     return session.get(ModelVersion, model_version_id)
 
