@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer import _click as click
 from typer.core import TyperGroup
 
 from cli import output
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 class _Group(TyperGroup):
     """Turns metatrack's own errors into one line on stderr and exit code 1."""
 
-    def invoke(self, ctx: typer.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except MetatrackError as exc:
@@ -289,6 +290,8 @@ def locate(
 
     Put `--` before negative coordinates: metatrack locate P --from 2024-01-10 --to 2024-03-20 -- -12.5 40 -7
     """
+    import numpy as np
+
     from tracker.workflows.ingest import parse_date
     from tracker.workflows.locate import locate as run
 
@@ -299,7 +302,7 @@ def locate(
         patient,
         parse_date(from_date, "--from"),
         parse_date(to_date, "--to"),
-        [[x, y, z]],
+        np.asarray([[x, y, z]], dtype=np.float64),
     )
     if as_json:
         output.print_json(res)

@@ -10,6 +10,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from db.models import FeatureConfig, FeatureValue, HarmonisationModel, Lesion, Scan
+from db.types import table_of
 from tracker.errors import MetatrackError
 
 
@@ -75,7 +76,7 @@ def write_harmonised(session: Session, config_id: int, region: str, values: pd.D
         if v is not None and np.isfinite(v)
     ]
     if params:
-        t = FeatureValue.__table__
+        t = table_of(FeatureValue)
         stmt = (
             update(t)
             .where(

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, case, func, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Job, JobState
-from db.types import utcnow
+from db.types import rowcount, table_of, utcnow
 from tracker.errors import MetatrackError
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -66,7 +66,7 @@ def enqueue(
     """
     if not items:
         return 0
-    table = Job.__table__
+    table = table_of(Job)
     keys = [k for k, _ in items]
     present: dict[str, JobState] = {}
     for i in range(0, len(keys), IN_CHUNK):
@@ -94,7 +94,7 @@ def claim(
 
     Returns (id, payload), oldest first. Commit the caller's transaction right after, so other workers see the claim.
     """
-    table = Job.__table__
+    table = table_of(Job)
     ids = select(table.c.id).where(table.c.state == JobState.QUEUED, table.c.kind == kind)
     if keys is not None:
         ids = ids.where(table.c.dedupe_key.in_(list(keys)))
@@ -114,13 +114,13 @@ def _update_running(session: Session, job_ids: Sequence[int], worker: str, value
     else is not counted)."""
     if not job_ids:
         return 0
-    table = Job.__table__
+    table = table_of(Job)
     res = session.execute(
         update(table)
         .where(table.c.id.in_(list(job_ids)), table.c.worker == worker, table.c.state == JobState.RUNNING)
         .values(values)
     )
-    return res.rowcount or 0
+    return rowcount(res)
 
 
 def complete(session: Session, job_ids: Sequence[int], worker: str) -> int:
@@ -131,13 +131,13 @@ def complete(session: Session, job_ids: Sequence[int], worker: str) -> int:
 def release(session: Session, job_ids: Sequence[int], worker: str) -> int:
     """Put this worker's running jobs back in the queue as if never claimed (the claim's attempt is given back);
     returns how many."""
-    queued = {"state": JobState.QUEUED, "worker": None, "started_at": None, "attempts": Job.__table__.c.attempts - 1}
+    queued = {"state": JobState.QUEUED, "worker": None, "started_at": None, "attempts": table_of(Job).c.attempts - 1}
     return _update_running(session, job_ids, worker, queued)
 
 
 def fail(session: Session, job_id: int, worker: str, error: str) -> None:
     """Mark a running job failed with its error (one line kept short); `retry` queues it again."""
-    table = Job.__table__
+    table = table_of(Job)
     session.execute(
         update(table)
         .where(table.c.id == job_id, table.c.worker == worker, table.c.state == JobState.RUNNING)
@@ -149,7 +149,7 @@ def retry(session: Session, job_id: int | None = None, all_failed: bool = False,
     """Queue a failed job again (or every failed job); returns how many; attempts start over."""
     if (job_id is None) == (not all_failed):
         raise MetatrackError("jobs retry: give a JOB_ID or --all-failed")
-    table = Job.__table__
+    table = table_of(Job)
     if job_id is not None:
         state = session.scalar(select(table.c.state).where(table.c.id == job_id))
         if state is None:
@@ -162,7 +162,7 @@ def retry(session: Session, job_id: int | None = None, all_failed: bool = False,
     if kind is not None:
         q = q.where(table.c.kind == kind)
     res = session.execute(q.values(state=JobState.QUEUED, attempts=0, error=None, worker=None, finished_at=None))
-    return res.rowcount or 0
+    return rowcount(res)
 
 
 def reclaim(session: Session, kind: str | None = None, older_than_s: float | None = DEFAULT_STALE_AFTER_S) -> int:
@@ -170,7 +170,7 @@ def reclaim(session: Session, kind: str | None = None, older_than_s: float | Non
 
     A job that has used up its attempts is marked failed instead, so a patient that kills its worker cannot loop.
     """
-    table = Job.__table__
+    table = table_of(Job)
     q = update(table).where(table.c.state == JobState.RUNNING)
     if kind is not None:
         q = q.where(table.c.kind == kind)
@@ -184,7 +184,7 @@ def reclaim(session: Session, kind: str | None = None, older_than_s: float | Non
             worker=None,
         )
     )
-    return res.rowcount or 0
+    return rowcount(res)
 
 
 def counts(session: Session, kind: str | None = None) -> dict[str, int]:

@@ -2,11 +2,15 @@
 
 A model is "name:version"; versions count up per name. At most one model per endpoint is promoted (a partial
 unique index enforces it); promoting demotes the previous one to "trained" in the same transaction.
+
+Only SQL and store bookkeeping live here. A model's kind ("rnn", "landmark-cox", see
+tracker.survival.kinds.MODEL_KINDS) is recorded as the "kind" entry of the version's hyperparameters JSON. Loading
+a model: ``tracker.survival.cache.cached_model(mv.file_sha256, lambda: model_file_bytes(store, mv))``.
 """
 
 from __future__ import annotations
 
-import threading
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, update
@@ -19,12 +23,10 @@ from tracker.errors import MetatrackError
 
 if TYPE_CHECKING:
     from tracker.store import FileStore
-    from tracker.survival import RiskModel
+    from tracker.survival.protocol import SurvivalModel
 
-MODEL_KIND = "model"
+MODEL_KIND = "model"  # the blob kind of model files in the store
 MODEL_SUFFIX = ".pt"
-_CACHE: dict[str, RiskModel] = {}  # sha256 -> loaded model; files are immutable, so caching is safe
-_CACHE_LOCK = threading.Lock()
 
 
 def parse_spec(spec: str) -> tuple[str, int | None]:
@@ -52,8 +54,11 @@ def get_version(session: Session, spec: str) -> ModelVersion:
     return mv
 
 
-def register_model(session: Session, store: FileStore, model: RiskModel, name: str, endpoint: str) -> ModelVersion:
-    """Store the model file (once per content hash) and add version max+1 of `name` in state "trained"."""
+def register_model(session: Session, store: FileStore, model: SurvivalModel, name: str, endpoint: str) -> ModelVersion:
+    """Store the model file (once per content hash) and add version max+1 of `name` in state "trained".
+
+    The version's hyperparameters are the model's ``metadata["hyperparameters"]`` plus ``"kind": model.kind``.
+    """
     if not name or ":" in name:
         raise MetatrackError(f"model name {name!r}: must be non-empty and contain no ':'")
     data = model.to_bytes()
@@ -69,7 +74,7 @@ def register_model(session: Session, store: FileStore, model: RiskModel, name: s
         file_sha256=stored.sha256,
         data_fingerprint=str(meta.get("data_fingerprint", "")),
         features=list(model.features),
-        hyperparameters=dict(meta.get("hyperparameters", model.cfg.to_dict())),
+        hyperparameters={**dict(meta.get("hyperparameters", {})), "kind": model.kind},
         metrics=_jsonable(meta.get("metrics", {})),
         versions=dict(meta.get("versions", {})),
         seed=int(meta.get("seed", 0)),
@@ -91,24 +96,35 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_file(store: FileStore, mv: ModelVersion) -> RiskModel:
-    """The RiskModel of a version (cached per file hash)."""
-    from tracker.survival import RiskModel
-
-    with _CACHE_LOCK:
-        cached = _CACHE.get(mv.file_sha256)
-    if cached is not None:
-        return cached
-    model = RiskModel.from_bytes(store.find(mv.file_sha256, MODEL_SUFFIX).read_bytes())
-    with _CACHE_LOCK:
-        _CACHE[mv.file_sha256] = model
-    return model
+def model_file_bytes(store: FileStore, mv: ModelVersion) -> bytes:
+    """The bytes of a version's model file in the store."""
+    return store.find(mv.file_sha256, MODEL_SUFFIX).read_bytes()
 
 
-def load_model(session: Session, store: FileStore, spec: str) -> tuple[ModelVersion, RiskModel]:
-    """(version row, RiskModel) for 'name[:version]' (newest version by default)."""
+def load_file(store: FileStore, mv: ModelVersion) -> SurvivalModel:
+    """Deprecated: use ``tracker.survival.cache.cached_model(mv.file_sha256, lambda: model_file_bytes(store, mv))``."""
+    from tracker.survival.cache import cached_model
+
+    warnings.warn(
+        "db.registry.load_file is deprecated; use tracker.survival.cache.cached_model with "
+        "db.registry.model_file_bytes",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return cached_model(mv.file_sha256, lambda: model_file_bytes(store, mv))
+
+
+def load_model(session: Session, store: FileStore, spec: str) -> tuple[ModelVersion, SurvivalModel]:
+    """Deprecated: use ``get_version`` then ``tracker.survival.cache.cached_model`` (see :func:`load_file`)."""
+    from tracker.survival.cache import cached_model
+
+    warnings.warn(
+        "db.registry.load_model is deprecated; use db.registry.get_version and tracker.survival.cache.cached_model",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     mv = get_version(session, spec)
-    return mv, load_file(store, mv)
+    return mv, cached_model(mv.file_sha256, lambda: model_file_bytes(store, mv))
 
 
 def promoted_model(session: Session, endpoint: str) -> ModelVersion | None:

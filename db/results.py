@@ -30,7 +30,7 @@ from db.models import (
     TrackDelta,
     TrackLink,
 )
-from db.types import utcnow
+from db.types import table_of, utcnow
 from tracker.errors import MetatrackError
 from tracker.records import OpenTrack, PatientContext, ScanFiles, ScanOutcome, Settings
 
@@ -91,7 +91,7 @@ def load_scan_context(session: Session, store: FileStore, scan_id: int) -> Patie
 
 def load_context(session: Session, store: FileStore, scan: Scan) -> PatientContext:
     """The processed history of `scan`'s patient, with `scan` last; earlier scans must all be processed."""
-    patient = session.get(Patient, scan.patient_id)
+    patient = repo.patient_of(session, scan)
     scans = repo.patient_scans(session, patient)
     earlier = [s for s in scans if s.scan_date < scan.scan_date]
     pending = [s for s in earlier if s.state != ScanState.PROCESSED]
@@ -108,10 +108,10 @@ def load_context(session: Session, store: FileStore, scan: Scan) -> PatientConte
     links = list(
         session.scalars(select(TrackLink).where(TrackLink.scan_id.in_([s.id for s in earlier])).order_by(TrackLink.id))
     )
-    lesions = {
+    lesions: dict[int | None, Lesion] = {
         les.id: les for les in session.scalars(select(Lesion).where(Lesion.scan_id.in_([s.id for s in earlier])))
     }
-    feats = _lesion_features(session, list(lesions))
+    feats = _lesion_features(session, [les.id for les in lesions.values()])
     by_track: dict[int, list[TrackLink]] = {}
     for link in sorted(links, key=lambda ln: (index_of[ln.scan_id], ln.id)):
         by_track.setdefault(link.track_id, []).append(link)
@@ -274,7 +274,7 @@ def save_outcome(
     for les in outcome.lesions:
         row = Lesion(
             scan_id=scan.id,
-            mask_id=mask.id,
+            mask_id=mask.id if mask is not None else None,
             label=les.label,
             voxels=les.voxels,
             volume_mm3=les.volume_mm3,
@@ -349,7 +349,7 @@ def _save_features(
                 for tag, v in feats.items()
             ]
     if values:
-        session.execute(FeatureValue.__table__.insert(), values)
+        session.execute(table_of(FeatureValue).insert(), values)
     for (label, region), runtime in outcome.feature_runtime_s.items():
         error = outcome.feature_errors.get((label, region))
         session.add(
@@ -378,7 +378,7 @@ def _save_features(
         for tag, c in changes.items()
     ]
     if deltas:
-        session.execute(TrackDelta.__table__.insert(), deltas)
+        session.execute(table_of(TrackDelta).insert(), deltas)
 
 
 def _num(v: Any) -> float | None:
@@ -393,6 +393,8 @@ def _num(v: Any) -> float | None:
 def record_failure(session: Session, scan_id: int, error: str) -> None:
     """Mark a scan failed with its error (its results were rolled back)."""
     scan = session.get(Scan, scan_id)
+    if scan is None:  # deleted meanwhile: nothing to mark
+        return
     scan.state = ScanState.FAILED
     scan.error = error[:2000]
 
@@ -434,7 +436,9 @@ def recist_history(session: Session, external_id: str) -> tuple[Patient, list[Sc
     if not scans:
         raise MetatrackError(f"patient {external_id!r} has no processed scans; run `metatrack process`")
     numbers = {t.id: t.number for t in session.scalars(select(LesionTrack).where(LesionTrack.patient_id == patient.id))}
-    lesions = {les.id: les for les in session.scalars(select(Lesion).where(Lesion.scan_id.in_([s.id for s in scans])))}
+    lesions: dict[int | None, Lesion] = {
+        les.id: les for les in session.scalars(select(Lesion).where(Lesion.scan_id.in_([s.id for s in scans])))
+    }
     links: dict[int, list] = {s.id: [] for s in scans}
     for ln in session.scalars(select(TrackLink).where(TrackLink.scan_id.in_([s.id for s in scans]))):
         links[ln.scan_id].append((numbers[ln.track_id], lesions.get(ln.lesion_id), ln.change.value))

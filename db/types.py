@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, DateTime
+from sqlalchemy import JSON, CursorResult, DateTime, Result, Table
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -41,3 +41,13 @@ def utcnow() -> datetime:
 
 
 JSONDict = dict[str, Any]
+
+
+def table_of(model: type[Any]) -> Table:
+    """The Core table of an ORM class (for bulk statements)."""
+    return cast(Table, model.__table__)
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE touched."""
+    return cast(CursorResult[Any], result).rowcount or 0

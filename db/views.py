@@ -130,7 +130,7 @@ def timeline(session: Session, external_id: str) -> dict[str, Any]:
     pfeat: dict[int, dict[str, float | None]] = defaultdict(dict)
     for pf in session.scalars(select(PatientFeature).where(PatientFeature.patient_id == patient.id)):
         pfeat[pf.scan_id][pf.tag] = pf.value
-    deltas: dict[tuple[int, int], dict] = defaultdict(lambda: defaultdict(dict))
+    deltas: dict[tuple[int, int | None], dict] = defaultdict(lambda: defaultdict(dict))
     for d in session.scalars(
         select(TrackDelta).where(TrackDelta.scan_id.in_(scan_ids), TrackDelta.tag.in_(TIMELINE_DELTA_TAGS))
     ):
@@ -142,7 +142,7 @@ def timeline(session: Session, external_id: str) -> dict[str, Any]:
     baseline_date = scans[0].scan_date if scans else None
     out_scans = []
     for s in scans:
-        lesion_track = {les.id: les.track_id for les in lesions[s.id]}
+        lesion_track: dict[int | None, int | None] = {les.id: les.track_id for les in lesions[s.id]}
         by_lesion = {ln.lesion_id: ln for ln in links[s.id] if lesion_track.get(ln.lesion_id) == ln.track_id}
         merged_from: dict[int, list[int]] = defaultdict(list)
         for ln in links[s.id]:

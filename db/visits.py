@@ -48,7 +48,7 @@ def _raw_rows(session: Session, sql: str, params: Sequence[Any] = ()) -> list[tu
     cursor = session.connection().connection.cursor()
     try:
         cursor.execute(sql, tuple(params))
-        return cursor.fetchall()
+        return list(cursor.fetchall())
     finally:
         cursor.close()
 
@@ -262,7 +262,7 @@ def import_events(
     for part in _chunks(names):
         ids.update(session.execute(select(Patient.external_id, Patient.id).where(Patient.external_id.in_(part))).all())
     base = baseline_dates(session, sorted(ids.values())) if ids else pd.Series(dtype=object)
-    existing = set(
+    existing: set[tuple[Any, ...]] = set(
         session.execute(
             select(ClinicalEvent.patient_id, ClinicalEvent.kind, ClinicalEvent.event_date).where(
                 ClinicalEvent.patient_id.in_(list(ids.values()) or [-1])
