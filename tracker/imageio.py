@@ -1,7 +1,9 @@
 """Reading and checking images and lesion masks (NIfTI, NRRD, MHA, DICOM series); no computation here.
 
 Masks are read through `MaskReader`s chosen by `read_mask`: a volume reader (NIfTI/NRRD/MHA label or binary maps)
-now; DICOM SEG and RTSTRUCT readers plug into the same interface (they rasterise onto the reference image).
+now. A reader returns the integer label image on the reference image's grid and the files that define the mask's
+content; ingest stores that label image (as NIfTI, keyed by the hash of those files), so a reader for a new format
+(DICOM SEG, RTSTRUCT) is one class added to `MASK_READERS` and nothing else changes.
 """
 
 from __future__ import annotations
@@ -218,7 +220,11 @@ def geometry_mismatch(reference: sitk.Image, other: sitk.Image) -> str | None:
 
 
 class MaskReader(Protocol):
-    """Reads one kind of lesion mask onto a reference image's grid."""
+    """Reads one kind of lesion mask onto a reference image's grid.
+
+    ``read`` returns (integer label image on ``reference``'s grid, 0 = background; the source files whose bytes
+    define the mask's content hash, in a fixed order).
+    """
 
     source_format: str
 
