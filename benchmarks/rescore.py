@@ -19,19 +19,18 @@ import time
 from datetime import date
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the synthetic cohort writer shared with the tests
+from sqlalchemy import Engine
 
-from sqlalchemy import Engine  # noqa: E402
-from test_events_tables import FEATURES, fill_cohort, synthetic_tables  # noqa: E402
-
-from db import jobs  # noqa: E402
-from db.migrate import upgrade  # noqa: E402
-from db.registry import promote, register_model  # noqa: E402
-from db.scores import row_stats  # noqa: E402
-from db.session import make_engine, scratch_database, session_scope  # noqa: E402
-from tracker.store import FileStore  # noqa: E402
-from tracker.workflows import rescore  # noqa: E402
+from db import jobs
+from db.migrate import upgrade
+from db.registry import promote, register_model
+from db.scores import row_stats
+from db.session import make_engine, scratch_database, session_scope
+from db.synthetic import fill_cohort
+from tracker.store import FileStore
+from tracker.survival.synthetic import SLOPE_FEATURES as FEATURES
+from tracker.survival.synthetic import slope_cohort as synthetic_tables
+from tracker.workflows import rescore
 
 PG_ADMIN_URL = os.environ.get("METATRACK_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 AS_OF = date(2024, 6, 1)

@@ -1,150 +1,21 @@
-"""Visit and event tables read from the database, event import; also the synthetic cohort used by the risk tests.
-
-`synthetic_tables` and `fill_cohort` are imported by tests/test_registry_*.py, tests/test_rescore_*.py and
-benchmarks/rescore.py: patient-level features per scan written straight into the schema (no imaging).
-"""
+"""Visit and event tables read from the database, and clinical event import."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, func, insert, select, text
+from sqlalchemy import Engine, select
 
-from db.models import Blob, ClinicalEvent, EventKind, Patient, PatientFeature, Scan, ScanRole, ScanState
+from db.models import ClinicalEvent, EventKind, Patient, Scan, ScanState
 from db.repo import table_counts
 from db.session import session_scope
 from db.visits import event_table, import_events, visit_table
 from tracker.errors import MetatrackError
 
-FEATURES = ("burden_log", "lesion_count", "new_lesions", "noise")
-DAYS_PER_MONTH = 365.25 / 12.0
-START = date(2020, 1, 6)
-INSERT_CHUNK = 5000
-
-
-def synthetic_tables(
-    n_patients: int, seed: int = 0, mean_scans: float = 5.0, prefix: str = "S"
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(visits, events) of a cohort whose metastasis hazard rises with the slope of the tumour burden.
-
-    visits: patient_id, scan_date, time_days, FEATURES; events: patient_id, time_days, event, event_date.
-    """
-    rng = np.random.default_rng(seed)
-    slope = rng.normal(0.0, 1.0, n_patients)
-    level = rng.normal(3.0, 1.0, n_patients)
-    hazard = 0.03 * np.exp(0.8 * slope)  # per month
-    event_m = rng.exponential(1.0 / hazard)
-    censor_m = rng.uniform(12.0, 36.0, n_patients)
-    end_m = np.minimum(event_m, censor_m)
-    n_scans = np.clip(rng.poisson(mean_scans - 1, n_patients) + 1, 1, 12)
-    starts = [START + timedelta(days=int(d)) for d in rng.integers(0, 365, n_patients)]
-    rows = []
-    for i in range(n_patients):
-        t = 0.0
-        for _k in range(int(n_scans[i])):
-            days = round(t * DAYS_PER_MONTH)
-            burden = level[i] + slope[i] * t / 12.0 + rng.normal(0.0, 0.2)
-            rows.append(
-                (
-                    f"{prefix}{i:05d}",
-                    starts[i] + timedelta(days=days),
-                    float(days),
-                    burden,
-                    float(max(1, round(np.exp(burden / 3.0)))),
-                    float(rng.poisson(max(slope[i], 0.0) * 0.5)),
-                    rng.normal(),
-                )
-            )
-            t += rng.uniform(2.0, 4.0)
-            if t >= end_m[i]:
-                break
-    visits = pd.DataFrame(rows, columns=["patient_id", "scan_date", "time_days", *FEATURES])
-    ids = [f"{prefix}{i:05d}" for i in range(n_patients)]
-    end_days = np.round(end_m * DAYS_PER_MONTH)
-    events = pd.DataFrame(
-        {
-            "patient_id": ids,
-            "time_days": end_days,
-            "event": (event_m <= censor_m).astype(int),
-            "event_date": [s + timedelta(days=int(d)) for s, d in zip(starts, end_days, strict=True)],
-        }
-    )
-    return visits, events
-
-
-def _bulk(session, table, rows: list[dict]) -> None:
-    for i in range(0, len(rows), INSERT_CHUNK):
-        session.execute(insert(table), rows[i : i + INSERT_CHUNK])
-
-
-def fill_cohort(engine: Engine, visits: pd.DataFrame, events: pd.DataFrame | None = None) -> dict[str, int]:
-    """Write patients, processed scans, patient_features (and events) in bulk; returns pseudonym -> DB id."""
-    with session_scope(engine) as s:
-        pid0 = (s.scalar(select(func.max(Patient.id))) or 0) + 1
-        sid0 = (s.scalar(select(func.max(Scan.id))) or 0) + 1
-        names = list(dict.fromkeys(visits["patient_id"]))
-        ids = {n: pid0 + k for k, n in enumerate(names)}
-        _bulk(s, Patient.__table__, [{"id": ids[n], "external_id": n} for n in names])
-        scan_ids = np.arange(sid0, sid0 + len(visits))
-        shas = [hashlib.sha256(f"synthetic-scan-{i}".encode()).hexdigest() for i in scan_ids]
-        _bulk(s, Blob.__table__, [{"sha256": h, "kind": "image", "suffix": ".nii.gz", "size_bytes": 1} for h in shas])
-        first = visits.groupby("patient_id")["scan_date"].transform("min")
-        scan_rows = []
-        for sid, h, name, day, is_first in zip(
-            scan_ids, shas, visits["patient_id"], visits["scan_date"], visits["scan_date"] == first, strict=True
-        ):
-            scan_rows.append(
-                {
-                    "id": int(sid),
-                    "patient_id": ids[name],
-                    "scan_date": day,
-                    "role": ScanRole.BASELINE if is_first else ScanRole.FOLLOW_UP,
-                    "modality": "CT",
-                    "image_sha256": h,
-                    "source_format": "nifti",
-                    "source_name": f"{name}_{day}.nii.gz",
-                    "size_xyz": [1, 1, 1],
-                    "spacing_xyz": [1.0, 1.0, 1.0],
-                    "origin_xyz": [0.0, 0.0, 0.0],
-                    "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1],
-                    "state": ScanState.PROCESSED,
-                }
-            )
-        _bulk(s, Scan.__table__, scan_rows)
-        feats = [c for c in visits.columns if c not in ("patient_id", "scan_date", "time_days")]
-        values = visits[feats].to_numpy(dtype=np.float64)
-        pats = [ids[n] for n in visits["patient_id"]]
-        feat_rows = [
-            {"patient_id": pats[r], "scan_id": int(scan_ids[r]), "tag": f, "value": float(values[r, c])}
-            for r in range(len(visits))
-            for c, f in enumerate(feats)
-            if np.isfinite(values[r, c])
-        ]
-        _bulk(s, PatientFeature.__table__, feat_rows)
-        if events is not None:
-            ev = events[events["event"] == 1]
-            _bulk(
-                s,
-                ClinicalEvent.__table__,
-                [
-                    {"patient_id": ids[p], "kind": EventKind.METASTASIS, "event_date": d}
-                    for p, d in zip(ev["patient_id"], ev["event_date"], strict=True)
-                    if p in ids
-                ],
-            )
-        if engine.dialect.name == "postgresql":
-            for table in ("patients", "scans"):
-                seq = f"pg_get_serial_sequence('{table}', 'id')"
-                s.execute(text(f"SELECT setval({seq}, (SELECT max(id) FROM {table}))"))
-    with engine.connect() as conn:  # fresh statistics after a bulk load, as autovacuum would gather them
-        conn.execute(text("ANALYZE"))
-        conn.commit()
-    return ids
+from helpers import FEATURES, fill_cohort, synthetic_tables
 
 
 def test_visit_table_pivots_features_and_times(engine: Engine) -> None:
@@ -243,23 +114,3 @@ def test_import_events_error_leaves_database_unchanged(engine: Engine, table: di
         import_events(s, pd.DataFrame(table), endpoint="metastasis")
     with session_scope(engine) as s:
         assert table_counts(s) == before
-
-
-@functools.lru_cache(maxsize=1)
-def tiny_model_bytes() -> bytes:
-    """A small trained RiskModel (few epochs) on a 200-patient synthetic cohort, trained once per process."""
-    from tracker.survival import SurvivalModelConfig, train_model
-
-    visits, events = synthetic_tables(200, seed=5)
-    cfg = SurvivalModelConfig(max_epochs=8, min_epochs=1, hidden_size=4, val_fraction=0.2)
-    model = train_model(
-        visits[["patient_id", "time_days", *FEATURES]], events[["patient_id", "time_days", "event"]], cfg, seed=0
-    )
-    return model.to_bytes()
-
-
-def tiny_model():
-    """A fresh copy of the tiny model."""
-    from tracker.survival import RiskModel
-
-    return RiskModel.from_bytes(tiny_model_bytes())

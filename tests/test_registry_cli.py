@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import func, select
-from test_events_tables import FEATURES, fill_cohort, synthetic_tables
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -18,6 +17,8 @@ from db.registry import load_model
 from db.repo import table_counts
 from db.session import make_engine, session_scope
 from tracker.store import FileStore
+
+from helpers import FEATURES, fill_cohort, synthetic_tables
 
 
 @pytest.fixture()

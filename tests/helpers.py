@@ -1,0 +1,51 @@
+"""What several test modules share: synthetic cohorts, a tiny trained model, where the IBSI data are."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import pytest
+
+from db.synthetic import fill_cohort
+from tracker.survival.synthetic import SLOPE_FEATURES as FEATURES
+from tracker.survival.synthetic import slope_cohort as synthetic_tables
+
+__all__ = ["FEATURES", "fill_cohort", "ibsi_data", "synthetic_tables", "tiny_model", "tiny_model_bytes"]
+
+VENDORED_IBSI = Path(__file__).resolve().parent / "data" / "ibsi"
+
+
+def ibsi_data(part: str = "") -> Path:
+    """The IBSI data folder: $METATRACK_IBSI_DATA, else the project's ../shared/data/ibsi; skips when absent.
+
+    ``part`` is a path inside it (e.g. ``"ibsi_1/ct_phantom"``). The small IBSI 1 digital phantom and its
+    reference values are vendored under tests/data/ibsi and found with :data:`VENDORED_IBSI`.
+    """
+    env = os.environ.get("METATRACK_IBSI_DATA")
+    root = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ibsi"
+    path = root / part
+    if not path.exists():
+        pytest.skip(f"IBSI data not found at {path} (set METATRACK_IBSI_DATA)")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_model_bytes() -> bytes:
+    """A small trained RiskModel (few epochs) on a 200-patient synthetic cohort, trained once per process."""
+    from tracker.survival import SurvivalModelConfig, train_model
+
+    visits, events = synthetic_tables(200, seed=5)
+    cfg = SurvivalModelConfig(max_epochs=8, min_epochs=1, hidden_size=4, val_fraction=0.2)
+    model = train_model(
+        visits[["patient_id", "time_days", *FEATURES]], events[["patient_id", "time_days", "event"]], cfg, seed=0
+    )
+    return model.to_bytes()
+
+
+def tiny_model():
+    """A fresh copy of the tiny model."""
+    from tracker.survival import RiskModel
+
+    return RiskModel.from_bytes(tiny_model_bytes())
