@@ -38,7 +38,7 @@ def latent_training_tables(n_patients: int, seed: int) -> tuple[pd.DataFrame, pd
         baseline: dict | None = None
         prev_day = 0.0
         for _, v in group.iterrows():
-            now = {dst: float(v[src]) for src, dst in LATENT_TO_PIPELINE.items() if src in v}
+            now: dict[str, float | None] = {dst: float(v[src]) for src, dst in LATENT_TO_PIPELINE.items() if src in v}
             now["vw_stat_var"] = float(v["heterogeneity_hu"]) ** 2 if "heterogeneity_hu" in v else np.nan
             day = float(v["time_days"])
             now.update(

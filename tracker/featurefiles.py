@@ -44,8 +44,8 @@ def extract_files(job: FeatureJob, config: str | Path, threads: int | None = Non
     if not roi.any():
         raise MetatrackError(f"{job.mask}: the mask is empty; there is no region to measure")
     image = sitk.GetArrayFromImage(loaded.image).astype(np.float64)
-    spacing = tuple(float(s) for s in reversed(loaded.image.GetSpacing()))
-    return extract(image, roi, spacing, cfg, body_mask=_body_mask(job, loaded.image, image), threads=threads)
+    sx, sy, sz = (float(v) for v in loaded.image.GetSpacing())
+    return extract(image, roi, (sz, sy, sx), cfg, body_mask=_body_mask(job, loaded.image, image), threads=threads)
 
 
 def _body_mask(job: FeatureJob, grid: Any, image: np.ndarray) -> np.ndarray | None:

@@ -438,7 +438,8 @@ class _InlineWriter:
 
     def submit(self, fn: Callable[..., None], *args: Any) -> Future:
         future: Future = Future()
-        future.set_result(fn(*args))
+        fn(*args)
+        future.set_result(None)
         return future
 
 
