@@ -13,10 +13,12 @@ from datetime import date
 
 import numpy as np
 
+from tracker.survival import curves
+from tracker.survival.curves import MIN_SURVIVAL
+
 DAYS_PER_MONTH = 365.25 / 12.0
 DEFAULT_HORIZONS = (6, 12, 24)
 CURVE_HORIZON = 12  # the survival curve is stored on this horizon's row (else on the smallest horizon's)
-MIN_SURVIVAL = 1e-300
 
 
 def months_between(start: date, end: date) -> float:
@@ -39,15 +41,7 @@ def survival_at(surv: np.ndarray, grid: Sequence[float], months: np.ndarray) -> 
 
     Log-linear within a bin; constant hazard of the last bin past the grid's end; S(t) = 1 for t <= 0.
     """
-    surv = np.atleast_2d(np.asarray(surv, dtype=np.float64))
-    g = np.r_[0.0, np.asarray(grid, dtype=np.float64)]
-    t = np.broadcast_to(np.asarray(months, dtype=np.float64), (surv.shape[0],))
-    log_s = np.log(np.clip(np.concatenate([np.ones((surv.shape[0], 1)), surv], axis=1), MIN_SURVIVAL, None))
-    j = np.clip(np.searchsorted(g, t, side="right") - 1, 0, len(g) - 2)
-    rows = np.arange(surv.shape[0])
-    frac = (t - g[j]) / (g[j + 1] - g[j])  # > 1 past the grid: the last bin's slope extrapolates
-    out = np.exp(log_s[rows, j] + frac * (log_s[rows, j + 1] - log_s[rows, j]))
-    return np.where(t <= 0.0, 1.0, out)
+    return curves.survival_at(surv, grid, months, pairing="per_curve", past_end="extrapolate")
 
 
 def conditional_risk(surv: np.ndarray, grid: Sequence[float], t_months: np.ndarray, horizon: float) -> np.ndarray:

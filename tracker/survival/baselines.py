@@ -76,15 +76,28 @@ class CoxBaseline:
     def survival(self, design: pd.DataFrame, elapsed_months: np.ndarray, grid: list[float]) -> np.ndarray:
         """S(elapsed + g) / S(elapsed) for each row and grid point g (months)."""
         ph = np.asarray(self.fitter.predict_partial_hazard(design[self.columns].reset_index(drop=True)))
+        kt, kh = self.baseline_cumulative_hazard()
+        return cox_survival(ph, kt, kh, elapsed_months, grid)
+
+    def baseline_cumulative_hazard(self) -> tuple[np.ndarray, np.ndarray]:
+        """(knots in months, Breslow baseline cumulative hazard there) at the fit's mean covariates."""
         base = self.fitter.baseline_cumulative_hazard_
-        kt = base.index.to_numpy(dtype=np.float64)
-        kh = base.iloc[:, 0].to_numpy(dtype=np.float64)
-        # step_at returns 1 before the first knot; for a cumulative hazard the value there is 0
-        h_at = lambda t: step_at(kt, kh, t) - (np.asarray(t) < kt[0])  # noqa: E731
-        e = np.asarray(elapsed_months, dtype=np.float64)
-        g = np.asarray(grid, dtype=np.float64)
-        dh = h_at((e[:, None] + g[None, :]).ravel()).reshape(len(e), len(g)) - h_at(e)[:, None]
-        return np.exp(-dh * ph[:, None])
+        return base.index.to_numpy(dtype=np.float64), base.iloc[:, 0].to_numpy(dtype=np.float64)
+
+
+def cox_survival(
+    partial_hazard: np.ndarray, knots: np.ndarray, cumhaz: np.ndarray, elapsed_months: np.ndarray, grid: list[float]
+) -> np.ndarray:
+    """S(elapsed + g) / S(elapsed) = exp(-(H0(elapsed + g) - H0(elapsed)) * partial hazard) per row and grid point,
+    with H0 the step function through (knots, cumhaz), 0 before the first knot."""
+    ph = np.asarray(partial_hazard, dtype=np.float64)
+    kt, kh = np.asarray(knots, dtype=np.float64), np.asarray(cumhaz, dtype=np.float64)
+    # step_at returns 1 before the first knot; for a cumulative hazard the value there is 0
+    h_at = lambda t: step_at(kt, kh, t) - (np.asarray(t) < kt[0])  # noqa: E731
+    e = np.asarray(elapsed_months, dtype=np.float64)
+    g = np.asarray(grid, dtype=np.float64)
+    dh = h_at((e[:, None] + g[None, :]).ravel()).reshape(len(e), len(g)) - h_at(e)[:, None]
+    return np.exp(-dh * ph[:, None])
 
 
 @dataclass

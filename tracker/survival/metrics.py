@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tracker.survival import curves
+
 TIE = 0.5
 
 
@@ -51,12 +53,7 @@ def censoring_survival(times: np.ndarray, events: np.ndarray) -> tuple[np.ndarra
 
 def survival_at(surv: np.ndarray, grid: np.ndarray, t: np.ndarray) -> np.ndarray:
     """S of every subject at every time in t: (subjects, len(t)); log-linear between grid points, flat after."""
-    g = np.r_[0.0, np.asarray(grid, dtype=np.float64)]
-    log_s = np.log(np.clip(np.concatenate([np.ones((surv.shape[0], 1)), surv], axis=1), 1e-300, None))
-    tt = np.clip(np.asarray(t, dtype=np.float64), 0.0, g[-1])
-    j = np.clip(np.searchsorted(g, tt, side="right") - 1, 0, len(g) - 2)
-    frac = (tt - g[j]) / (g[j + 1] - g[j])
-    return np.exp(log_s[:, j] + frac * (log_s[:, j + 1] - log_s[:, j]))
+    return curves.survival_at(surv, grid, t, pairing="outer", past_end="flat")
 
 
 def _concordance(

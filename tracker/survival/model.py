@@ -7,13 +7,15 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from tracker.errors import MetatrackError
 from tracker.survival.config import SurvivalModelConfig
+from tracker.survival.curves import curve_column as curve_column  # re-exported
+from tracker.survival.curves import survival_at
 from tracker.survival.data import (
     Standardizer,
     build_sequences,
@@ -24,12 +26,13 @@ from tracker.survival.data import (
     prepare_events,
     prepare_visits,
 )
+from tracker.survival.protocol import DEFAULT_HORIZONS_MONTHS as DEFAULT_HORIZONS_MONTHS  # re-exported
+from tracker.survival.protocol import VisitPredictions
 from tracker.survival.selection import select_features
 
 if TYPE_CHECKING:
     from tracker.survival.rnn import EnsembleNet
 
-DEFAULT_HORIZONS_MONTHS = (6.0, 12.0, 24.0)
 MIN_TRAIN_PATIENTS = 10
 FORMAT_VERSION = 2  # 2: the network is an ensemble (weights under members.<i>.)
 MEMBER_SEED_STRIDE = 7919  # member m of an ensemble trained with seed s uses seed s + m * stride
@@ -41,29 +44,27 @@ def survival_from_logits(logits: np.ndarray) -> np.ndarray:
 
 
 def interpolate_survival(surv: np.ndarray, grid: Sequence[float], months: float) -> np.ndarray:
-    """S at ``months`` from curves on ``grid`` (bin ends), log-linear within a bin (constant hazard), S(0) = 1."""
-    g = np.r_[0.0, np.asarray(grid, dtype=np.float64)]
-    if months < 0 or months > g[-1] + 1e-9:
-        raise MetatrackError(f"horizon {months} months is outside the model's range 0..{g[-1]:g} months")
-    log_s = np.log(np.clip(np.concatenate([np.ones((surv.shape[0], 1)), surv], axis=1), 1e-300, None))
-    j = int(np.clip(np.searchsorted(g, months, side="right") - 1, 0, len(g) - 2))
-    frac = (months - g[j]) / (g[j + 1] - g[j])
-    return np.exp(log_s[:, j] + frac * (log_s[:, j + 1] - log_s[:, j]))
-
-
-def curve_column(months: float) -> str:
-    """Name of the survival-curve column for a grid point, e.g. ``s_12m``."""
-    return f"s_{months:g}m"
+    """S at ``months`` from curves on ``grid`` (bin ends), log-linear within a bin (constant hazard), S(0) = 1;
+    a time outside the grid's range raises."""
+    return survival_at(surv, grid, [months], pairing="outer", past_end="raise")[:, 0]
 
 
 @dataclass
-class RiskModel:
-    """A trained GRU discrete-time survival model with everything needed to apply it to new visit tables."""
+class RiskModel(VisitPredictions):
+    """A trained GRU discrete-time survival model with everything needed to apply it to new visit tables.
 
+    Model kind "rnn" of the :class:`~tracker.survival.protocol.SurvivalModel` protocol.
+    """
+
+    kind: ClassVar[str] = "rnn"
     cfg: SurvivalModelConfig
     standardizer: Standardizer
     net: EnsembleNet
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if "hyperparameters" not in self.metadata:  # every trained model has them; a hand-built one gets its config
+            self.metadata = {**self.metadata, "hyperparameters": self.cfg.to_dict()}
 
     @property
     def features(self) -> list[str]:
@@ -103,51 +104,21 @@ class RiskModel:
         )
         return index, surv
 
-    def predict(self, visits: pd.DataFrame) -> pd.DataFrame:
-        """One row per patient as of its last visit: patient_id, as_of_time_days, s_<m>m survival columns."""
-        index, surv = self.survival_all_visits(visits)
-        last = index.groupby(self.cfg.patient_col, sort=False)["visit_index"].transform("max") == index["visit_index"]
-        out = index.loc[last, [self.cfg.patient_col, self.cfg.time_col]].rename(
-            columns={self.cfg.time_col: "as_of_time_days"}
-        )
-        curves = pd.DataFrame(surv[last.to_numpy()], columns=[curve_column(m) for m in self.grid_months])
-        return pd.concat([out.reset_index(drop=True), curves], axis=1)
-
-    def risk_at(self, visits: pd.DataFrame, horizons_months: Sequence[float] = DEFAULT_HORIZONS_MONTHS) -> pd.DataFrame:
-        """Risk 1 - S(h) as of each patient's last visit: patient_id, as_of_time_days, horizon_months, risk."""
-        table = self.predict_all_visits(visits, horizons_months)
-        last = table.groupby(self.cfg.patient_col, sort=False)["visit_index"].transform("max") == table["visit_index"]
-        out = table.loc[last].rename(columns={self.cfg.time_col: "as_of_time_days"})
-        return out[[self.cfg.patient_col, "as_of_time_days", "horizon_months", "risk"]].reset_index(drop=True)
-
-    def predict_all_visits(
-        self, visits: pd.DataFrame, horizons_months: Sequence[float] = DEFAULT_HORIZONS_MONTHS
-    ) -> pd.DataFrame:
-        """Risk after every visit: patient_id, visit_index (1-based), time_days, horizon_months, risk."""
-        index, surv = self.survival_all_visits(visits)
-        parts = []
-        for h in horizons_months:
-            part = index.copy()
-            part["horizon_months"] = float(h)
-            part["risk"] = 1.0 - interpolate_survival(surv, self.grid_months, float(h))
-            parts.append(part)
-        out = pd.concat(parts, ignore_index=True)
-        return out.sort_values([self.cfg.patient_col, "visit_index", "horizon_months"], kind="stable").reset_index(
-            drop=True
-        )
-
     def to_bytes(self) -> bytes:
         """Self-contained serialisation (weights, config, features, standardisation, metadata)."""
-        from tracker.survival.model_io import model_to_bytes
+        from tracker.survival.model_io import rnn_to_bytes
 
-        return model_to_bytes(self)
+        return rnn_to_bytes(self)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RiskModel:
-        """Inverse of :meth:`to_bytes`."""
-        from tracker.survival.model_io import model_from_bytes
+        """Inverse of :meth:`to_bytes` (any model file of kind "rnn"; another kind raises)."""
+        from tracker.survival.kinds import model_from_bytes
 
-        return model_from_bytes(data)
+        model = model_from_bytes(data)
+        if not isinstance(model, cls):
+            raise MetatrackError(f"risk model bytes: a {model.kind!r} model, not an {cls.kind!r} one")
+        return model
 
 
 def library_versions() -> dict[str, str]:
@@ -180,6 +151,43 @@ def prepare_training_tables(
     return kept, ev, candidates
 
 
+@dataclass
+class TrainingData:
+    """Checked training tables with the chosen features and their standardisation (shared by the model kinds)."""
+
+    kept: pd.DataFrame  # visits before each patient's outcome, 0-based visit_index
+    events: pd.DataFrame
+    candidates: list[str]
+    chosen: list[str]
+    relevance: dict[str, float]
+    standardizer: Standardizer
+    n_patients: int
+
+
+def prepare_training(visits: pd.DataFrame, events: pd.DataFrame, cfg: SurvivalModelConfig) -> TrainingData:
+    """Check the tables (enough patients, an event), select features (mRMR, ``cfg.max_features``) and fit their
+    standardisation on the kept visits."""
+    kept, ev, candidates = prepare_training_tables(visits, events, cfg)
+    n_pat = kept[cfg.patient_col].nunique()
+    if n_pat < MIN_TRAIN_PATIENTS:
+        raise MetatrackError(
+            f"training data: {n_pat} patients with a visit before their event/censoring time; "
+            f"need at least {MIN_TRAIN_PATIENTS}"
+        )
+    if int(ev[cfg.event_col].sum()) == 0:
+        raise MetatrackError("events: no patient has event = 1; a risk model needs at least one event")
+    end = kept[cfg.patient_col].map(ev.set_index(cfg.patient_col)[cfg.time_col]).to_numpy()
+    flag = kept[cfg.patient_col].map(ev.set_index(cfg.patient_col)[cfg.event_col]).to_numpy()
+    remaining = end - kept[cfg.time_col].to_numpy()
+    if candidates:
+        chosen, relevance = select_features(
+            kept, remaining, flag, candidates, cfg.patient_col, cfg.max_features, cfg.corr_threshold
+        )
+    else:
+        chosen, relevance = [], {}
+    return TrainingData(kept, ev, candidates, chosen, relevance, Standardizer.fit(kept, chosen), int(n_pat))
+
+
 def train_model(
     visits: pd.DataFrame,
     events: pd.DataFrame,
@@ -205,25 +213,8 @@ def train_model(
     from tracker.survival.rnn import EnsembleNet, fit_network
 
     start = time.perf_counter()
-    kept, ev, candidates = prepare_training_tables(visits, events, cfg)
-    n_pat = kept[cfg.patient_col].nunique()
-    if n_pat < MIN_TRAIN_PATIENTS:
-        raise MetatrackError(
-            f"training data: {n_pat} patients with a visit before their event/censoring time; "
-            f"need at least {MIN_TRAIN_PATIENTS}"
-        )
-    if int(ev[cfg.event_col].sum()) == 0:
-        raise MetatrackError("events: no patient has event = 1; a risk model needs at least one event")
-    end = kept[cfg.patient_col].map(ev.set_index(cfg.patient_col)[cfg.time_col]).to_numpy()
-    flag = kept[cfg.patient_col].map(ev.set_index(cfg.patient_col)[cfg.event_col]).to_numpy()
-    remaining = end - kept[cfg.time_col].to_numpy()
-    if candidates:
-        chosen, relevance = select_features(
-            kept, remaining, flag, candidates, cfg.patient_col, cfg.max_features, cfg.corr_threshold
-        )
-    else:
-        chosen, relevance = [], {}
-    stats = Standardizer.fit(kept, chosen)
+    td = prepare_training(visits, events, cfg)
+    kept, ev, stats = td.kept, td.events, td.standardizer
     seq = build_sequences(kept, stats, cfg)
     tgt = build_targets(seq, ev, cfg)
     results = []
@@ -241,16 +232,16 @@ def train_model(
         )
         results.append(res)
     metadata = {
-        "features": chosen,
-        "candidate_features": candidates,
-        "relevance": relevance,
+        "features": td.chosen,
+        "candidate_features": td.candidates,
+        "relevance": td.relevance,
         "hyperparameters": cfg.to_dict(),
         "metrics": {
             "best_val_nll": float(np.mean([r.best_val_loss for r in results])),
             "epochs": [r.epochs for r in results],
             "best_epoch": [r.best_epoch for r in results],
             "train_seconds": time.perf_counter() - start,
-            "n_patients": int(n_pat),
+            "n_patients": td.n_patients,
             "n_visits": len(kept),
             "n_events": int(ev[cfg.event_col].sum()),
         },
