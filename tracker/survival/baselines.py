@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,7 +30,7 @@ def landmark_design(
     pid = cfg.patient_col
     feats = list(stats.features)
 
-    def z_at(visit: int) -> np.ndarray:
+    def z_at(visit: int) -> tuple[np.ndarray, np.ndarray]:
         rows = kept[kept["visit_index"] == visit - 1].set_index(pid).reindex(patients)
         raw = rows[feats].to_numpy(dtype=np.float64) if feats else np.zeros((len(patients), 0))
         return (raw - stats.mean) / stats.std, rows[cfg.time_col].to_numpy(dtype=np.float64)
@@ -48,7 +49,7 @@ def landmark_design(
 class CoxBaseline:
     """A fitted lifelines CoxPHFitter with the columns it uses."""
 
-    fitter: object
+    fitter: Any  # lifelines CoxPHFitter
     columns: list[str]
     converged: bool = True  # False when lifelines' Newton-Raphson warned that it did not converge
 

@@ -10,6 +10,8 @@ happen after the events) evaluated just before the time (G(t-)) for events and a
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pandas as pd
 
@@ -32,7 +34,7 @@ def kaplan_meier(times: np.ndarray, events: np.ndarray) -> tuple[np.ndarray, np.
 
 def step_at(t_knots: np.ndarray, s_knots: np.ndarray, t: np.ndarray, left: bool = False) -> np.ndarray:
     """Evaluate a right-continuous step function (1 before the first knot) at t; ``left`` gives the limit S(t-)."""
-    side = "left" if left else "right"
+    side: Literal["left", "right"] = "left" if left else "right"
     idx = np.searchsorted(t_knots, np.asarray(t, dtype=np.float64), side=side) - 1
     vals = np.r_[1.0, s_knots]
     return vals[idx + 1]

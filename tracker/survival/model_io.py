@@ -12,6 +12,7 @@ import dataclasses
 import io
 import json
 import zipfile
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,7 +36,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_model_zip(header: dict[str, Any], extra: list[tuple[str, bytes]] = ()) -> bytes:
+def write_model_zip(header: dict[str, Any], extra: Sequence[tuple[str, bytes]] = ()) -> bytes:
     """The zip of a model: ``model.json`` (the header, keys sorted) first, then the extra entries."""
     entries = [(MODEL_JSON, json.dumps(header, sort_keys=True).encode()), *extra]
     buf = io.BytesIO()
