@@ -28,7 +28,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on 
 EndpointOpt = Annotated[str, typer.Option("--endpoint", help="Event kind the model predicts.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (same data + seed, same model).")]
 EpochsOpt = Annotated[int | None, typer.Option("--epochs", min=1, help="Maximum training epochs.")]
-NameOpt = Annotated[str | None, typer.Option("--name", help="Model name (default: rnn-<endpoint>).")]
+NameOpt = Annotated[str | None, typer.Option("--name", help="Model name (default: <kind>-<endpoint>).")]
+KindOpt = Annotated[str, typer.Option("--kind", help="Model kind: rnn (GRU ensemble) or landmark-cox.")]
 MONTHS_PER_YEAR = 12
 
 
@@ -80,11 +81,15 @@ def _train_and_register(
     seed: int,
     epochs: int | None,
     as_json: bool,
+    kind: str,
 ) -> None:
+    from tracker.survival.kinds import model_kind
     from tracker.workflows import models
 
+    model_kind(kind)  # an unknown kind fails before any training
     cfg = _config(epochs)
-    with output.progress("train", cfg.n_ensemble * cfg.max_epochs, state.progress) as advance:
+    steps = cfg.n_ensemble * cfg.max_epochs if kind == "rnn" else 0
+    with output.progress("train", steps, state.progress and steps > 0) as advance:
         info = models.train(
             state.engine(),
             state.store(),
@@ -94,6 +99,7 @@ def _train_and_register(
             endpoint=endpoint,
             name=name,
             seed=seed,
+            kind=kind,
             progress=lambda e, n, loss: advance(),
         )
     if as_json:
@@ -112,11 +118,20 @@ def model_train(
     name: NameOpt = None,
     seed: SeedOpt = 0,
     epochs: EpochsOpt = None,
+    kind: KindOpt = "rnn",
     as_json: JsonOpt = False,
 ) -> None:
     """Train a risk model on generic visit/event tables and register it."""
     _train_and_register(
-        _state(ctx), _read_csv(visits, "visits"), _read_csv(events, "events"), endpoint, name, seed, epochs, as_json
+        _state(ctx),
+        _read_csv(visits, "visits"),
+        _read_csv(events, "events"),
+        endpoint,
+        name,
+        seed,
+        epochs,
+        as_json,
+        kind,
     )
 
 
@@ -126,6 +141,7 @@ def train(
     name: NameOpt = None,
     seed: SeedOpt = 0,
     epochs: EpochsOpt = None,
+    kind: KindOpt = "rnn",
     as_json: JsonOpt = False,
 ) -> None:
     """Train a risk model on the database (processed scans' patient features and clinical events), register it."""
@@ -133,7 +149,7 @@ def train(
 
     state = _state(ctx)
     visits, events = models.database_tables(state.engine(), endpoint)
-    _train_and_register(state, visits, events, endpoint, name, seed, epochs, as_json)
+    _train_and_register(state, visits, events, endpoint, name, seed, epochs, as_json, kind)
 
 
 @model_app.command("predict")

@@ -10,7 +10,6 @@ a model: ``tracker.survival.cache.cached_model(mv.file_sha256, lambda: model_fil
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, update
@@ -22,7 +21,7 @@ from db.types import utcnow
 from tracker.errors import MetatrackError
 
 if TYPE_CHECKING:
-    from tracker.store import FileStore
+    from tracker.store import FileStore, FileWriter
     from tracker.survival.protocol import SurvivalModel
 
 MODEL_KIND = "model"  # the blob kind of model files in the store
@@ -54,7 +53,7 @@ def get_version(session: Session, spec: str) -> ModelVersion:
     return mv
 
 
-def register_model(session: Session, store: FileStore, model: SurvivalModel, name: str, endpoint: str) -> ModelVersion:
+def register_model(session: Session, store: FileWriter, model: SurvivalModel, name: str, endpoint: str) -> ModelVersion:
     """Store the model file (once per content hash) and add version max+1 of `name` in state "trained".
 
     The version's hyperparameters are the model's ``metadata["hyperparameters"]`` plus ``"kind": model.kind``.
@@ -99,32 +98,6 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 def model_file_bytes(store: FileStore, mv: ModelVersion) -> bytes:
     """The bytes of a version's model file in the store."""
     return store.find(mv.file_sha256, MODEL_SUFFIX).read_bytes()
-
-
-def load_file(store: FileStore, mv: ModelVersion) -> SurvivalModel:
-    """Deprecated: use ``tracker.survival.cache.cached_model(mv.file_sha256, lambda: model_file_bytes(store, mv))``."""
-    from tracker.survival.cache import cached_model
-
-    warnings.warn(
-        "db.registry.load_file is deprecated; use tracker.survival.cache.cached_model with "
-        "db.registry.model_file_bytes",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return cached_model(mv.file_sha256, lambda: model_file_bytes(store, mv))
-
-
-def load_model(session: Session, store: FileStore, spec: str) -> tuple[ModelVersion, SurvivalModel]:
-    """Deprecated: use ``get_version`` then ``tracker.survival.cache.cached_model`` (see :func:`load_file`)."""
-    from tracker.survival.cache import cached_model
-
-    warnings.warn(
-        "db.registry.load_model is deprecated; use db.registry.get_version and tracker.survival.cache.cached_model",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    mv = get_version(session, spec)
-    return mv, cached_model(mv.file_sha256, lambda: model_file_bytes(store, mv))
 
 
 def promoted_model(session: Session, endpoint: str) -> ModelVersion | None:

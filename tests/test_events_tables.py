@@ -13,9 +13,8 @@ from db.models import ClinicalEvent, EventKind, Patient, Scan, ScanState
 from db.repo import table_counts
 from db.session import session_scope
 from db.visits import event_table, import_events, visit_table
+from tests.helpers import FEATURES, fill_cohort, synthetic_tables
 from tracker.errors import MetatrackError
-
-from helpers import FEATURES, fill_cohort, synthetic_tables
 
 
 def test_visit_table_pivots_features_and_times(engine: Engine) -> None:

@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import Engine, func, select
-from test_events_tables import FEATURES, synthetic_tables, tiny_model
 
 from db.models import Blob, ModelState, ModelVersion
-from db.registry import list_models, load_model, promote, promoted_model, register_model, retire, show_model
+from db.registry import get_version, list_models, promote, promoted_model, register_model, retire, show_model
 from db.session import session_scope
+from tests.helpers import FEATURES, synthetic_tables, tiny_model
 from tracker.errors import MetatrackError
 from tracker.store import FileStore
+from tracker.workflows.models import load
 
 
 def test_register_load_round_trip_and_single_stored_file(engine: Engine, tmp_path: Path) -> None:
@@ -30,12 +31,12 @@ def test_register_load_round_trip_and_single_stored_file(engine: Engine, tmp_pat
     assert v1.file_sha256 == v2.file_sha256 == other.file_sha256
     with session_scope(engine) as s:
         assert s.scalar(select(func.count()).select_from(Blob).where(Blob.kind == "model")) == 1
-        mv, loaded = load_model(s, store, "gru")
-        mv1, loaded1 = load_model(s, store, "gru:1")
-        assert (mv.version, mv1.version) == (2, 1)
+        mv = get_version(s, "gru")
         assert mv.features == model.features
         assert mv.data_fingerprint == model.metadata["data_fingerprint"]
         assert mv.metrics["n_patients"] == model.metadata["metrics"]["n_patients"]
+    (label, loaded), (label1, loaded1) = load(engine, store, "gru"), load(engine, store, "gru:1")
+    assert (label, label1) == ("gru:2", "gru:1")
     assert len(list((tmp_path / "store").rglob("*.pt"))) == 1
     got = loaded1.predict_all_visits(inputs)
     np.testing.assert_array_equal(got["risk"].to_numpy(), expected["risk"].to_numpy())
@@ -80,5 +81,5 @@ def test_promote_keeps_one_promoted_model_per_endpoint(engine: Engine, tmp_path:
 
 @pytest.mark.parametrize(("spec", "message"), [("nope", "not registered"), ("gru:x", "not a number"), (":3", "NAME")])
 def test_bad_model_specs(engine: Engine, tmp_path: Path, spec: str, message: str) -> None:
-    with pytest.raises(MetatrackError, match=message), session_scope(engine) as s:
-        load_model(s, FileStore(tmp_path), spec)
+    with pytest.raises(MetatrackError, match=message):
+        load(engine, FileStore(tmp_path), spec)

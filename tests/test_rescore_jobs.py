@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import Engine, func, select, update
-from test_events_tables import FEATURES, fill_cohort, synthetic_tables, tiny_model
 
 import tracker.workflows.rescore as rescore
 from db import jobs
@@ -16,6 +15,7 @@ from db.migrate import upgrade
 from db.models import ClinicalEvent, EventKind, Job, JobState, PatientFeature, RiskScore
 from db.registry import promote, register_model
 from db.session import make_engine, session_scope
+from tests.helpers import FEATURES, fill_cohort, synthetic_tables, tiny_model
 from tracker.errors import MetatrackError
 from tracker.scoring import DAYS_PER_MONTH, conditional_risk, curve_row_horizon, survival_at
 from tracker.store import FileStore

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from tracker.errors import MetatrackError
 
@@ -43,6 +44,14 @@ class StoredFile:
     size_bytes: int
     already_present: bool
     suffix: str
+
+
+class FileWriter(Protocol):
+    """What writes into the store: the store itself, or a :class:`StoreUnit` that takes back a failed unit's files."""
+
+    def put_file(self, src: Path, suffix: str, sha256: str | None = None) -> StoredFile: ...
+
+    def put_bytes(self, data: bytes, suffix: str) -> StoredFile: ...
 
 
 class FileStore:

@@ -58,7 +58,7 @@ def test_threads_get_one_model(blob: bytes) -> None:
     assert len(got) == 8 and all(m is got[0] for m in got)
 
 
-def test_registry_loaders_are_deprecated_wrappers(blob: bytes, engine: Engine, tmp_path: Path) -> None:
+def test_registry_keeps_no_model_loader(blob: bytes, engine: Engine, tmp_path: Path) -> None:
     from tracker.survival import model_from_bytes
 
     store = FileStore(tmp_path / "store")
@@ -69,9 +69,5 @@ def test_registry_loaders_are_deprecated_wrappers(blob: bytes, engine: Engine, t
         mv = registry.get_version(s, "cox")
         assert registry.model_file_bytes(store, mv) == blob
         new = cached_model(mv.file_sha256, lambda: registry.model_file_bytes(store, mv))
-        with pytest.warns(DeprecationWarning, match="load_file"):
-            assert registry.load_file(store, mv) is new
-        with pytest.warns(DeprecationWarning, match="load_model"):
-            mv2, old = registry.load_model(s, store, "cox:1")
-        assert old is new and mv2.id == mv.id
-    assert not hasattr(registry, "_CACHE")
+        assert cached_model(mv.file_sha256, lambda: registry.model_file_bytes(store, mv)) is new
+    assert not any(hasattr(registry, name) for name in ("_CACHE", "load_file", "load_model"))

@@ -28,14 +28,17 @@ MODALITIES = ("CT", "MR")
 # Organ label codes of organ maps (the simulator writes these); lesions take the organ under most of their voxels.
 DEFAULT_ORGAN_NAMES = {1: "soft_tissue", 2: "liver", 3: "lung", 4: "bone", 5: "fat", 6: "lymph_node"}
 MANIFEST_REQUIRED = ("patient_id", "date", "image")
-PATIENT_ID_MAX = 64
+EXTERNAL_ID_MAX = 64
 
 
 @dataclass(frozen=True)
 class ScanRequest:
-    """What the user asks to ingest: one image (and optionally its lesion mask) of one patient at one date."""
+    """What the user asks to ingest: one image (and optionally its lesion mask) of one patient at one date.
 
-    patient_id: str
+    ``external_id`` is the patient's pseudonym (the manifest's ``patient_id`` column, the CLI's ``--patient``).
+    """
+
+    external_id: str
     scan_date: date
     image: Path
     mask: Path | None = None
@@ -49,7 +52,7 @@ class ScanRequest:
 
 @dataclass(frozen=True)
 class IngestResult:
-    patient_id: str
+    external_id: str  # the patient's pseudonym
     scan_date: date
     scan_id: int
     role: ScanRole
@@ -67,9 +70,9 @@ def parse_date(text: str, where: str) -> date:
 
 
 def _check_request(req: ScanRequest) -> None:
-    if not req.patient_id or len(req.patient_id) > PATIENT_ID_MAX or req.patient_id != req.patient_id.strip():
+    if not req.external_id or len(req.external_id) > EXTERNAL_ID_MAX or req.external_id != req.external_id.strip():
         raise MetatrackError(
-            f"{req.image}: patient ID {req.patient_id!r} must be 1-{PATIENT_ID_MAX} characters without outer spaces"
+            f"{req.image}: patient ID {req.external_id!r} must be 1-{EXTERNAL_ID_MAX} characters without outer spaces"
         )
     if req.modality not in MODALITIES:
         raise MetatrackError(f"{req.image}: modality {req.modality!r} is not one of {', '.join(MODALITIES)}")
@@ -114,23 +117,23 @@ def _resolve_role(session: Session, req: ScanRequest, patient: Patient | None) -
     if patient is None:
         if req.role == ScanRole.FOLLOW_UP:
             raise MetatrackError(
-                f"{name}: unknown patient {req.patient_id!r} for a follow-up; ingest the baseline scan first"
+                f"{name}: unknown patient {req.external_id!r} for a follow-up; ingest the baseline scan first"
             )
         return ScanRole.BASELINE
     scans = repo.patient_scans(session, patient)
     if any(s.scan_date == req.scan_date for s in scans):
-        raise MetatrackError(f"{name}: patient {req.patient_id!r} already has a scan dated {req.scan_date}")
+        raise MetatrackError(f"{name}: patient {req.external_id!r} already has a scan dated {req.scan_date}")
     baseline = next((s for s in scans if s.role == ScanRole.BASELINE), None)
     if req.role == ScanRole.BASELINE and baseline is not None:
-        raise MetatrackError(f"{name}: patient {req.patient_id!r} already has a baseline scan ({baseline.scan_date})")
+        raise MetatrackError(f"{name}: patient {req.external_id!r} already has a baseline scan ({baseline.scan_date})")
     if baseline is not None and req.scan_date < baseline.scan_date:
         raise MetatrackError(
-            f"{name}: date {req.scan_date} is before patient {req.patient_id!r}'s baseline ({baseline.scan_date})"
+            f"{name}: date {req.scan_date} is before patient {req.external_id!r}'s baseline ({baseline.scan_date})"
         )
     later_done = [s for s in scans if s.scan_date > req.scan_date and s.state not in (ScanState.INGESTED,)]
     if later_done:
         raise MetatrackError(
-            f"{name}: date {req.scan_date} is out of order: patient {req.patient_id!r} has a processed scan of "
+            f"{name}: date {req.scan_date} is out of order: patient {req.external_id!r} has a processed scan of "
             f"{later_done[0].scan_date}; re-process from that date to insert an earlier scan"
         )
     return ScanRole.FOLLOW_UP if req.role is None else req.role
@@ -151,10 +154,10 @@ def ingest_scan(engine: Engine, store: FileStore, req: ScanRequest) -> IngestRes
         existing = repo.scan_by_image(session, image_hash)
         if existing is not None:
             return _already_present(session, existing, req, mask_hash)
-        patient = repo.get_patient(session, req.patient_id)
+        patient = repo.get_patient(session, req.external_id)
         role = _resolve_role(session, req, patient)
         if patient is None:
-            patient = repo.add_patient(session, req.patient_id)
+            patient = repo.add_patient(session, req.external_id)
         stored = _store_image(files, loaded)
         repo.ensure_blob(session, stored.sha256, "image", stored.suffix, stored.size_bytes)
         img = loaded.image
@@ -178,7 +181,7 @@ def ingest_scan(engine: Engine, store: FileStore, req: ScanRequest) -> IngestRes
             if loaded_mask is not None:
                 _add_mask(session, files, scan.id, loaded_mask, kind)
         return IngestResult(
-            req.patient_id,
+            req.external_id,
             req.scan_date,
             scan.id,
             role,
@@ -220,7 +223,7 @@ def _add_mask(session: Session, files: StoreUnit, scan_id: int, loaded: LoadedMa
 
 def _already_present(session: Session, scan: Scan, req: ScanRequest, mask_hash: str | None) -> IngestResult:
     patient = repo.patient_of(session, scan)
-    if patient.external_id != req.patient_id or scan.scan_date != req.scan_date:
+    if patient.external_id != req.external_id or scan.scan_date != req.scan_date:
         raise MetatrackError(
             f"{req.image}: duplicate scan: this image is already ingested as patient {patient.external_id!r} "
             f"on {scan.scan_date}"
@@ -229,7 +232,7 @@ def _already_present(session: Session, scan: Scan, req: ScanRequest, mask_hash: 
     if mask_hash is not None and (current is None or current.mask_sha256 != mask_hash):
         raise MetatrackError(f"{req.mask}: scan already ingested with a different mask (or none)")
     return IngestResult(
-        req.patient_id,
+        req.external_id,
         req.scan_date,
         scan.id,
         scan.role,
@@ -267,7 +270,7 @@ def read_manifest(path: Path) -> list[ScanRequest]:
         organs = (r.get("organs") or "").strip()
         out.append(
             ScanRequest(
-                patient_id=r["patient_id"].strip(),
+                external_id=r["patient_id"].strip(),
                 scan_date=parse_date(r["date"], where),
                 image=base / r["image"].strip(),
                 mask=base / mask if mask else None,
@@ -279,7 +282,7 @@ def read_manifest(path: Path) -> list[ScanRequest]:
                 organs=base / organs if organs else None,
             )
         )
-    return sorted(out, key=lambda q: (q.patient_id, q.scan_date))
+    return sorted(out, key=lambda q: (q.external_id, q.scan_date))
 
 
 def ingest_many(

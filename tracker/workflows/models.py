@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from tracker.store import FileStore
-    from tracker.survival import RiskModel, SurvivalModelConfig
+    from tracker.survival import SurvivalModelConfig
+    from tracker.survival.protocol import SurvivalModel
 
 EpochProgress = Callable[[int, int, float], None]
 
@@ -35,7 +36,7 @@ def database_tables(engine: Engine, endpoint: str) -> tuple[pd.DataFrame, pd.Dat
     return visits[visits["patient_id"].isin(events["patient_id"])], events
 
 
-def register(engine: Engine, store: FileStore, model: RiskModel, name: str, endpoint: str) -> dict[str, Any]:
+def register(engine: Engine, store: FileStore, model: SurvivalModel, name: str, endpoint: str) -> dict[str, Any]:
     """Register a trained model (its file stored once by hash; removed again if the registration fails)."""
     with StoreUnit(store) as files, session_scope(engine) as s:
         mv = registry.register_model(s, files, model, name, endpoint)
@@ -52,20 +53,24 @@ def train(
     endpoint: str,
     name: str | None,
     seed: int,
+    kind: str = "rnn",
     progress: EpochProgress | None = None,
 ) -> dict[str, Any]:
-    """Train the risk model on visit/event tables and register it (state "trained")."""
-    from tracker.survival import train_model
+    """Train a risk model of ``kind`` (`tracker.survival.kinds.MODEL_KINDS`) on visit/event tables and register it
+    (state "trained")."""
+    from tracker.survival.kinds import model_kind
 
-    model = train_model(visits, events, cfg, seed=seed, progress=progress)
-    return register(engine, store, model, name or f"rnn-{endpoint}", endpoint)
+    model = model_kind(kind).train(visits, events, cfg, seed=seed, progress=progress)
+    return register(engine, store, model, name or f"{kind}-{endpoint}", endpoint)
 
 
-def load(engine: Engine, store: FileStore, spec: str) -> tuple[str, RiskModel]:
+def load(engine: Engine, store: FileStore, spec: str) -> tuple[str, SurvivalModel]:
     """('name:version', model) for 'name[:version]' (the newest version by default)."""
+    from tracker.survival.cache import cached_model
+
     with session_scope(engine) as s:
-        mv, model = registry.load_model(s, store, spec)
-        return f"{mv.name}:{mv.version}", model
+        mv = registry.get_version(s, spec)
+        return f"{mv.name}:{mv.version}", cached_model(mv.file_sha256, lambda: registry.model_file_bytes(store, mv))
 
 
 def list_versions(engine: Engine) -> list[dict[str, Any]]:

@@ -11,10 +11,10 @@ from db.session import session_scope
 from tracker.recist import Measurement, RecistLesion, VisitMeasurements, recist_timeline, select_targets
 
 
-def set_targets(engine: Engine, patient_id: str, track_numbers: list[int]) -> list[dict[str, Any]]:
+def set_targets(engine: Engine, external_id: str, track_numbers: list[int]) -> list[dict[str, Any]]:
     """Make these tracks the patient's targets (RECIST limits checked) and re-assess; one transaction."""
     with session_scope(engine) as s:
-        patient, scans, baseline, links = recist_history(s, patient_id)
+        patient, scans, baseline, links = recist_history(s, external_id)
         by_lesion = {les.id: n for n, les, _ in links[scans[0].id] if les is not None}
         lesions = [
             RecistLesion(by_lesion[les.id], les.organ, les.long_axis_mm or 0.0, les.short_axis_mm or 0.0)

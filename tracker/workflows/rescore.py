@@ -12,6 +12,7 @@ The survival curve (the model's, seen from the as-of date) is stored on the 12-m
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from tracker.store import FileStore
-    from tracker.survival import RiskModel
+    from tracker.survival.protocol import SurvivalModel
 
 JOB_KIND = "rescore"
 DEFAULT_BATCH = 500
@@ -213,7 +214,7 @@ def curves_json(curves: np.ndarray) -> list[str]:
 
 
 def _score_group(
-    model: RiskModel,
+    model: SurvivalModel,
     visits: pd.DataFrame,
     plans: dict[int, PatientPlan],
     model_version_id: int,
@@ -303,10 +304,11 @@ class ScoredBatch:
 
 def _score_batch(engine: Engine, store: FileStore, claimed: list[tuple[int, dict[str, Any]]]) -> ScoredBatch:
     """Score the patients of claimed jobs (one vectorised call per model/as-of group); nothing is written."""
-    from db.registry import load_file
+    from db.registry import model_file_bytes
     from db.scores import model_version
     from db.session import session_scope
     from db.visits import first_event_dates, visit_table
+    from tracker.survival.cache import cached_model
 
     stats = WorkStats(batches=1)
     latest, done = _latest_jobs(claimed)
@@ -326,7 +328,7 @@ def _score_batch(engine: Engine, store: FileStore, claimed: list[tuple[int, dict
                 if mv is None:
                     raise MetatrackError(f"model version id {mv_id} no longer exists")
                 features = list(mv.features)
-                model = load_file(store, mv)
+                model = cached_model(mv.file_sha256, functools.partial(model_file_bytes, store, mv))
                 visits = visit_table(s, db_ids, tags=features)
                 events = first_event_dates(s, mv.endpoint, db_ids, on_or_before=as_of)
             plans = {p.db_patient_id: p for p in plan_patients(visits, features, mv_id, as_of, horizons, events)}
