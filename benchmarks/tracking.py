@@ -39,8 +39,9 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from tracker.lesions import Geometry, Lesion, label_lesions, measure_lesions
+from tracker.lesions import Geometry, MeasuredLesion, label_lesions, measure_lesions
 from tracker.matching import MatchConfig, MatchResult, TrackState, match_lesions
+from tracker.records import ChangeClass
 
 # Run as a script, this folder is on sys.path and benchmarks/registration.py would shadow the registration package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -61,7 +62,7 @@ class Scan:
     index: int
     geometry: Geometry
     labels: np.ndarray
-    lesions: list[Lesion]
+    lesions: list[MeasuredLesion]
     true_ids: dict[int, set[str]]
 
 
@@ -210,9 +211,9 @@ def track_patient(scans: list[Scan], mapper: PointMapper, cfg: MatchConfig) -> T
         _record(out, k, result, open_tracks)
         by_label = {les.label: les for les in scan.lesions}
         for link in result.links:
-            if link.change == "merged":
+            if link.change == ChangeClass.MERGED:
                 open_tracks.pop(link.track_id, None)  # type: ignore[arg-type]
-            elif link.change != "vanished" and link.lesion_label is not None and link.track_id is not None:
+            elif link.change != ChangeClass.VANISHED and link.lesion_label is not None and link.track_id is not None:
                 les = by_label[link.lesion_label]
                 open_tracks[link.track_id] = (
                     (k, link.lesion_label),
@@ -234,19 +235,19 @@ def _record(out: Tracking, k: int, result: MatchResult, open_tracks: dict[int, A
         out.merges.add((k, label))
     for link in result.links:
         node = (k, link.lesion_label) if link.lesion_label is not None else None
-        if link.change == "vanished":
+        if link.change == ChangeClass.VANISHED:
             out.vanished.add((k, open_tracks[link.track_id][0]))
             continue
         assert node is not None
-        if link.change == "new":
+        if link.change == ChangeClass.NEW:
             out.new.add(node)
-        elif link.change == "split":
+        elif link.change == ChangeClass.SPLIT:
             out.edges.add((open_tracks[link.related_track_id][0], node))
         else:  # persistent or merged: the track's own last lesion continues into this one
             out.edges.add((open_tracks[link.track_id][0], node))
-        if link.change != "merged":
+        if link.change != ChangeClass.MERGED:
             label = link.lesion_label
-            cls = "new" if link.change == "new" else "persistent"
+            cls = "new" if link.change == ChangeClass.NEW else "persistent"
             cls = "merged" if label in merged_labels else "split" if label in split_labels else cls
             out.classes[node] = cls
 

@@ -144,7 +144,7 @@ def ingest(
             raise typer.BadParameter(f"--role must be baseline or follow-up, not {role!r}")
         requests = [
             ScanRequest(
-                patient_id=patient,
+                external_id=patient,
                 scan_date=_parse_day(scan_date),
                 image=image,
                 mask=mask,
@@ -167,7 +167,7 @@ def ingest(
         done, failed = ingest_many(engine, store, requests, on_done)
     rows = [
         {
-            "patient_id": r.patient_id,
+            "patient_id": r.external_id,
             "date": r.scan_date.isoformat(),
             "scan_id": r.scan_id,
             "role": r.role.value,

@@ -162,7 +162,7 @@ def load_context(session: Session, store: FileStore, scan: Scan) -> PatientConte
             nadir = min(r.sum_mm for r in sums.values())
     pf = _patient_features(session, [s.id for s in earlier])
     return PatientContext(
-        patient_id=patient.external_id,
+        external_id=patient.external_id,
         scans=files,
         open_tracks=open_tracks,
         next_track_number=max([0, *(t.number for t in tracks)]) + 1,

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from tracker.lesions import Geometry, Lesion, label_lesions, measure_lesions
+from tracker.lesions import Geometry, MeasuredLesion, label_lesions, measure_lesions
 from tracker.matching import MatchConfig, TrackState, match_lesions
+from tracker.records import ChangeClass
 
 SHAPE = (24, 64, 64)
 GEOMETRY = Geometry(origin=(-30.0, 12.0, 5.0), spacing=(1.0, 1.0, 2.0))
@@ -25,7 +26,7 @@ def _label_map(objects: dict[int, np.ndarray]) -> np.ndarray:
     return labels
 
 
-def _lesions(labels: np.ndarray) -> list[Lesion]:
+def _lesions(labels: np.ndarray) -> list[MeasuredLesion]:
     return measure_lesions(labels, GEOMETRY)
 
 
@@ -75,6 +76,9 @@ def test_change_classes_of_a_known_scenario() -> None:
         (8, 6): "new",
         (2, None): "vanished",
     }
+    # the classes are ChangeClass members (str values: they compare and serialise as the strings above)
+    assert all(type(link.change) is ChangeClass for link in result.links)
+    assert ChangeClass(result.links[0].change) is result.links[0].change
     assert result.merges == [((4, 3), 2)]
     assert result.splits == [(5, (4, 3))]
     assert result.label_to_track == {1: 1, 2: 4, 3: 7, 4: 5, 5: 6, 6: 8}

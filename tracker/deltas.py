@@ -9,7 +9,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-DAYS_PER_MONTH = 30.0
+#: days of the period that rates are expressed per: ``change_per_30d`` and ``max_track_growth_30d``
+#: (a fixed 30 days, not a calendar month)
+RATE_PERIOD_DAYS = 30.0
 # Lesion features aggregated per patient (volume-weighted mean over the scan's lesions). A small, interpretable set:
 # intensity level and spread, heterogeneity (entropy, texture), and shape.
 PATIENT_AGGREGATE_TAGS: tuple[str, ...] = (
@@ -32,7 +34,7 @@ GROWING_VOLUME_RATIO = 1.2
 
 
 @dataclass(frozen=True)
-class Change:
+class FeatureChange:
     """Change of a value against a reference: absolute, relative (None when the reference is 0), per 30 days."""
 
     abs_change: float | None
@@ -40,19 +42,22 @@ class Change:
     change_per_30d: float | None
 
 
-def change(value: float | None, reference: float | None, days: float) -> Change:
+_NO_CHANGE = FeatureChange(None, None, None)
+
+
+def change(value: float | None, reference: float | None, days: float) -> FeatureChange:
     """The change of `value` against `reference` observed `days` apart."""
     if value is None or reference is None or not (math.isfinite(value) and math.isfinite(reference)):
-        return Change(None, None, None)
+        return _NO_CHANGE
     diff = value - reference
     rel = diff / abs(reference) if reference != 0 else None
-    per30 = diff / (days / DAYS_PER_MONTH) if days > 0 else None
-    return Change(diff, rel, per30)
+    per30 = diff / (days / RATE_PERIOD_DAYS) if days > 0 else None
+    return FeatureChange(diff, rel, per30)
 
 
 def track_deltas(
     now: Mapping[str, float | None], reference: Mapping[str, float | None], days: float
-) -> dict[str, Change]:
+) -> dict[str, FeatureChange]:
     """Change of every feature a lesion has now against its value at the reference scan."""
     return {tag: change(v, reference.get(tag), days) for tag, v in now.items() if tag in reference}
 
@@ -81,7 +86,7 @@ def track_growth(continuing: Sequence[tuple[float, float, float]]) -> dict[str, 
     eps = GROWTH_VOLUME_EPS_MM3
     ratios = [((v + eps) / (prev + eps), v, days) for v, prev, days in continuing]
     growing = sum(v for ratio, v, _ in ratios if ratio > GROWING_VOLUME_RATIO)
-    rates = [math.log(ratio) * DAYS_PER_MONTH / max(days, 1.0) for ratio, _, days in ratios]
+    rates = [math.log(ratio) * RATE_PERIOD_DAYS / max(days, 1.0) for ratio, _, days in ratios]
     return {"growing_volume_mm3": float(growing), "max_track_growth_30d": max(rates) if rates else None}
 
 
@@ -128,8 +133,8 @@ def patient_deltas(
     """Changes of patient features since the previous scan (absolute, per 30 days) and since baseline (relative)."""
     out: dict[str, float | None] = {}
     for tag in [*tags, *(t for t in now if t.startswith("vw_"))]:
-        prev = change(now.get(tag), previous.get(tag), days_since_previous) if previous else Change(None, None, None)
-        base = change(now.get(tag), baseline.get(tag), days_since_baseline) if baseline else Change(None, None, None)
+        prev = change(now.get(tag), previous.get(tag), days_since_previous) if previous else _NO_CHANGE
+        base = change(now.get(tag), baseline.get(tag), days_since_baseline) if baseline else _NO_CHANGE
         out[f"d_prev_{tag}"] = prev.abs_change
         out[f"d_prev30_{tag}"] = prev.change_per_30d
         out[f"rel_base_{tag}"] = base.rel_change

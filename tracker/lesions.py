@@ -96,7 +96,7 @@ class Geometry:
 
 
 @dataclass(frozen=True)
-class Lesion:
+class MeasuredLesion:
     """One lesion of one scan and its measurements (lengths in mm, volume in mm³).
 
     ``bbox`` is the half-open index box (z0, y0, x0, z1, y1, x1); ``long_axis_slice`` is the axial slice index
@@ -286,7 +286,7 @@ def measure_lesions(
     organ_map: np.ndarray | None = None,
     organ_names: Mapping[int, str] | None = None,
     image: np.ndarray | None = None,
-) -> list[Lesion]:
+) -> list[MeasuredLesion]:
     """Measure every labelled lesion of a label map (as returned by :func:`label_lesions`).
 
     Parameters
@@ -304,7 +304,7 @@ def measure_lesions(
 
     Returns
     -------
-    list[Lesion]
+    list[MeasuredLesion]
         Sorted by label.
     """
     labels = _as_label_array(labels, "labels")
@@ -313,7 +313,7 @@ def measure_lesions(
             raise MetatrackError(f"{name}: shape {np.shape(other)} differs from the mask's {labels.shape}")
     spacing = geometry.spacing_zyx
     voxel_mm3 = float(np.prod(spacing))
-    lesions: list[Lesion] = []
+    lesions: list[MeasuredLesion] = []
     for index, box in enumerate(ndimage.find_objects(labels)):
         if box is None:
             continue
@@ -335,7 +335,7 @@ def measure_lesions(
             values = np.asarray(image, dtype=float)[box][crop]
             mean_hu, sd_hu = float(values.mean()), float(values.std())
         lesions.append(
-            Lesion(
+            MeasuredLesion(
                 label=label,
                 voxels=len(idx),
                 volume_mm3=len(idx) * voxel_mm3,
@@ -362,7 +362,7 @@ def extract_lesions(
     organ_names: Mapping[int, str] | None = None,
     image: np.ndarray | None = None,
     split_components: bool | None = None,
-) -> list[Lesion]:
+) -> list[MeasuredLesion]:
     """Lesions of a scan's mask with their measurements: :func:`label_lesions` then :func:`measure_lesions`.
 
     Callers that also need the lesion label map (e.g. for matching) call those two functions themselves.

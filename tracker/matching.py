@@ -34,7 +34,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 from scipy import ndimage
@@ -42,10 +41,9 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from tracker.errors import MetatrackError
-from tracker.lesions import Geometry, Lesion
+from tracker.lesions import Geometry, MeasuredLesion
+from tracker.records import ChangeClass
 
-Change = Literal["persistent", "new", "vanished", "merged", "split"]
-CHANGES: tuple[str, ...] = ("persistent", "new", "vanished", "merged", "split")
 # Cost of a pair that is not a candidate: high enough that the assignment never prefers it.
 _NOT_CANDIDATE_COST = 1e3
 
@@ -107,7 +105,7 @@ class Link:
 
     track_id: int | None
     lesion_label: int | None
-    change: Change
+    change: ChangeClass
     score: float
     related_track_id: int | None = None
 
@@ -126,7 +124,7 @@ class MatchResult:
     merges: list[tuple[tuple[int, ...], int]] = field(default_factory=list)
     splits: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
 
-    def by_change(self, change: Change) -> list[Link]:
+    def by_change(self, change: ChangeClass) -> list[Link]:
         """Links of one change class."""
         return [link for link in self.links if link.change == change]
 
@@ -254,7 +252,11 @@ def _shifted(mask: np.ndarray, shift: np.ndarray) -> np.ndarray:
 
 
 def _locally_corrected(
-    tracks: list[TrackState], lesions: list[Lesion], new_labels: np.ndarray, first: MatchResult, cfg: MatchConfig
+    tracks: list[TrackState],
+    lesions: list[MeasuredLesion],
+    new_labels: np.ndarray,
+    first: MatchResult,
+    cfg: MatchConfig,
 ) -> list[TrackState] | None:
     """Tracks moved by the residual misalignment seen at confidently matched lesions, or None if none is seen.
 
@@ -268,7 +270,7 @@ def _locally_corrected(
     in_events = {label for _, label in first.merges} | {label for _, labels in first.splits for label in labels}
     anchor_pos, shift_idx, shift_mm = [], [], []
     for link in first.links:
-        if link.change != "persistent" or link.lesion_label is None or link.lesion_label in in_events:
+        if link.change != ChangeClass.PERSISTENT or link.lesion_label is None or link.lesion_label in in_events:
             continue
         track, lesion = by_id[link.track_id], by_label[link.lesion_label]
         ratio = lesion.volume_mm3 / max(track.volume_mm3, 1e-9)
@@ -307,7 +309,7 @@ def _locally_corrected(
     return corrected if moved else None
 
 
-def _completes_parent(parent: TrackState, piece: Lesion, other: Lesion, cfg: MatchConfig) -> bool:
+def _completes_parent(parent: TrackState, piece: MeasuredLesion, other: MeasuredLesion, cfg: MatchConfig) -> bool:
     """Whether ``other`` is the rest of ``parent`` next to its continuation ``piece``: not tiny beside it, and
     the two together centred at least ``split_centroid_gain_mm`` closer to the parent's last centroid."""
     if other.volume_mm3 < cfg.split_min_volume_fraction * parent.volume_mm3:
@@ -325,7 +327,7 @@ def _equivalent_radius(volume_mm3: np.ndarray) -> np.ndarray:
 def match_lesions(
     tracks: Sequence[TrackState],
     new_labels: np.ndarray,
-    new_lesions: Sequence[Lesion],
+    new_lesions: Sequence[MeasuredLesion],
     spacing: Sequence[float],
     cfg: MatchConfig | None = None,
     *,
@@ -370,7 +372,7 @@ def match_lesions(
     if len(set(labels.tolist())) != len(labels):
         raise MetatrackError(f"new_lesions: duplicate lesion labels in {labels.tolist()}")
     result = _match_once(tracks, lesions, labels, new_labels, spacing, cfg, visit_index, next_track_id, geometry)
-    unexplained = len(result.by_change("vanished")) + len(result.by_change("new"))
+    unexplained = len(result.by_change(ChangeClass.VANISHED)) + len(result.by_change(ChangeClass.NEW))
     if cfg.refine_sigma_mm > 0 and unexplained:
         # Left-over tracks and lesions may be residual misalignment: retry with tracks moved by the local
         # misalignment of confidently matched lesions, and keep the retry only if it explains more.
@@ -379,14 +381,14 @@ def match_lesions(
             retry = _match_once(
                 corrected, lesions, labels, new_labels, spacing, cfg, visit_index, next_track_id, geometry
             )
-            if len(retry.by_change("vanished")) + len(retry.by_change("new")) < unexplained:
+            if len(retry.by_change(ChangeClass.VANISHED)) + len(retry.by_change(ChangeClass.NEW)) < unexplained:
                 result = retry
     return result
 
 
 def _match_once(
     tracks: list[TrackState],
-    lesions: list[Lesion],
+    lesions: list[MeasuredLesion],
     labels: np.ndarray,
     new_labels: np.ndarray,
     spacing: Sequence[float],
@@ -476,7 +478,7 @@ def _match_once(
         if c in track_of_lesion:
             r = track_of_lesion[c]
             label_to_track[label] = track_ids[r]
-            links.append(Link(track_ids[r], label, "persistent", float(score[r, c])))
+            links.append(Link(track_ids[r], label, ChangeClass.PERSISTENT, float(score[r, c])))
             continue
         new_id = next_id
         if next_id is not None:
@@ -484,9 +486,9 @@ def _match_once(
         label_to_track[label] = new_id
         if c in split_from:
             r = split_from[c]
-            links.append(Link(new_id, label, "split", float(in_track[r, c]), related_track_id=track_ids[r]))
+            links.append(Link(new_id, label, ChangeClass.SPLIT, float(in_track[r, c]), related_track_id=track_ids[r]))
         else:
-            links.append(Link(new_id, label, "new", 0.0))
+            links.append(Link(new_id, label, ChangeClass.NEW, 0.0))
     for r in range(n_t):
         if r in merged:
             c, keep = merged[r]
@@ -494,11 +496,11 @@ def _match_once(
                 Link(
                     track_ids[r],
                     int(labels[c]),
-                    "merged",
+                    ChangeClass.MERGED,
                     float(in_lesion[r, c]),
                     related_track_id=track_ids[keep],
                 )
             )
         elif r not in lesion_of_track:
-            links.append(Link(track_ids[r], None, "vanished", 0.0))
+            links.append(Link(track_ids[r], None, ChangeClass.VANISHED, 0.0))
     return MatchResult(links=links, label_to_track=label_to_track, merges=merges, splits=splits)

@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tracker.deltas import Change, patient_deltas, patient_features, track_deltas
+from tracker.deltas import FeatureChange, patient_deltas, patient_features, track_deltas
 from tracker.errors import MetatrackError
-from tracker.records import LinkOut, PatientContext, ScanFiles, ScanOutcome, Settings
+from tracker.records import ChangeClass, LinkOut, PatientContext, ScanFiles, ScanOutcome, Settings
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
     from registration import RegistrationResult
-    from tracker.lesions import Lesion
+    from tracker.lesions import MeasuredLesion
 
 CT_BODY_THRESHOLD_HU = -500.0
 SHELL_MARGIN_VOXELS = 2
@@ -60,7 +60,7 @@ def _frame_transforms(src: ScanFiles, dst: ScanFiles) -> list[Path]:
 
 
 def _match(
-    ctx: PatientContext, scan: ScanFiles, labels: np.ndarray, lesions: list[Lesion], image: sitk.Image
+    ctx: PatientContext, scan: ScanFiles, labels: np.ndarray, lesions: list[MeasuredLesion], image: sitk.Image
 ) -> tuple[Any, dict[int, int]]:
     """Match this follow-up's lesions against every open track, on this scan's grid."""
     import SimpleITK as sitk
@@ -111,7 +111,7 @@ def _match(
     return result, {label: t for label, t in result.label_to_track.items() if t is not None}
 
 
-def _recist_baseline(lesions: list[Lesion], lesion_track: dict[int, int]) -> tuple[Any, dict[int, str]]:
+def _recist_baseline(lesions: list[MeasuredLesion], lesion_track: dict[int, int]) -> tuple[Any, dict[int, str]]:
     from tracker.recist import RecistLesion, select_targets
 
     selection = select_targets(
@@ -126,7 +126,9 @@ def _recist_baseline(lesions: list[Lesion], lesion_track: dict[int, int]) -> tup
     return selection, roles
 
 
-def _recist_follow_up(ctx: PatientContext, lesions: list[Lesion], links: list[LinkOut], new_lesion: bool) -> Any:
+def _recist_follow_up(
+    ctx: PatientContext, lesions: list[MeasuredLesion], links: list[LinkOut], new_lesion: bool
+) -> Any:
     from tracker.recist import Measurement, RecistLesion, TargetSelection, VisitMeasurements, assess
 
     if ctx.baseline_sum_mm is None:
@@ -140,7 +142,7 @@ def _recist_follow_up(ctx: PatientContext, lesions: list[Lesion], links: list[Li
     for link in links:
         if link.track_number in ctx.targets:
             les = by_label.get(link.lesion_label) if link.lesion_label is not None else None
-            if link.change == "merged":
+            if link.change == ChangeClass.MERGED:
                 # a target merged into another lesion: RECIST measures the merged lesion once, on the survivor
                 les = None
             diameters[link.track_number] = Measurement(les.long_axis_mm, les.short_axis_mm) if les else None
@@ -166,7 +168,7 @@ def _body_mask(arr: np.ndarray, organ_map: np.ndarray | None, modality: str) -> 
 def _extract_features(
     image: sitk.Image,
     labels: np.ndarray,
-    lesions: list[Lesion],
+    lesions: list[MeasuredLesion],
     organ_map: np.ndarray | None,
     modality: str,
     settings: Settings,
@@ -249,7 +251,7 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
     if is_baseline:
         lesion_track = {les.label: ctx.next_track_number + i for i, les in enumerate(lesions)}
         for les in lesions:
-            links.append(LinkOut(lesion_track[les.label], les.label, "new", 0.0))
+            links.append(LinkOut(lesion_track[les.label], les.label, ChangeClass.NEW, 0.0))
             new_tracks[lesion_track[les.label]] = None
     else:
         result, lesion_track = _match(ctx, scan, labels, lesions, image)
@@ -258,8 +260,8 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
             number = link.track_id if link.track_id is not None else lesion_track[link.lesion_label]
             links.append(LinkOut(number, link.lesion_label, link.change, float(link.score), link.related_track_id))
             if number not in known:
-                new_tracks[number] = link.related_track_id if link.change == "split" else None
-    new_lesion = any(link.change == "new" for link in links) and not is_baseline
+                new_tracks[number] = link.related_track_id if link.change == ChangeClass.SPLIT else None
+    new_lesion = any(link.change == ChangeClass.NEW for link in links) and not is_baseline
     timings["matching_s"] = time.perf_counter() - t0
 
     recist, roles, baseline_sum = None, {}, ctx.baseline_sum_mm
@@ -283,8 +285,8 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
     pf = patient_features(
         [les.volume_mm3 for les in lesions],
         [features.get(les.label, {}).get("lesion", {}) for les in lesions],
-        new_lesions=sum(link.change == "new" for link in links) if not is_baseline else 0,
-        vanished_tracks=sum(link.change == "vanished" for link in links),
+        new_lesions=sum(link.change == ChangeClass.NEW for link in links) if not is_baseline else 0,
+        vanished_tracks=sum(link.change == ChangeClass.VANISHED for link in links),
         recist_sum_mm=recist_sum,
         days_from_baseline=(scan.scan_date - ctx.scans[0].scan_date).days,
         continuing=continuing,
@@ -322,18 +324,18 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
 
 
 def _continuing_tracks(
-    ctx: PatientContext, scan: ScanFiles, links: list[LinkOut], lesions: list[Lesion]
+    ctx: PatientContext, scan: ScanFiles, links: list[LinkOut], lesions: list[MeasuredLesion]
 ) -> list[tuple[float, float, float]]:
     """(volume now, volume at the track's last sighting, days since) of every persistent track; lesions that
     merge tracks or that a track split into are left out (their volumes do not compare one to one)."""
     open_by_number = {t.number: t for t in ctx.open_tracks}
     volume_of = {les.label: les.volume_mm3 for les in lesions}
-    merged_into = {link.lesion_label for link in links if link.change == "merged"}
-    split_from = {link.related_track_number for link in links if link.change == "split"}
+    merged_into = {link.lesion_label for link in links if link.change == ChangeClass.MERGED}
+    split_from = {link.related_track_number for link in links if link.change == ChangeClass.SPLIT}
     out = []
     for link in links:
         track = open_by_number.get(link.track_number)
-        if link.change != "persistent" or track is None or link.lesion_label not in volume_of:
+        if link.change != ChangeClass.PERSISTENT or track is None or link.lesion_label not in volume_of:
             continue
         if link.lesion_label in merged_into or link.track_number in split_from:
             continue
@@ -344,13 +346,17 @@ def _continuing_tracks(
 
 def _track_deltas(
     ctx: PatientContext, scan: ScanFiles, links: list[LinkOut], features: dict[int, dict[str, dict]]
-) -> list[tuple[int, int, str, dict[str, Change]]]:
+) -> list[tuple[int, int, str, dict[str, FeatureChange]]]:
     """Per continuing track: feature changes against its previous sighting and its first one."""
     by_number = {t.number: t for t in ctx.open_tracks}
     out = []
     for link in links:
         track = by_number.get(link.track_number)
-        if track is None or link.lesion_label is None or link.change not in ("persistent", "merged"):
+        if (
+            track is None
+            or link.lesion_label is None
+            or link.change not in (ChangeClass.PERSISTENT, ChangeClass.MERGED)
+        ):
             continue
         now = features.get(link.lesion_label, {}).get("lesion")
         if not now:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal
 from tracker.errors import MetatrackError
 
 if TYPE_CHECKING:
-    from tracker.lesions import Lesion
+    from tracker.lesions import MeasuredLesion
 
 Response = Literal["CR", "PR", "SD", "PD", "NE"]
 NODAL_ORGAN = "lymph_node"
@@ -50,8 +50,8 @@ class RecistLesion:
     short_axis_mm: float
 
     @classmethod
-    def from_lesion(cls, track_id: int, lesion: Lesion) -> RecistLesion:
-        """The RECIST view of a measured lesion (``tracker.lesions.Lesion``) on a track."""
+    def from_lesion(cls, track_id: int, lesion: MeasuredLesion) -> RecistLesion:
+        """The RECIST view of a measured lesion (``tracker.lesions.MeasuredLesion``) on a track."""
         return cls(track_id, lesion.organ, lesion.long_axis_mm, lesion.short_axis_mm)
 
     @property
@@ -91,7 +91,7 @@ class Measurement:
     short_axis_mm: float
 
     @classmethod
-    def from_lesion(cls, lesion: Lesion) -> Measurement:
+    def from_lesion(cls, lesion: MeasuredLesion) -> Measurement:
         return cls(lesion.long_axis_mm, lesion.short_axis_mm)
 
 
@@ -105,8 +105,9 @@ class VisitMeasurements:
 
 
 @dataclass(frozen=True)
-class RecistAssessment:
-    """Response at one follow-up. Percent changes are None when their reference sum is 0."""
+class VisitAssessment:
+    """RECIST result of one follow-up (the outcome of its ``VisitMeasurements``; stored as the row
+    ``db.models.RecistAssessment``). Percent changes are None when their reference sum is 0."""
 
     sum_mm: float
     change_from_baseline_pct: float | None
@@ -208,7 +209,7 @@ def _pct(value: float, reference: float) -> float | None:
     return None if reference <= 0 else 100.0 * (value - reference) / reference
 
 
-def assess(selection: TargetSelection, visit: VisitMeasurements, nadir_mm: float) -> RecistAssessment:
+def assess(selection: TargetSelection, visit: VisitMeasurements, nadir_mm: float) -> VisitAssessment:
     """RECIST 1.1 response at one follow-up, given the nadir (smallest sum so far, baseline included)."""
     sum_mm = float(sum(_target_diameter(t, visit.diameters.get(t.track_id)) for t in selection.targets))
     increase = sum_mm - nadir_mm
@@ -225,7 +226,7 @@ def assess(selection: TargetSelection, visit: VisitMeasurements, nadir_mm: float
         response = "PR"
     else:
         response = "SD"
-    return RecistAssessment(
+    return VisitAssessment(
         sum_mm=sum_mm,
         change_from_baseline_pct=_pct(sum_mm, selection.baseline_sum_mm),
         change_from_nadir_pct=_pct(sum_mm, nadir_mm),
@@ -234,10 +235,10 @@ def assess(selection: TargetSelection, visit: VisitMeasurements, nadir_mm: float
     )
 
 
-def recist_timeline(selection: TargetSelection, visits: Sequence[VisitMeasurements]) -> list[RecistAssessment]:
+def recist_timeline(selection: TargetSelection, visits: Sequence[VisitMeasurements]) -> list[VisitAssessment]:
     """Assess follow-ups in date order, tracking the nadir (which starts at the baseline sum)."""
     nadir = selection.baseline_sum_mm
-    out: list[RecistAssessment] = []
+    out: list[VisitAssessment] = []
     for visit in visits:
         assessment = assess(selection, visit, nadir)
         out.append(assessment)

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from registration import RegistrationResult
-    from tracker.deltas import Change
-    from tracker.lesions import Lesion
-    from tracker.recist import RecistAssessment
+    from tracker.deltas import FeatureChange
+    from tracker.lesions import MeasuredLesion
+    from tracker.recist import VisitAssessment
 
 
 class ScanRole(enum.StrEnum):
@@ -94,7 +94,7 @@ class OpenTrack:
 class PatientContext:
     """What processing the next scan needs to know of the patient's earlier, processed scans."""
 
-    patient_id: str
+    external_id: str  # the patient's pseudonym (``Patient.external_id``)
     scans: list[ScanFiles]  # processed scans in date order, then the scan to process last
     open_tracks: list[OpenTrack]
     next_track_number: int
@@ -110,7 +110,7 @@ class PatientContext:
 class LinkOut:
     track_number: int
     lesion_label: int | None
-    change: str
+    change: ChangeClass
     score: float
     related_track_number: int | None = None
 
@@ -121,11 +121,11 @@ class ScanOutcome:
 
     is_baseline: bool
     registration: RegistrationResult | None
-    lesions: list[Lesion]
+    lesions: list[MeasuredLesion]
     links: list[LinkOut]
     new_tracks: dict[int, int | None]  # track number -> parent track number (splits)
     lesion_track: dict[int, int]  # lesion label -> track number it belongs to
-    recist: RecistAssessment | None
+    recist: VisitAssessment | None
     recist_roles: dict[int, str]  # baseline only: track number -> target | non-target
     baseline_sum_mm: float | None
     new_lesion: bool
@@ -134,6 +134,7 @@ class ScanOutcome:
     feature_runtime_s: dict[tuple[int, str], float]
     feature_config: dict[str, Any] | None
     engine_version: str | None
-    deltas: list[tuple[int, int, str, dict[str, Change]]]  # (track number, reference scan id, reference, changes)
+    # (track number, reference scan id, reference, changes)
+    deltas: list[tuple[int, int, str, dict[str, FeatureChange]]]
     patient_features: dict[str, float | None]
     timings: dict[str, float]
