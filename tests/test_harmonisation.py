@@ -16,6 +16,7 @@ from tracker.harmonisation import (
     fit_combat,
     fit_nyul,
     zscore_in_mask,
+    zscore_stats,
 )
 
 # A small three-site data set and neuroCombat 0.2.12's output for it (covariate: age, continuous), computed
@@ -182,3 +183,17 @@ def test_zscore_in_mask() -> None:
     np.testing.assert_allclose(zscore_in_mask(2.5 * img + 100, body), z, atol=1e-9)
     with pytest.raises(MetatrackError, match="empty"):
         zscore_in_mask(img, np.zeros_like(body))
+    flat = np.where(body, 120.0, img)  # constant inside the body: the z-score is undefined, refused
+    with pytest.raises(MetatrackError, match="constant"):
+        zscore_in_mask(flat, body)
+
+
+def test_zscore_stats_one_rule_for_sd_zero() -> None:
+    values = np.array([1.0, 2.0, 4.0, 7.0])
+    assert zscore_stats(values, "x") == (values.mean(), values.std())
+    assert zscore_stats(values.astype(np.int16), "x") == (values.mean(), values.std())
+    for flat in (np.zeros(5), np.full(7, 0.1), np.full(3, -1e6), np.array([1.0, np.nan])):
+        with pytest.raises(MetatrackError, match=r"^x are constant"):
+            zscore_stats(flat, "x")
+    with pytest.raises(MetatrackError, match="no values"):
+        zscore_stats(np.array([]), "x")

@@ -137,6 +137,19 @@ def test_mr_default_zscore_makes_features_scale_invariant() -> None:
         assert b[tag] == pytest.approx(a[tag], rel=1e-6, abs=1e-9), tag
 
 
+def test_zscore_of_a_constant_reference_is_refused() -> None:
+    """SD 0 where the z-score takes its statistics: an error (recorded per lesion by the pipeline), not features
+    in the image's own units."""
+    image = np.full((16, 16, 16), 40.0)
+    mask = np.zeros(image.shape, bool)
+    mask[4:12, 4:12, 4:12] = True
+    with pytest.raises(MetatrackError, match="whole image are constant"):
+        extract(image, mask, (1.0, 1.0, 1.0), "mr_default")
+    image[mask] = 90.0  # the lesion differs, the body around it is flat
+    with pytest.raises(MetatrackError, match="body mask are constant"):
+        extract(image, mask, (1.0, 1.0, 1.0), "mr_default", body_mask=~mask)
+
+
 def _mr_like(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """An MR-like volume: an ellipsoidal body (~N(300, 40)) with a dark cavity, in noisy air (~N(5, 3)); a cubic
     lesion of constant intensity 500 inside. Returns image, lesion mask, true body mask (cavity filled)."""

@@ -23,8 +23,13 @@ from tracker.errors import MetatrackError
 # Parametric EB: stop when the largest relative change of gamma*/delta* falls below this (as neuroCombat).
 EB_CONVERGENCE = 1e-4
 EB_MAX_ITERATIONS = 1000
-# A feature whose pooled residual variance is below this is constant: it is passed through unchanged.
+# A feature whose pooled residual variance is below this is constant: it is passed through unchanged (it has
+# no batch effect to remove, and one constant feature must not stop the others being harmonised). This is not a
+# z-score of values: see ``zscore_stats`` for that, which refuses constant values.
 CONSTANT_VARIANCE = 1e-12
+# z-score statistics: an SD at most this fraction of |mean| is rounding noise of constant values (their mean is
+# not always exact in floating point), i.e. SD 0.
+ZSCORE_MIN_RELATIVE_SD = 1e-12
 COMBAT_FORMAT = 1
 NYUL_FORMAT = 1
 # Nyúl-Udupa defaults: landmarks at the 1st/99th percentile (min/max of the standard scale) and the deciles.
@@ -298,13 +303,30 @@ def _mask_values(image: np.ndarray, mask: np.ndarray | None, what: str) -> np.nd
     return img[m]
 
 
+def zscore_stats(values: np.ndarray, what: str) -> tuple[float, float]:
+    """Mean and SD (population, in float64) of ``values`` for a z-score ``(x - mean) / sd``.
+
+    The one rule for an SD of 0, used by this module's ``zscore_in_mask`` and by radiomics' z-score
+    normalisation: constant values (SD 0 up to rounding, ``ZSCORE_MIN_RELATIVE_SD``) or non-finite ones raise
+    MetatrackError naming ``what``. A z-score is undefined there; dividing by 1 instead would give values still
+    in the image's own units (outside the reference region, where they are not constant), passing silently
+    for z-scores.
+    """
+    arr = np.asarray(values)
+    if arr.size == 0:
+        raise MetatrackError(f"{what}: no values to take the z-score mean and SD from")
+    mean = float(arr.mean(dtype=np.float64))
+    sd = float(arr.std(dtype=np.float64))
+    if not (np.isfinite(sd) and sd > ZSCORE_MIN_RELATIVE_SD * abs(mean)):
+        raise MetatrackError(f"{what} are constant (SD 0) or not finite; their z-score is undefined")
+    return mean, sd
+
+
 def zscore_in_mask(image: np.ndarray, body_mask: np.ndarray) -> np.ndarray:
     """Return ``(image - mean) / sd`` with mean and SD taken inside ``body_mask`` (whole image rescaled)."""
     values = _mask_values(image, body_mask, "z-score")
-    sd = values.std()
-    if not sd > 0:
-        raise MetatrackError("z-score: intensities inside the body mask are constant (SD 0)")
-    return (np.asarray(image, dtype=np.float64) - values.mean()) / sd
+    mean, sd = zscore_stats(values, "z-score: intensities inside the body mask")
+    return (np.asarray(image, dtype=np.float64) - mean) / sd
 
 
 #: the foreground may cover at most this fraction of the image's outer faces (else there is no background)

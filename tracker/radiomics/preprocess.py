@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from tracker.errors import MetatrackError
+from tracker.harmonisation import zscore_stats
 
 #: radius (mm) of the 1 cm³ sphere used by the local intensity features
 PEAK_RADIUS_MM = (3.0 / (4.0 * math.pi) * 1000.0) ** (1.0 / 3.0)
@@ -91,9 +92,8 @@ def prepare(
     shift, scale = 0.0, 1.0
     if cfg["normalisation"] == "zscore":
         ref = img if body_mask is None else img[body_mask]
-        shift = float(ref.mean(dtype=np.float64))
-        sd = float(ref.std(dtype=np.float64))
-        scale = sd if sd > 0 else 1.0
+        where = "whole image" if body_mask is None else "body mask"
+        shift, scale = zscore_stats(ref, f"radiomics z-score: intensities in the {where}")
 
     def crop(sl: tuple[slice, ...]) -> np.ndarray:
         return (img[sl].astype(np.float64) - shift) / scale
