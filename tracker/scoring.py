@@ -14,9 +14,9 @@ from datetime import date
 import numpy as np
 
 from tracker.survival import curves
+from tracker.survival.config import DAYS_PER_MONTH
 from tracker.survival.curves import MIN_SURVIVAL
 
-DAYS_PER_MONTH = 365.25 / 12.0
 DEFAULT_HORIZONS = (6, 12, 24)
 CURVE_HORIZON = 12  # the survival curve is stored on this horizon's row (else on the smallest horizon's)
 
