@@ -6,29 +6,30 @@ import functools
 import os
 from pathlib import Path
 
-import pytest
-
 from db.synthetic import fill_cohort
 from tracker.survival.synthetic import SLOPE_FEATURES as FEATURES
 from tracker.survival.synthetic import slope_cohort as synthetic_tables
 
-__all__ = ["FEATURES", "fill_cohort", "ibsi_data", "synthetic_tables", "tiny_model", "tiny_model_bytes"]
+__all__ = [
+    "FEATURES",
+    "VENDORED_IBSI",
+    "fill_cohort",
+    "shared_ibsi",
+    "synthetic_tables",
+    "tiny_model",
+    "tiny_model_bytes",
+]
 
 VENDORED_IBSI = Path(__file__).resolve().parent / "data" / "ibsi"
 
 
-def ibsi_data(part: str = "") -> Path:
-    """The IBSI data folder: $METATRACK_IBSI_DATA, else the project's ../shared/data/ibsi; skips when absent.
+def shared_ibsi() -> Path:
+    """The full IBSI data (CT phantom, IBSI 2; not vendored): $METATRACK_IBSI_DATA, else ../shared/data/ibsi.
 
-    ``part`` is a path inside it (e.g. ``"ibsi_1/ct_phantom"``). The small IBSI 1 digital phantom and its
-    reference values are vendored under tests/data/ibsi and found with :data:`VENDORED_IBSI`.
+    The small IBSI 1 digital phantom and its reference values are vendored: :data:`VENDORED_IBSI`.
     """
     env = os.environ.get("METATRACK_IBSI_DATA")
-    root = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ibsi"
-    path = root / part
-    if not path.exists():
-        pytest.skip(f"IBSI data not found at {path} (set METATRACK_IBSI_DATA)")
-    return path
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ibsi"
 
 
 @functools.lru_cache(maxsize=1)

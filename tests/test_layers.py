@@ -112,3 +112,10 @@ def test_cli_opens_no_session(path: Path) -> None:
     allowed = {("db.session", "make_engine"), ("db", "migrate")} if _rel(path) == "cli/context.py" else set()
     bad = [f"{m}.{n}" for m, n, t in imports(path) if _is(m, "db") and not t and (m, n) not in allowed]
     assert not bad, f"{_rel(path)} talks to the database directly: {bad}"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "tests").rglob("test_*.py")), ids=_rel)
+def test_no_test_imports_another_test_module(path: Path) -> None:
+    """What several tests share lives in tests/helpers.py (and fixtures in conftest.py)."""
+    bad = [m for m, _, _ in imports(path) if m.split(".")[-1].startswith("test_") or m.startswith("test_")]
+    assert not bad, f"{_rel(path)} imports test modules {bad}"

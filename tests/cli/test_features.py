@@ -9,8 +9,9 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from cli.main import app
+from tests.helpers import VENDORED_IBSI
 
-DATA = Path(__file__).parent / "data" / "ibsi"
+DATA = VENDORED_IBSI
 IMAGE = DATA / "digital_phantom" / "image" / "phantom.nii.gz"
 MASK = DATA / "digital_phantom" / "mask" / "mask.nii.gz"
 REFERENCE = DATA / "reference_values" / "ibsi_1_reference_values_digital_phantom.csv"

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.helpers import VENDORED_IBSI, shared_ibsi
 from tracker.radiomics import extract, load_config
 from tracker.radiomics.compliance import TEXTURE_PREFIXES, score
 
-DATA = Path(__file__).parent / "data" / "ibsi"
+DATA = VENDORED_IBSI
 REQUIRED_CT_RATE = 0.98
 
 
 def _ct_dir() -> Path:
-    env = os.environ.get("METATRACK_IBSI_DATA")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data" / "ibsi"
-    return root / "ibsi_1" / "ct_phantom" / "nifti"
+    return shared_ibsi() / "ibsi_1" / "ct_phantom" / "nifti"
 
 
 def _read(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:

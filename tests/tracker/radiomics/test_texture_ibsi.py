@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import VENDORED_IBSI, shared_ibsi
 from tracker.radiomics.texture import FAMILIES, texture_features
 
-SHARED_IBSI = Path("/work/shared/data/ibsi")
-VENDORED_IBSI = Path(__file__).parent / "data" / "ibsi"
+SHARED_IBSI = shared_ibsi()
 PHANTOM_LEVELS = 6
 # Configuration A (IBSI 1): 2D, no resampling, re-segmentation [-500, 400] HU, fixed bin size 25 HU.
 CONFIG_A_RANGE = (-500.0, 400.0)

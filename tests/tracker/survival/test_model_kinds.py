@@ -22,7 +22,7 @@ from tracker.survival.cache import cached_model
 from tracker.survival.metrics import harrell_c
 from tracker.survival.toy import ToyCohortConfig, toy_cohort
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "models"
+DATA = Path(__file__).resolve().parents[2] / "data" / "models"
 TOY = ToyCohortConfig(n_patients=200, marker_noise_sd=0.15, slope_log_hazard_ratio=1.2, n_noise_features=2)
 # quick settings per kind; a new kind must add its own here
 FAST = {
