@@ -272,6 +272,7 @@ def _locally_corrected(
     for link in first.links:
         if link.change != ChangeClass.PERSISTENT or link.lesion_label is None or link.lesion_label in in_events:
             continue
+        assert link.track_id is not None  # persistent links always carry an existing track's id
         track, lesion = by_id[link.track_id], by_label[link.lesion_label]
         ratio = lesion.volume_mm3 / max(track.volume_mm3, 1e-9)
         if track.last_label_mask is None or not 1 / cfg.anchor_volume_ratio <= ratio <= cfg.anchor_volume_ratio:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -179,7 +179,7 @@ def _extract_features(
 
     cfg = load_config(settings.feature_config)
     arr = sitk.GetArrayFromImage(image).astype(np.float64)
-    spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
+    spacing = cast(tuple[float, float, float], tuple(float(s) for s in reversed(image.GetSpacing())))
     body = _body_mask(arr, organ_map, modality)
     margin = [int(np.ceil(settings.shell_mm / s)) + SHELL_MARGIN_VOXELS for s in spacing]
     values: dict[int, dict[str, dict[str, float | None]]] = {}
@@ -264,6 +264,7 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
     new_lesion = any(link.change == ChangeClass.NEW for link in links) and not is_baseline
     timings["matching_s"] = time.perf_counter() - t0
 
+    roles: dict[int, str]
     recist, roles, baseline_sum = None, {}, ctx.baseline_sum_mm
     if is_baseline:
         selection, roles = _recist_baseline(lesions, lesion_track)
@@ -272,6 +273,9 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
         recist = _recist_follow_up(ctx, lesions, links, new_lesion)
 
     t0 = time.perf_counter()
+    features: dict[int, dict[str, dict[str, float | None]]]
+    errors: dict[tuple[int, str], str]
+    runtimes: dict[tuple[int, str], float]
     features, errors, runtimes, cfg, engine_version = {}, {}, {}, None, None
     if settings.features and lesions:
         features, errors, runtimes, cfg, engine_version = _extract_features(

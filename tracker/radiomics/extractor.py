@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -76,7 +76,7 @@ def feature_columns(cfg: dict[str, Any] | str) -> list[str]:
     return list(_catalog(load_config(cfg) if not _is_validated(cfg) else cfg))
 
 
-def _is_validated(cfg: Any) -> bool:
+def _is_validated(cfg: Any) -> TypeGuard[dict[str, Any]]:
     return isinstance(cfg, dict) and "families" in cfg and "normalisation" in cfg
 
 

@@ -113,7 +113,7 @@ def prepare(
         steps.append(step)
         starts.append(j_lo)
         stops.append(j_hi + 1)
-    out_spacing = tuple(float(spacing[ax]) * steps[ax] for ax in range(3))
+    out_spacing = (float(spacing[0]) * steps[0], float(spacing[1]) * steps[1], float(spacing[2]) * steps[2])
     if res is None or all(s == 1.0 and o == 0.0 for s, o in zip(steps, offsets, strict=True)):
         sl = tuple(slice(a, b) for a, b in zip(starts, stops, strict=True))
         grid_img, grid_mask = crop(sl), roi[sl].copy()

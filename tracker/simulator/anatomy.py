@@ -7,7 +7,7 @@ smooth random fields. LPS frame: +x patient left, +y posterior, +z superior.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from scipy import ndimage
@@ -132,7 +132,7 @@ def lesion_texture(params: dict[str, np.ndarray], pts: np.ndarray) -> np.ndarray
 def render_anatomy(params: dict[str, float], grid: Grid, fov: tuple[float, float, float]) -> dict[str, np.ndarray]:
     """Noise-free HU volume and organ labels on ``grid`` (arrays are z, y, x), and the lesion texture."""
     geo = anatomy_geometry(params, fov)
-    rng = np.random.default_rng(params["texture_seed"])
+    rng = np.random.default_rng(cast(int, params["texture_seed"]))  # an integer seed stored among the float params
     xs, ys, zs = grid.axes_mm()
     x, y, z = xs[None, None, :], ys[None, :, None], zs[:, None, None]
     ax0, ay0 = geo["body_axes"]

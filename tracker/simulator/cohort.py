@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -82,7 +82,7 @@ def lesion_centres(
                 best, best_gap = cand, gap
             if gap >= PLACEMENT_GAP_MM:
                 break
-        centres[les["id"]] = best
+        centres[les["id"]] = cast(np.ndarray, best)  # set on the first try: any gap beats -inf
     for les in lesions:
         if les["anchor"] is not None:
             centres[les["id"]] = centres[les["anchor"]] + np.asarray(les["anchor_offset"])
@@ -169,6 +169,8 @@ def simulate_patient(cfg: SimulationConfig, index: int) -> dict[str, Any]:
         scans.append({"image": out["image"], "mask": out["mask"], "organs": out["organs"], "grid": grid})
         scan_truth.append(entry)
 
+    lesions_truth: dict[str, dict[str, Any]]
+    future: dict[str, dict[str, Any]]
     lesions_truth, future = {}, {}
     for les in latent["lesions"]:
         onset_idx = next((k for k, d in enumerate(latent["days"]) if d >= les["onset_day"]), None)

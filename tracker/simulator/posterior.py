@@ -23,7 +23,7 @@ out the diameter and mean-HU readings. The models it is compared with read the v
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -80,7 +80,7 @@ def _regular_prior(
     decay = np.select(
         [grow, stable, shrink],
         [span(0.0, 0.002, u1), span(0.001, 0.003, u1), span(0.004, 0.012, u1)],
-        default=decay_to_vanish(d0, planned_days[min(2, len(planned_days) - 1)]),
+        default=decay_to_vanish(cast(Any, d0), planned_days[min(2, len(planned_days) - 1)]),
     )
     growth = np.select(
         [grow, stable, shrink],

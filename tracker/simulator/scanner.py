@@ -7,7 +7,7 @@ component holds (two ids for merged lesions, one id under two labels for a split
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from scipy import ndimage
@@ -103,7 +103,7 @@ def render_scan(
         hu[body] = _sample_linear(anatomy["hu"], anatomy_grid, px[body], py[body], pz[body], HU_AIR)
 
     lesion_any = np.zeros(grid.array_shape, dtype=bool)
-    members: dict[str, tuple[tuple[slice, ...], np.ndarray]] = {}
+    members: dict[str, tuple[tuple[slice, slice, slice], np.ndarray]] = {}
     vox = min(grid.spacing)
     for les in lesions:
         ext = lesion_extent(les, day)
@@ -125,7 +125,7 @@ def render_scan(
         hit = rho < 1.0
         if not hit.any():
             continue
-        inside = np.zeros(sub_p.shape[0], dtype=bool)
+        inside: np.ndarray = np.zeros(sub_p.shape[0], dtype=bool)
         inside[near[hit]] = True
         inside = inside.reshape(hu[sl].shape)
         members[les["id"]] = (sl, inside)
@@ -135,7 +135,7 @@ def render_scan(
         idx, rho_b = near[band], rho[band]
         r_eff = float(les["d0_mm"]) / 2.0 * size_factor(les, day)
         w = np.clip(0.5 + (1.0 - rho_b) * r_eff / vox, 0.0, 1.0)
-        tex = lesion_texture(anatomy["lesion_texture"], sub_p[idx])
+        tex = lesion_texture(cast(dict[str, np.ndarray], anatomy["lesion_texture"]), sub_p[idx])
         val = les["base_hu"] + HET_HU * float(heterogeneity(les, day)) * tex
         nec = float(necrosis(les, day))
         if nec > 0:

@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -28,6 +29,8 @@ class RiskNet(nn.Module):
     The GRU cell is stepped one visit at a time so the output after visit k depends on visits 1..k only and is
     computed with exactly the same operations whatever follows it.
     """
+
+    tau: torch.Tensor  # a registered buffer
 
     def __init__(self, n_inputs: int, hidden: int, n_bins: int, dropout: float) -> None:
         super().__init__()
@@ -68,7 +71,7 @@ class EnsembleNet(nn.Module):
     @property
     def n_inputs(self) -> int:
         """Width of one visit's input vector."""
-        return int(self.members[0].embed[0].in_features)
+        return int(cast(nn.Linear, cast(RiskNet, self.members[0]).embed[0]).in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (patients, visits, inputs) -> hazard logits (patients, visits, bins) of the mean survival curve."""

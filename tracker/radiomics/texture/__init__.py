@@ -27,7 +27,7 @@ FAMILIES: tuple[str, ...] = tuple(_MODULES)
 def texture_feature_names(mode: str, families: Sequence[str] = FAMILIES) -> list[str]:
     """The fixed, ordered list of IBSI tags ``texture_features`` returns for ``mode`` and ``families``."""
     _check_mode_families(mode, families)
-    names = []
+    names: list[str] = []
     for fam in families:
         mod = _MODULES[fam]
         for sfx in suffixes_for(mode, mod.DIRECTIONAL):

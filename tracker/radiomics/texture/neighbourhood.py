@@ -90,7 +90,7 @@ def build_neighbourhood(
     box = tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi, strict=True))
     roi_c = np.ascontiguousarray(roi[box])
     morph_c = np.ascontiguousarray(morph_roi[box])
-    level = np.zeros(roi_c.shape, dtype=np.int64)
+    level: np.ndarray = np.zeros(roi_c.shape, dtype=np.int64)
     level[roi_c] = levels[box][roi_c]
     level = level.ravel()
     nz = roi_c.shape[0]
