@@ -1,13 +1,16 @@
-"""Follow-up to baseline registration: rigid -> affine (Mattes MI) -> B-spline FFD or demons on harmonised CT.
+"""Follow-up to baseline registration: rigid -> affine (Mattes MI) -> a deformable backend, on clipped CT.
 
-Pipeline (SimpleITK and torch, multi-threaded, deterministic for a seed and thread count):
-1. Both scans are clipped to a HU window; the baseline body mask (given or thresholded) restricts the metric.
+Pipeline (SimpleITK, torch and ANTs, multi-threaded, deterministic for a seed and thread count):
+1. Both scans are clipped to a HU window; the baseline body mask (given or thresholded) restricts the metric
+   (``registration.intensity``).
 2. Rigid then affine alignment with Mattes mutual information (insensitive to HU offsets) on a 6/3 mm
    pyramid built once for both stages, or an affine started from a prior result (the previous follow-up's).
-3. The follow-up is resampled onto the baseline grid and histogram-matched to it; the residual deformation is
-   a coarse-to-fine cubic B-spline free-form deformation fitted in torch (``registration.bspline``; presets
-   ``fast`` to 3 mm and ``accurate`` to 1.5 mm) or a multi-resolution symmetric-forces demons field (preset
-   ``demons``).
+3. The follow-up is resampled onto the baseline grid and histogram-matched to it; the residual deformation
+   comes from the preset's deformable backend, looked up by ``Preset.deformable`` in
+   ``registration.backends.BACKENDS``: ``bspline`` (coarse-to-fine cubic B-spline FFD in torch, presets
+   ``fast`` to 3 mm and ``accurate`` to 1.5 mm), ``demons`` (multi-resolution symmetric-forces demons),
+   ``syn`` (ANTs SyN through antspyx) or ``none`` (preset ``affine``). A new backend is added in that one
+   table (plus a preset here naming it); ``register`` itself does not change.
 4. The field is inverted by fixed-point iteration; transforms are written to ``workdir``.
 """
 
@@ -16,6 +19,8 @@ from __future__ import annotations
 import os
 import resource
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -23,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from registration import bspline, harmonise, quality
+from registration import bspline, intensity, quality
+from registration.backends import BACKENDS, DeformableInputs, SynSettings, shrink_factors
 from registration.transforms import is_field_file, read_transform, write_affine, write_field
 from tracker.errors import MetatrackError
 
@@ -38,12 +44,7 @@ INVERSE_ITERATIONS = 30
 INVERSE_MEAN_TOLERANCE_MM = 1e-3
 INVERSE_MAX_TOLERANCE_MM = 0.1
 QUALITY_SHRINK = 2
-FOV_ERODE_VOXELS = 3
-ENGINE_NAMES = {
-    "bspline": "sitk-mi-affine+torch-bspline-ffd",
-    "demons": "sitk-mi-affine+symmetric-demons",
-    "none": "sitk-mi-affine",
-}
+ENGINE_NAMES = {name: backend.engine for name, backend in BACKENDS.items()}
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,9 @@ class Preset:
     field_sigma_voxels: float = 2.0
     presmooth_voxels: float = 0.5
     diffeomorphic: bool = False
-    deformable: str = "demons"
+    deformable: str = "demons"  # a key of registration.backends.BACKENDS
     bspline: bspline.BSplineSettings = field(default_factory=bspline.BSplineSettings)
+    syn: SynSettings = field(default_factory=SynSettings)
 
 
 PRESETS: dict[str, Preset] = {
@@ -83,6 +85,8 @@ PRESETS: dict[str, Preset] = {
         ),
     ),
     "affine": Preset("affine", demons_levels_mm=(), demons_iterations=(), deformable="none"),
+    # ANTs SyN (antspyx) after our affine, at 6 and 3 mm: a well-known reference deformable stage
+    "syn": Preset("syn", deformable="syn"),
 }
 
 
@@ -204,47 +208,6 @@ def _linear_stage(
     return transform
 
 
-def shrink_factors(levels_mm: tuple[float, ...], spacing: tuple[float, ...]) -> list[int]:
-    """Integer shrink factors that bring the finest axis of ``spacing`` near each target voxel size."""
-    finest = min(spacing)
-    return [max(1, round(level / finest)) for level in levels_mm]
-
-
-def _level(image: sitk.Image, shrink: int, presmooth: float) -> sitk.Image:
-    if presmooth > 0:
-        image = sitk.SmoothingRecursiveGaussian(image, [presmooth * shrink * s for s in image.GetSpacing()])
-    return sitk.Shrink(image, [shrink] * image.GetDimension()) if shrink > 1 else image
-
-
-def _demons(fixed: sitk.Image, moving: sitk.Image, preset: Preset) -> sitk.Image:
-    """Multi-resolution demons; returns the displacement field on the finest level's grid."""
-    disp: sitk.Image | None = None
-    shrinks = shrink_factors(preset.demons_levels_mm, fixed.GetSpacing())
-    for shrink, iterations in zip(shrinks, preset.demons_iterations, strict=True):
-        fixed_l = _level(fixed, shrink, preset.presmooth_voxels)
-        moving_l = _level(moving, shrink, preset.presmooth_voxels)
-        if preset.diffeomorphic:
-            filt = sitk.DiffeomorphicDemonsRegistrationFilter()
-        else:
-            filt = sitk.FastSymmetricForcesDemonsRegistrationFilter()
-        filt.SetNumberOfIterations(iterations)
-        filt.SetStandardDeviations(preset.field_sigma_voxels)
-        filt.SetSmoothDisplacementField(True)
-        if disp is None:
-            disp = filt.Execute(fixed_l, moving_l)
-        else:
-            start = sitk.Resample(disp, fixed_l, sitk.Transform(), sitk.sitkLinear, 0.0, disp.GetPixelID())
-            disp = filt.Execute(fixed_l, moving_l, start)
-    assert disp is not None
-    return sitk.Cast(disp, sitk.sitkVectorFloat64)
-
-
-def _ones_like(image: sitk.Image) -> sitk.Image:
-    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
-    ones.CopyInformation(image)
-    return ones
-
-
 def _initial_affine(initial: RegistrationResult) -> sitk.Transform:
     parametric = [p for p in initial.forward if not is_field_file(Path(p))]
     if not parametric:
@@ -273,11 +236,11 @@ def _quality(
     full = sitk.CompositeTransform([affine])
     if disp is not None:
         full.AddTransform(sitk.DisplacementFieldTransform(sitk.Image(disp)))
-    air = harmonise.HU_WINDOW_LOW
+    air = intensity.HU_WINDOW_LOW
     before = sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, air, sitk.sitkFloat32)
     after = sitk.Resample(moving, reference, full, sitk.sitkLinear, air, sitk.sitkFloat32)
     fixed_arr = sitk.GetArrayFromImage(reference)
-    moving_body = sitk.GetArrayFromImage(harmonise.body_mask(after)) > 0
+    moving_body = sitk.GetArrayFromImage(intensity.body_mask(after)) > 0
     matrix = np.asarray(affine.GetMatrix()).reshape(3, 3)
     scales = quality.affine_scales(matrix)
     affine_det = float(np.linalg.det(matrix))
@@ -292,6 +255,67 @@ def _quality(
     }
     out.update(quality.jacobian_stats(disp, affine_det))
     return out
+
+
+@contextmanager
+def _itk_threads(threads: int) -> Iterator[None]:
+    """SimpleITK's global thread count and ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS set to ``threads`` meanwhile."""
+    previous_threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    previous_env = os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous_threads)
+        if previous_env is None:
+            os.environ.pop("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", None)
+        else:
+            os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = previous_env
+
+
+def _affine_stage(
+    fixed_c: sitk.Image,
+    moving_c: sitk.Image,
+    mask: sitk.Image,
+    cfg: Preset,
+    seed: int,
+    initial: RegistrationResult | None,
+) -> sitk.AffineTransform:
+    """Rigid then affine (or affine from a prior result's) Mattes-MI alignment, baseline point -> follow-up."""
+    metric_mask = mask if sitk.GetArrayViewFromImage(mask).sum() >= quality.MIN_MASK_VOXELS else None
+    rigid_shrinks = shrink_factors(cfg.rigid_levels_mm, fixed_c.GetSpacing())
+    affine_shrinks = shrink_factors(cfg.affine_levels_mm, fixed_c.GetSpacing())
+    pyramid = _pyramid(fixed_c, moving_c, metric_mask, rigid_shrinks + affine_shrinks)
+    if initial is not None:
+        start_tx: sitk.Transform = _initial_affine(initial)
+    else:
+        rigid0 = sitk.CenteredTransformInitializer(
+            fixed_c, moving_c, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
+        )
+        start_tx = _to_affine(_linear_stage(pyramid, rigid0, rigid_shrinks, cfg, seed))
+    return _to_affine(_linear_stage(pyramid, start_tx, affine_shrinks, cfg, seed))
+
+
+def _write_transforms(
+    affine: sitk.AffineTransform, disp: sitk.Image | None, workdir: Path
+) -> tuple[list[Path], list[Path], sitk.Image | None]:
+    """Write the affine, the field and their inverses; the field comes back as stored (float32 precision)."""
+    forward = [write_affine(affine, workdir / "affine.tfm")]
+    inverse = [write_affine(affine.GetInverse(), workdir / "affine_inverse.tfm")]
+    if disp is None:
+        return forward, inverse, None
+    disp_inv = sitk.InvertDisplacementField(
+        disp,
+        maximumNumberOfIterations=INVERSE_ITERATIONS,
+        maxErrorToleranceThreshold=INVERSE_MAX_TOLERANCE_MM,
+        meanErrorToleranceThreshold=INVERSE_MEAN_TOLERANCE_MM,
+        enforceBoundaryCondition=False,
+    )
+    forward.insert(0, write_field(disp, workdir / "warp.nii.gz"))
+    inverse.append(write_field(disp_inv, workdir / "warp_inverse.nii.gz"))
+    # Quality is evaluated on the field as stored, so metrics describe the files.
+    return forward, inverse, sitk.Cast(sitk.Cast(disp, sitk.sitkVectorFloat32), sitk.sitkVectorFloat64)
 
 
 def register(
@@ -310,8 +334,8 @@ def register(
     Parameters
     ----------
     fixed, moving : 3-D CT images in HU; spacings and grids may differ.
-    preset : ``"fast"`` (B-spline to 3 mm), ``"accurate"`` (B-spline to 1.5 mm), ``"demons"`` or ``"affine"``
-        (see ``PRESETS``).
+    preset : ``"fast"`` (B-spline to 3 mm), ``"accurate"`` (B-spline to 1.5 mm), ``"demons"``, ``"syn"``
+        (ANTs SyN) or ``"affine"`` (see ``PRESETS``).
     seed, threads : make the result reproducible (metric sampling seed, ITK and torch thread count).
     workdir : folder that receives the transform files (created if missing).
     fixed_mask : body mask on the fixed grid; thresholded from ``fixed`` when omitted.
@@ -324,88 +348,43 @@ def register(
     _check_image(fixed, "fixed")
     _check_image(moving, "moving")
     cfg = PRESETS[preset]
+    backend = BACKENDS[cfg.deformable]
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     start_wall = time.perf_counter()
     start_cpu = _cpu_seconds()
     stage_cpu: dict[str, float] = {}
-    previous_threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    previous_env = os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
-    try:
-        fixed_c = harmonise.clip_window(fixed)
-        moving_c = harmonise.clip_window(moving)
+    with _itk_threads(threads):
+        fixed_c = intensity.clip_window(fixed)
+        moving_c = intensity.clip_window(moving)
         if fixed_mask is None:
-            mask = harmonise.body_mask(fixed_c)
+            mask = intensity.body_mask(fixed_c)
         else:
             mask = sitk.Resample(
                 sitk.Cast(fixed_mask > 0, sitk.sitkUInt8), fixed_c, sitk.Transform(), sitk.sitkNearestNeighbor, 0
             )
-        metric_mask = mask if sitk.GetArrayViewFromImage(mask).sum() >= quality.MIN_MASK_VOXELS else None
-
-        rigid_shrinks = shrink_factors(cfg.rigid_levels_mm, fixed_c.GetSpacing())
-        affine_shrinks = shrink_factors(cfg.affine_levels_mm, fixed_c.GetSpacing())
-        pyramid = _pyramid(fixed_c, moving_c, metric_mask, rigid_shrinks + affine_shrinks)
-        if initial is not None:
-            start_tx: sitk.Transform = _initial_affine(initial)
-        else:
-            rigid0 = sitk.CenteredTransformInitializer(
-                fixed_c, moving_c, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
-            )
-            rigid = _linear_stage(pyramid, rigid0, rigid_shrinks, cfg, seed)
-            start_tx = _to_affine(rigid)
-        affine = _to_affine(_linear_stage(pyramid, start_tx, affine_shrinks, cfg, seed))
+        affine = _affine_stage(fixed_c, moving_c, mask, cfg, seed, initial)
         stage_cpu["linear_cpu_s"] = _cpu_seconds() - start_cpu
 
-        disp = None
-        if cfg.deformable != "none":
-            air = harmonise.HU_WINDOW_LOW
-            moved = sitk.Resample(moving_c, fixed_c, affine, sitk.sitkLinear, air, sitk.sitkFloat32)
-            moved = harmonise.match_histogram(moved, fixed_c)
-            store_shrink = shrink_factors((FIELD_STORE_SPACING_MM,), fixed_c.GetSpacing())[0]
-            store_grid = sitk.Shrink(fixed_c, [store_shrink] * 3)
-            if cfg.deformable == "bspline":
-                # Fixed voxels that the follow-up does not cover hold padding, not anatomy: leave them out.
-                covered = sitk.Resample(_ones_like(moving_c), fixed_c, affine, sitk.sitkNearestNeighbor, 0)
-                covered = sitk.BinaryErode(covered, [FOV_ERODE_VOXELS] * 3)
-                fit_mask = sitk.And(mask, covered)
-                disp = bspline.fit(fixed_c, moved, fit_mask, cfg.bspline, store_grid, threads, seed)
-            else:
-                disp = _demons(fixed_c, moved, cfg)
+        store_shrink = shrink_factors((FIELD_STORE_SPACING_MM,), fixed_c.GetSpacing())[0]
+        store_grid = sitk.Shrink(fixed_c, [store_shrink] * 3)
+        inputs = DeformableInputs(fixed_c, moving_c, affine, mask, store_grid)
+        disp = backend.displacement(inputs, cfg, threads=threads, seed=seed, workdir=workdir)
+        if disp is not None:
             stage_cpu["deformable_cpu_s"] = _cpu_seconds() - start_cpu - stage_cpu["linear_cpu_s"]
             if disp.GetSize() != store_grid.GetSize():
                 disp = sitk.Resample(disp, store_grid, sitk.Transform(), sitk.sitkLinear, 0.0, disp.GetPixelID())
 
-        forward = [write_affine(affine, workdir / "affine.tfm")]
-        inverse = [write_affine(affine.GetInverse(), workdir / "affine_inverse.tfm")]
-        if disp is not None:
-            disp_inv = sitk.InvertDisplacementField(
-                disp,
-                maximumNumberOfIterations=INVERSE_ITERATIONS,
-                maxErrorToleranceThreshold=INVERSE_MAX_TOLERANCE_MM,
-                meanErrorToleranceThreshold=INVERSE_MEAN_TOLERANCE_MM,
-                enforceBoundaryCondition=False,
-            )
-            forward.insert(0, write_field(disp, workdir / "warp.nii.gz"))
-            inverse.append(write_field(disp_inv, workdir / "warp_inverse.nii.gz"))
-            # Evaluate quality on the field as stored (float32), so metrics describe the files.
-            disp = sitk.Cast(sitk.Cast(disp, sitk.sitkVectorFloat32), sitk.sitkVectorFloat64)
+        forward, inverse, disp = _write_transforms(affine, disp, workdir)
         before_quality = _cpu_seconds()
         metrics = _quality(fixed_c, moving_c, mask, affine, disp)
         stage_cpu["quality_cpu_s"] = _cpu_seconds() - before_quality
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous_threads)
-        if previous_env is None:
-            os.environ.pop("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", None)
-        else:
-            os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = previous_env
     metrics.update(
         {
             "preset": cfg.name,
             "seed": seed,
             "threads": threads,
-            "engine": ENGINE_NAMES[cfg.deformable],
+            "engine": backend.engine,
             "initialised_from_prior": int(initial is not None),
             "runtime_s": time.perf_counter() - start_wall,
             "cpu_s": _cpu_seconds() - start_cpu,
@@ -418,6 +397,6 @@ def register(
 
 
 def _cpu_seconds() -> float:
-    """CPU seconds of this process, all threads (user + system)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    """CPU seconds of this process, all threads, and of its finished child processes (user + system)."""
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)

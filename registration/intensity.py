@@ -1,4 +1,8 @@
-"""Intensity preprocessing that makes scans from different scanners comparable before registration."""
+"""Intensity preprocessing for registration: HU window, body mask and histogram matching.
+
+Makes scans from different scanners comparable before they are registered; not to be confused with the ComBat
+feature harmonisation of the tracker.
+"""
 
 from __future__ import annotations
 
