@@ -214,7 +214,7 @@ def _sim_grid(spacing: float) -> dict:
 def process(
     ctx: typer.Context,
     patient: Annotated[str | None, typer.Option("--patient", "-p", help="Only this patient.")] = None,
-    preset: Annotated[str, typer.Option(help="Registration preset: accurate, fast, demons, affine.")] = "accurate",
+    preset: Annotated[str, typer.Option(help="Registration preset: accurate, fast, demons, syn, affine.")] = "accurate",
     threads: Annotated[int, typer.Option(min=1, help="Threads for registration (ITK/ANTs).")] = 2,
     seed: Annotated[int, typer.Option(help="Registration seed.")] = 0,
     features: Annotated[str, typer.Option(help="Radiomics preset or YAML config for lesion features.")] = "ct_default",

@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import SimpleITK as sitk
@@ -121,6 +121,7 @@ class DemonsBackend:
         for shrink, iterations in zip(shrinks, preset.demons_iterations, strict=True):
             fixed_l = _level(fixed, shrink, preset.presmooth_voxels)
             moving_l = _level(moving, shrink, preset.presmooth_voxels)
+            filt: Any
             if preset.diffeomorphic:
                 filt = sitk.DiffeomorphicDemonsRegistrationFilter()
             else:
@@ -200,7 +201,7 @@ def _ants_syn(fixed: sitk.Image, moved: sitk.Image, cfg: SynSettings, threads: i
         },
     }
     for key, image in (("fixed", fixed), ("moved", moved)):
-        np.save(job[key], sitk.GetArrayFromImage(image).transpose(2, 1, 0))  # ants wants (x, y, z)
+        np.save(str(job[key]), sitk.GetArrayFromImage(image).transpose(2, 1, 0))  # ants wants (x, y, z)
     (tmp / "job.json").write_text(json.dumps(job))
     env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(threads)}
     done = subprocess.run(

@@ -13,6 +13,7 @@ turned into LPS mm with the image direction only when the field is written out.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -128,10 +129,13 @@ def _bounding_box(weight, margin: int) -> tuple[slice, slice, slice]:
     """Slices of the non-zero part of ``weight`` (Z, Y, X) widened by ``margin`` voxels."""
     nonzero = weight.nonzero()
     if nonzero.shape[0] == 0:
-        return tuple(slice(0, n) for n in weight.shape)
+        return cast(tuple[slice, slice, slice], tuple(slice(0, n) for n in weight.shape))
     low = (nonzero.min(dim=0).values - margin).clamp(min=0).tolist()
     high = nonzero.max(dim=0).values.tolist()
-    return tuple(slice(lo, min(hi + margin + 1, n)) for lo, hi, n in zip(low, high, weight.shape, strict=True))
+    return cast(
+        tuple[slice, slice, slice],
+        tuple(slice(lo, min(hi + margin + 1, n)) for lo, hi, n in zip(low, high, weight.shape, strict=True)),
+    )
 
 
 def _level_image(image: sitk.Image, shrink: int, presmooth: float) -> sitk.Image:
@@ -241,7 +245,8 @@ def fit(
         coef = coef.detach()
 
         positions = _axis_positions_mm(store_grid, fixed)
-        bases = [torch.from_numpy(basis_matrix(positions[a], previous_control, counts[a])) for a in range(3)]
+        bz, by, bx = (torch.from_numpy(basis_matrix(positions[a], previous_control, counts[a])) for a in range(3))
+        bases = (bz, by, bx)
         with torch.no_grad():
             disp = evaluate(coef.double(), *bases).numpy()  # (Z, Y, X, 3), mm along x, y, z index axes
     finally:

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -118,7 +119,7 @@ def _versions() -> dict[str, str]:
 
 def _to_affine(transform: sitk.Transform) -> sitk.AffineTransform:
     """Express a rigid/affine (possibly wrapped in a composite) transform as one AffineTransform."""
-    tx = transform.Downcast() if hasattr(transform, "Downcast") else transform
+    tx: Any = transform.Downcast() if hasattr(transform, "Downcast") else transform
     if isinstance(tx, sitk.CompositeTransform):
         parts = [tx.GetNthTransform(i).Downcast() for i in range(tx.GetNumberOfTransforms())]
         matrix, offset = np.eye(3), np.zeros(3)

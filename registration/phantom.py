@@ -12,6 +12,7 @@ the matching psi(q).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -127,7 +128,7 @@ def make_pair(
     fu_spacing = followup_spacing or spacing
     extent = np.asarray([(n - 1) * s for n, s in zip(shape, spacing, strict=True)])
     fu_shape = tuple(round(float(e) / s) + 1 for e, s in zip(extent, fu_spacing, strict=True))
-    q = _grid_points(fu_shape, fu_spacing)
+    q = _grid_points(cast(tuple[int, int, int], fu_shape), fu_spacing)
 
     angles = np.deg2rad(rng.uniform(-1.0, 1.0, size=3) * rotation_deg)
     rot = sitk.Euler3DTransform((0.0, 0.0, 0.0), *angles)
