@@ -133,18 +133,7 @@ class LandmarkCoxModel(VisitPredictions):
             raise MetatrackError("landmark Cox model: needs at least the landmark-1 fit")
         if [f.landmark for f in self.fits] != list(range(1, len(self.fits) + 1)):
             raise MetatrackError("landmark Cox model: fits must be for landmarks 1, 2, ... in order")
-        if "hyperparameters" not in self.metadata:
-            self.metadata = {**self.metadata, "hyperparameters": self.cfg.to_dict()}
-
-    @property
-    def features(self) -> list[str]:
-        """The (selected) feature columns the model reads."""
-        return list(self.standardizer.features)
-
-    @property
-    def grid_months(self) -> list[float]:
-        """Time points (months after a visit) of the survival curves."""
-        return self.cfg.grid_months
+        self._default_hyperparameters()
 
     def fit_for(self, visit: int) -> CoxFit:
         """The fit that scores visit ``visit`` (1-based): its landmark's, else the last one."""

@@ -63,18 +63,7 @@ class RiskModel(VisitPredictions):
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if "hyperparameters" not in self.metadata:  # every trained model has them; a hand-built one gets its config
-            self.metadata = {**self.metadata, "hyperparameters": self.cfg.to_dict()}
-
-    @property
-    def features(self) -> list[str]:
-        """The (selected) feature columns the model reads, in input order."""
-        return list(self.standardizer.features)
-
-    @property
-    def grid_months(self) -> list[float]:
-        """Time points (months after a visit) of the survival curves."""
-        return self.cfg.grid_months
+        self._default_hyperparameters()
 
     def survival_all_visits(self, visits: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         """Survival curve from every visit on.

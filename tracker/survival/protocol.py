@@ -13,6 +13,7 @@ from tracker.survival.curves import curve_column, survival_at
 
 if TYPE_CHECKING:
     from tracker.survival.config import SurvivalModelConfig
+    from tracker.survival.data import Standardizer
 
 DEFAULT_HORIZONS_MONTHS = (6.0, 12.0, 24.0)
 
@@ -59,16 +60,32 @@ class SurvivalModel(Protocol):
 
 
 class VisitPredictions:
-    """``predict``, ``predict_all_visits`` and ``risk_at`` from ``survival_all_visits`` (needs ``cfg``)."""
+    """What every kind shares: ``features``, ``grid_months``, default hyperparameters, and ``predict``,
+    ``predict_all_visits`` and ``risk_at`` from ``survival_all_visits`` (needs ``cfg``, ``standardizer``,
+    ``metadata``)."""
 
     cfg: SurvivalModelConfig
+    standardizer: Standardizer
+    metadata: dict[str, Any]
 
     if TYPE_CHECKING:
 
-        @property
-        def grid_months(self) -> list[float]: ...
-
         def survival_all_visits(self, visits: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]: ...
+
+    def _default_hyperparameters(self) -> None:
+        """Every trained model has hyperparameters in its metadata; a hand-built one gets its config."""
+        if "hyperparameters" not in self.metadata:
+            self.metadata = {**self.metadata, "hyperparameters": self.cfg.to_dict()}
+
+    @property
+    def features(self) -> list[str]:
+        """The (selected) feature columns the model reads, in input order."""
+        return list(self.standardizer.features)
+
+    @property
+    def grid_months(self) -> list[float]:
+        """Time points (months after a visit) of the survival curves."""
+        return self.cfg.grid_months
 
     def predict(self, visits: pd.DataFrame) -> pd.DataFrame:
         """One row per patient as of its last visit: patient_id, as_of_time_days, s_<m>m survival columns."""
