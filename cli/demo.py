@@ -21,7 +21,7 @@ ENDPOINT = "metastasis"
 
 def run_demo(state: AppState, *, patients: int, seed: int) -> None:
     """Simulate (once per seed and size) into the data home, ingest, process, score, and print the timeline."""
-    from cli.main import run_process
+    from cli.processcmd import run_process
     from tracker.home import data_home
     from tracker.records import Settings
     from tracker.simulator import SimulationConfig, simulate_cohort
