@@ -1,18 +1,167 @@
-"""Engines and sessions: the only place that builds them. One transaction per unit of work."""
+"""Engines and sessions: the only place that builds them. One transaction per unit of work.
+
+Also what keeps database trouble to one line: :func:`redact_url` masks passwords in any text, connection failures
+become :class:`DatabaseUnavailable` (a :class:`MetatrackError` with the password masked), and :func:`retrying`
+runs a unit of work again when the connection was lost (a PostgreSQL restart), saying so on stderr.
+"""
 
 from __future__ import annotations
 
+import logging
+import re
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tracker.errors import MetatrackError
+
+T = TypeVar("T")
+_log = logging.getLogger("metatrack.db")
+
+# Waits between tries when the database connection is lost (4 tries in all, 7 s of waiting): enough for a
+# PostgreSQL restart or a fail-over, short enough that a server that is gone for good is reported soon.
+RETRY_WAITS_S: tuple[float, ...] = (1.0, 2.0, 4.0)
+
+# scheme://user:password@ -- the password runs to the token's last '@' (an unescaped '@' in a password is kept
+# secret too), or, when the token has none, to the first '@' on the line (a password with spaces)
+_SCHEME_CREDENTIALS = re.compile(r"(?P<head>\b[A-Za-z][\w+.\-]*:/{1,3}[^\s:/@'\"]*):(?:\S*|[^@/\n]*)@")
+# user:password@host without a scheme (a URL SQLAlchemy cannot parse)
+_BARE_CREDENTIALS = re.compile(r"(?:^|(?<=[\s'\"(<=,/]))(?P<head>[\w.%+\-]+):(?!/)\S*@(?=\S)")
+# libpq keyword/value connection strings and URL query parameters
+_KEYWORD_PASSWORD = re.compile(r"(?i)(?P<head>\b(?:password|passwd|pwd)\s*=\s*)(?:'[^']*'|\"[^\"]*\"|[^\s&;,)'\"]+)")
+# connection-level failures worth another try: the server is restarting, refusing or dropped us
+_TRANSIENT_TEXT = (
+    "connection refused",
+    "could not connect",
+    "starting up",
+    "shutting down",
+    "not yet accepting connections",
+    "in recovery mode",
+    "server closed the connection",
+    "terminating connection",
+    "connection reset",
+    "connection timed out",
+    "timeout expired",
+    "could not receive data",
+    "could not send data",
+    "consuming input failed",
+    "no such file or directory",  # the Unix socket is gone while the server restarts
+)
+_TRANSIENT_SQLSTATES = ("57P01", "57P02", "57P03")  # admin shutdown, crash shutdown, cannot connect now
+
+
+def redact_url(text: str) -> str:
+    """`text` with the password of every ``user:password@`` (and ``password=...``) in it replaced by ``***``.
+
+    Works on any string -- a URL, an unparsable one, a driver's error message -- and never raises.
+    """
+    text = _SCHEME_CREDENTIALS.sub(r"\g<head>:***@", text)
+    text = _BARE_CREDENTIALS.sub(r"\g<head>:***@", text)
+    return _KEYWORD_PASSWORD.sub(r"\g<head>***", text)
+
+
+def one_line(text: str) -> str:
+    """A message on one line: its lines joined, SQLAlchemy's "Background on this error" link dropped."""
+    lines = [ln.strip() for ln in str(text).splitlines()]
+    return " ".join(ln for ln in lines if ln and not ln.startswith("(Background on this error"))
+
+
+class DatabaseUnavailable(MetatrackError):
+    """The database cannot be reached (connection refused, lost, authentication failed); `transient` when another
+    try may succeed (the server is restarting)."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def describe_db_error(exc: BaseException) -> str:
+    """One line naming a database error's cause, password masked: the driver's message without SQL."""
+    orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    return redact_url(one_line(f"{type(orig).__name__}: {orig}"))
+
+
+def _transient_driver_error(exc: BaseException) -> bool:
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = getattr(exc, "sqlstate", None)
+    if state is not None:
+        return state.startswith("08") or state in _TRANSIENT_SQLSTATES
+    message = str(exc).lower()
+    return any(t in message for t in _TRANSIENT_TEXT)
+
+
+def is_connection_loss(exc: BaseException) -> bool:
+    """Whether `exc` is a lost or refused database connection that another try may cure (not a refused password,
+    an unknown database, a constraint or a SQLite lock)."""
+    if isinstance(exc, DatabaseUnavailable):
+        return exc.transient
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        return exc.orig is not None and _transient_driver_error(exc.orig)
+    return _transient_driver_error(exc)
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """Whether `exc` is a unique or foreign-key violation: another writer committed the same rows first."""
+    return isinstance(exc, IntegrityError)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` is the database's disk being full (PostgreSQL 53100, SQLite "database or disk is full")."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    return getattr(orig, "sqlstate", None) == "53100" or "disk is full" in str(orig).lower()
+
+
+def retrying(
+    fn: Callable[[], T],
+    what: str,
+    *,
+    waits: Sequence[float] | None = None,
+    notify: Callable[[str], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """``fn()``, tried again after each wait in `waits` (default :data:`RETRY_WAITS_S`) while it fails with a lost
+    connection (:func:`is_connection_loss`); other errors propagate at once.
+
+    `fn` must be one whole unit of work (its own transaction), safe to run again: a commit whose answer was lost
+    may have happened. Each retry is announced through `notify` (default: a warning on the ``metatrack.db`` logger,
+    which prints on stderr), naming `what` was being done and the wait. When the tries are used up a
+    :class:`DatabaseUnavailable` says so in one line.
+    """
+    waits = RETRY_WAITS_S if waits is None else tuple(waits)
+    say = notify or _log.warning
+    for attempt in range(len(waits) + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_connection_loss(exc):
+                raise
+            cause = describe_db_error(exc) if not isinstance(exc, MetatrackError) else str(exc)
+            if attempt == len(waits):
+                raise DatabaseUnavailable(
+                    f"database connection lost while {what}; gave up after {attempt + 1} tries "
+                    f"over {sum(waits):g} s: {cause}"
+                ) from exc
+            wait = waits[attempt]
+            say(f"database connection lost while {what} ({cause}); try {attempt + 2} of {len(waits) + 1} in {wait:g} s")
+            sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -23,21 +172,55 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _connect_failure(ctx: ExceptionContext) -> BaseException | None:
+    """``handle_error``: a failure to connect (no connection yet) becomes one redacted line; others pass."""
+    if ctx.connection is not None or ctx.execution_context is not None or ctx.is_pre_ping:
+        return None
+    exc = ctx.original_exception
+    engine = ctx.engine or (ctx.connection.engine if ctx.connection is not None else None)
+    where = engine.url.render_as_string(hide_password=True) if engine is not None else "the database"
+    return DatabaseUnavailable(
+        f"cannot connect to the database {redact_url(where)}: {describe_db_error(exc)}",
+        transient=_transient_driver_error(exc),
+    )
+
+
 def make_engine(url: str) -> Engine:
-    """Create an engine for `url`; SQLite gets foreign keys, WAL and a busy timeout."""
+    """Create an engine for `url`; SQLite gets foreign keys, WAL and a busy timeout.
+
+    A URL that cannot be parsed, names an unknown driver or one that is not installed raises a
+    :class:`MetatrackError` (password masked); so does, later, a failure to connect (:class:`DatabaseUnavailable`).
+    """
+    shown = redact_url(url)
     try:
         parsed = make_url(url)
     except Exception as exc:
-        raise MetatrackError(f"database URL {url!r} is not a valid SQLAlchemy URL: {exc}") from exc
-    if parsed.drivername == "postgresql":
+        # `from None`: the parser's own exception may quote the URL, password and all
+        raise MetatrackError(
+            f"database URL {shown!r} is not a valid SQLAlchemy URL ({redact_url(one_line(str(exc)))}); "
+            "expected e.g. sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+        ) from None
+    if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed)
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(parsed, pool_pre_ping=True)
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(parsed)
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_engine(parsed, pool_pre_ping=True)
+    except ArgumentError as exc:  # NoSuchModuleError: an unknown dialect or driver
+        raise MetatrackError(
+            f"database URL {shown!r}: unknown database driver {parsed.drivername!r} "
+            f"({redact_url(one_line(str(exc)))}); use sqlite:/// or postgresql://"
+        ) from None
+    except ImportError as exc:  # the dialect is known but its driver package is not installed
+        raise MetatrackError(
+            f"database URL {shown!r}: the driver for {parsed.drivername!r} is not installed (no module {exc.name!r})"
+        ) from None
+    event.listen(engine, "handle_error", _connect_failure, retval=True)
+    return engine
 
 
 @contextmanager
