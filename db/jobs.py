@@ -2,17 +2,16 @@
 
 PostgreSQL: any number of workers; a claim takes queued rows with ``SELECT ... FOR UPDATE SKIP LOCKED`` so two
 workers never take the same job. SQLite: one worker at a time, enforced by an exclusive ``flock`` on a lock file
-next to the database (:func:`worker_lock`); a second worker fails at once with a one-line error.
+next to the database (:func:`worker_lock`, a `db.locks.file_lock`); a second worker fails at once with a one-line error.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import socket
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, case, func, select, update
 from sqlalchemy.orm import Session
 
+from db import locks
 from db.models import Job, JobState
 from db.types import rowcount, table_of, utcnow
 from tracker.errors import MetatrackError
@@ -226,12 +226,7 @@ def list_jobs(
 
 def sqlite_lock_path(engine: Engine) -> Path | None:
     """The worker lock file of a SQLite database file (None for PostgreSQL or in-memory SQLite)."""
-    if engine.dialect.name != "sqlite":
-        return None
-    db = engine.url.database
-    if not db or db == ":memory:":
-        return None
-    return Path(db).with_name(Path(db).name + LOCK_SUFFIX)
+    return locks.sqlite_lock_path(engine, LOCK_SUFFIX)
 
 
 @contextmanager
@@ -241,18 +236,13 @@ def worker_lock(engine: Engine, wait: bool = False) -> Iterator[None]:
     if path is None:
         yield
         return
-    fh = open(path, "a+")  # held open for the lifetime of the lock
-    try:
+    with ExitStack() as held:
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
+            held.enter_context(locks.file_lock(path, wait_s=None if wait else 0.0))
+        except locks.LockBusy as exc:
+            holder = f"pid {exc.holder}" if exc.holder is not None else "another process"
             raise MetatrackError(
-                f"another worker is already running on this SQLite database (lock {path}); "
+                f"another worker is already running on this SQLite database (lock {path}, held by {holder}); "
                 "SQLite allows one worker, use PostgreSQL for several"
             ) from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-    finally:
-        fh.close()
+        yield

@@ -8,6 +8,7 @@ runs a unit of work again when the connection was lost (a PostgreSQL restart), s
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import uuid
@@ -172,6 +173,22 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def create_private_sqlite_file(path: Path) -> None:
+    """Create a SQLite database file 0600 (its directory 0700) before SQLite does, which would make it 0644.
+
+    SQLite opens an existing empty file as an empty database and gives its -wal and -shm files the database
+    file's mode. The file is created with ``O_EXCL`` and an explicit mode rather than under a narrowed umask:
+    the umask is process-wide, and another thread may be creating files meanwhile.
+    """
+    from tracker.home import private_dir
+
+    private_dir(path.parent)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 def _connect_failure(ctx: ExceptionContext) -> BaseException | None:
     """``handle_error``: a failure to connect (no connection yet) becomes one redacted line; others pass."""
     if ctx.connection is not None or ctx.execution_context is not None or ctx.is_pre_ping:
@@ -205,7 +222,7 @@ def make_engine(url: str) -> Engine:
     try:
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                create_private_sqlite_file(Path(parsed.database))
             engine = create_engine(parsed)
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
