@@ -26,11 +26,17 @@ class AppState:
             from db.session import make_engine
             from tracker.home import database_url
 
-            eng = make_engine(database_url(self.db_url))
+            eng = make_engine(database_url(self.db_url))  # a bad URL or driver: MetatrackError, password masked
             try:
                 current = migrate.current_revision(eng)
-            except Exception as exc:
-                raise MetatrackError(f"cannot open database {eng.url.render_as_string()}: {exc}") from exc
+            except MetatrackError:  # cannot connect (DatabaseUnavailable): the message names the cause, masked
+                raise
+            except Exception as exc:  # connected, but not a database metatrack can read (the password is not in it)
+                orig = getattr(exc, "orig", None) or exc
+                cause = " ".join(ln.strip() for ln in str(orig).splitlines() if ln.strip())
+                raise MetatrackError(
+                    f"cannot open database {eng.url.render_as_string()}: {type(orig).__name__}: {cause}"
+                ) from exc
             head = migrate.head_revision()
             if current is None and migrate_empty:
                 migrate.upgrade(eng)

@@ -6,6 +6,7 @@ Heavy libraries (SimpleITK, ants, torch, monai) are imported inside the commands
 
 from __future__ import annotations
 
+import errno
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,14 +22,47 @@ from tracker.errors import MetatrackError
 
 
 class _Group(TyperGroup):
-    """Turns metatrack's own errors into one line on stderr and exit code 1."""
+    """Turns errors into one line on stderr and exit code 1: metatrack's own, and as a last line of defence those of
+    the database (unreachable, lost, unknown driver) and of the file system (disk full, permissions).
+
+    Database connection failures arrive as :class:`MetatrackError` with the password masked (``db.session`` makes
+    them; the CLI may not import it): a driver's message after a connection is made cannot hold the password.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except MetatrackError as exc:
-            output.err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+            output.error(str(exc))
             raise typer.Exit(1) from exc
+        except OSError as exc:
+            output.error(os_error_message(exc))
+            raise typer.Exit(1) from exc
+        except Exception as exc:
+            if not _is_database_error(exc):
+                raise
+            output.error(f"database error: {_database_error_message(exc)}")
+            raise typer.Exit(1) from exc
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for a file-system error: ENOSPC as "no space left on device writing <path>"."""
+    path = exc.filename2 if exc.filename2 is not None else exc.filename
+    if exc.errno == errno.ENOSPC:
+        return "no space left on device" + (f" writing {path}" if path is not None else "")
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{path}: {reason}" if path is not None else reason
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    """SQLAlchemy's and the drivers' exceptions, recognised by their module (the CLI imports no database code)."""
+    return any(c.__module__.split(".")[0] in ("sqlalchemy", "psycopg", "sqlite3") for c in type(exc).__mro__)
+
+
+def _database_error_message(exc: BaseException) -> str:
+    """The driver's message (SQLAlchemy's adds the SQL statement and its parameters), on one line."""
+    orig = getattr(exc, "orig", None) or exc
+    return f"{type(orig).__name__}: {orig}"
 
 
 app = typer.Typer(
@@ -159,9 +193,9 @@ def ingest(
         def on_done(req, res, exc) -> None:
             advance()
             if exc is not None and len(requests) > 1:
-                output.err.print(f"error: {exc}", highlight=False, markup=False)
+                output.error(str(exc))
 
-        done, failed = ingest_many(engine, store, requests, on_done)
+        done, failed = ingest_many(engine, store, requests, on_done, notify=output.log)
     rows = [
         {
             "patient_id": r.external_id,
@@ -178,10 +212,26 @@ def ingest(
         output.print_json({"ingested": rows, "failed": [{"image": str(q.image), "error": str(e)} for q, e in failed]})
     elif rows:
         output.print_table(rows)
-    if failed:
-        if len(requests) == 1:
+    if len(requests) == 1:
+        if failed:
             raise MetatrackError(str(failed[0][1]))
-        raise MetatrackError(f"{len(failed)} of {len(requests)} scans were not ingested (see the errors above)")
+        return
+    summary = _ingest_summary(done, failed)
+    if failed:
+        raise MetatrackError(f"{len(failed)} of {len(requests)} scans were not ingested: {summary}")
+    output.log(f"ingest: {summary}")
+
+
+def _ingest_summary(done: list, failed: list) -> str:
+    """What a manifest's ingest did and did not do, on one line."""
+    from tracker.workflows.ingest import NotAttempted
+
+    new = sum(r.status == "ingested" for r in done)
+    skipped = [e for _, e in failed if isinstance(e, NotAttempted)]
+    parts = [f"{new} ingested", f"{len(done) - new} already present", f"{len(failed) - len(skipped)} failed"]
+    if skipped:
+        parts.append(f"{len(skipped)} not attempted ({str(skipped[0]).removeprefix('not attempted: ')})")
+    return ", ".join(parts)
 
 
 @app.command()

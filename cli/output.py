@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
@@ -12,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 # Piped output is not wrapped at 80 columns: tables keep their rows on one line.
 PIPE_WIDTH = 200
@@ -32,27 +34,55 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=_default, allow_nan=True) + "\n")
 
 
-def _cell(v: Any) -> str:
+# Characters a terminal would act on or hide (controls, ANSI escapes, zero-width and bidi marks, line separators)
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def escape(text: str, keep: str = "") -> str:
+    """`text` with control and invisible characters written as escapes (``\\x1b``, ``\\u200b``), so that a patient
+    ID or a file name prints as what it is; characters in `keep` (e.g. a newline) stay."""
+    if not any(unicodedata.category(c) in _INVISIBLE for c in text):
+        return text
+    return "".join(
+        c if c in keep or unicodedata.category(c) not in _INVISIBLE else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )
+
+
+def _cell(v: Any) -> Text:
+    """A table cell as plain text: no rich markup (an ID like ``[bold]x[/]`` prints as it is), escapes visible."""
     if v is None:
-        return "-"
+        return Text("-")
     if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+        return Text(f"{v:.4g}")
+    return Text(escape(str(v)))
 
 
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, title: str | None = None) -> None:
     """A readable table on stdout."""
     cols = list(columns or (rows[0].keys() if rows else []))
-    table = Table(title=title, show_lines=False)
+    table = Table(title=Text(escape(title)) if title is not None else None, show_lines=False)
     for c in cols:
-        table.add_column(c, overflow="fold")
+        table.add_column(Text(escape(str(c))), overflow="fold")
     for r in rows:
         table.add_row(*[_cell(r.get(c)) for c in cols])
     out.print(table)
 
 
 def log(msg: str) -> None:
-    err.print(msg, highlight=False)
+    """A message on stderr, printed as it is (no markup; control characters escaped)."""
+    err.print(escape(msg, keep="\n"), highlight=False, markup=False)
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: its lines joined, SQLAlchemy's "Background on this error" link dropped."""
+    lines = (ln.strip() for ln in str(text).splitlines())
+    return " ".join(ln for ln in lines if ln and not ln.startswith("(Background on this error"))
+
+
+def error(msg: str) -> None:
+    """``error: <msg>`` on stderr, on one line, printed as it is."""
+    err.print(f"error: {escape(one_line(msg))}", highlight=False, markup=False, soft_wrap=True)
 
 
 @contextmanager

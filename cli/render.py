@@ -66,19 +66,27 @@ def print_timeline(data: dict[str, Any]) -> None:
 
 
 def write_cohort(rows: list[dict[str, Any]], fmt: str, out: Path | None) -> None:
-    """The cohort table as a rich table, JSON, CSV or Parquet."""
+    """The cohort table as a rich table, JSON, CSV or Parquet; a failed write names the file."""
+    try:
+        _write_cohort(rows, fmt, out)
+    except OSError as exc:
+        if out is not None and exc.filename is None:  # a write or flush error names no file
+            exc.filename = str(out)
+        raise
+
+
+def _write_cohort(rows: list[dict[str, Any]], fmt: str, out: Path | None) -> None:
     if fmt == "json":
         output.print_json(rows)
     elif fmt == "table":
         output.print_table(rows, COHORT_TABLE_COLUMNS, title="cohort")
     elif fmt == "csv":
         cols = list(dict.fromkeys(k for r in rows for k in r))
-        fh = open(out, "w", newline="") if out else sys.stdout
-        writer = csv.DictWriter(fh, fieldnames=cols)
-        writer.writeheader()
-        writer.writerows(rows)
-        if out:
-            fh.close()
+        if out is None:
+            _csv(sys.stdout, cols, rows)
+        else:
+            with open(out, "w", newline="") as fh:
+                _csv(fh, cols, rows)
     elif fmt == "parquet":
         if out is None:
             raise MetatrackError("cohort --format parquet needs --output FILE")
@@ -88,3 +96,9 @@ def write_cohort(rows: list[dict[str, Any]], fmt: str, out: Path | None) -> None
         output.log(f"wrote {len(rows)} rows to {out}")
     else:
         raise MetatrackError(f"--format {fmt!r} is not one of table, csv, parquet")
+
+
+def _csv(fh: Any, cols: list[str], rows: list[dict[str, Any]]) -> None:
+    writer = csv.DictWriter(fh, fieldnames=cols)
+    writer.writeheader()
+    writer.writerows(rows)

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import errno
+import functools
+import re
+import shutil
 import tempfile
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from db import repo
-from db.session import session_scope
+from db.session import DatabaseUnavailable as _Unavailable
+from db.session import describe_db_error, is_conflict, is_connection_loss, is_disk_full, retrying, session_scope
 from tracker.errors import MetatrackError
 from tracker.imageio import LoadedImage, LoadedMask, read_image, read_mask, volume_suffix
 from tracker.records import ScanRole, ScanState
@@ -29,6 +36,23 @@ MODALITIES = ("CT", "MR")
 DEFAULT_ORGAN_NAMES = {1: "soft_tissue", 2: "liver", 3: "lung", 4: "bone", 5: "fat", 6: "lymph_node"}
 MANIFEST_REQUIRED = ("patient_id", "date", "image")
 EXTERNAL_ID_MAX = 64
+# The earliest scan date taken: radiography began in 1895 and CT in 1971, so anything older is a typo (0024 for
+# 2024, 1024 for 2024); 1900 refuses those and no real archive date.
+EARLIEST_DATE = date(1900, 1, 1)
+_ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+# Characters a terminal acts on or hides: controls and ANSI escapes (Cc), zero-width and bidi marks (Cf), line and
+# paragraph separators (Zl, Zp). A pseudonym with one prints as something else than what must be typed.
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
+# What rich (the CLI's printer) reads as a markup tag: [bold], [/], [red on white], [link=...], [@click], [#fff]
+_MARKUP_TAG = re.compile(r"\[[a-z#/@][^\[\]]*\]")
+
+
+class DiskFull(MetatrackError):
+    """No space left on the device: the rest of a batch would fail the same way, so it stops."""
+
+
+class NotAttempted(MetatrackError):
+    """A request a stopped batch did not get to."""
 
 
 @dataclass(frozen=True)
@@ -61,19 +85,51 @@ class IngestResult:
     mask_empty: bool | None
 
 
-def parse_date(text: str, where: str) -> date:
-    """An ISO date (YYYY-MM-DD), or an error naming where it came from."""
+def _today() -> date:
+    """Today where it is latest (local or UTC): a scan taken today is never refused as "in the future"."""
+    return max(date.today(), datetime.now(UTC).date())
+
+
+def parse_date(text: str, where: str, *, future_ok: bool = False) -> date:
+    """A calendar date written YYYY-MM-DD (no week or ordinal dates), from 1900 on and not after today (unless
+    `future_ok`), or an error naming where it came from."""
+    value = text.strip()
+    if not _ISO_DAY.fullmatch(value):
+        raise MetatrackError(f"{where}: date {text!r} is not an ISO date (YYYY-MM-DD)")
     try:
-        return date.fromisoformat(text.strip())
+        day = date.fromisoformat(value)
     except ValueError as exc:
-        raise MetatrackError(f"{where}: date {text!r} is not an ISO date (YYYY-MM-DD)") from exc
+        raise MetatrackError(f"{where}: date {text!r} is not an ISO date (YYYY-MM-DD): {exc}") from exc
+    if day < EARLIEST_DATE:
+        raise MetatrackError(f"{where}: date {value} is before {EARLIEST_DATE} (a typo in the year?)")
+    if not future_ok and day > _today():
+        raise MetatrackError(f"{where}: date {value} is in the future (today is {_today()})")
+    return day
+
+
+def check_external_id(external_id: str, where: str) -> None:
+    """A pseudonym must be 1-64 printable characters, without outer spaces or text a terminal reads as markup."""
+    if not external_id or len(external_id) > EXTERNAL_ID_MAX or external_id != external_id.strip():
+        raise MetatrackError(
+            f"{where}: patient ID {external_id!r} must be 1-{EXTERNAL_ID_MAX} characters without outer spaces"
+        )
+    bad = dict.fromkeys(c for c in external_id if unicodedata.category(c) in _INVISIBLE)
+    if bad:
+        codes = ", ".join(f"U+{ord(c):04X}" for c in bad)
+        raise MetatrackError(
+            f"{where}: patient ID {external_id!r} holds control or invisible character(s) {codes}; "
+            "use printable characters only"
+        )
+    tag = _MARKUP_TAG.search(external_id)
+    if tag:
+        raise MetatrackError(
+            f"{where}: patient ID {external_id!r} holds {tag.group()!r}, which terminals print as formatting; "
+            "use other brackets or none"
+        )
 
 
 def _check_request(req: ScanRequest) -> None:
-    if not req.external_id or len(req.external_id) > EXTERNAL_ID_MAX or req.external_id != req.external_id.strip():
-        raise MetatrackError(
-            f"{req.image}: patient ID {req.external_id!r} must be 1-{EXTERNAL_ID_MAX} characters without outer spaces"
-        )
+    check_external_id(req.external_id, str(req.image))
     if req.modality not in MODALITIES:
         raise MetatrackError(f"{req.image}: modality {req.modality!r} is not one of {', '.join(MODALITIES)}")
 
@@ -97,8 +153,23 @@ def _store_volume(files: StoreUnit, image: sitk.Image, digest: str) -> StoredFil
     root = files.store.root
     with tempfile.TemporaryDirectory(dir=root.parent if root.parent.exists() else None) as tmp:
         out = Path(tmp) / f"volume{suffix}"
-        sitk.WriteImage(image, str(out), useCompression=True)
+        try:
+            sitk.WriteImage(image, str(out), useCompression=True)
+        except RuntimeError as exc:  # ITK's message does not say why (a full disk reads "Could not write ...")
+            if _disk_nearly_full(Path(tmp), image):
+                raise OSError(errno.ENOSPC, "No space left on device", str(out)) from exc
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise MetatrackError(f"{out}: cannot write the converted volume ({reason})") from exc
         return files.put_file(out, suffix, sha256=digest)
+
+
+def _disk_nearly_full(folder: Path, image: sitk.Image) -> bool:
+    """Whether `folder`'s file system lacks the room for `image` uncompressed (or 1 MiB)."""
+    need = image.GetNumberOfPixels() * image.GetSizeOfPixelComponent() * image.GetNumberOfComponentsPerPixel()
+    try:
+        return shutil.disk_usage(folder).free < max(need, 1 << 20)
+    except OSError:
+        return False
 
 
 def _scanner_from_dicom(loaded: LoadedImage) -> str | None:
@@ -140,7 +211,12 @@ def _resolve_role(session: Session, req: ScanRequest, patient: Patient | None) -
 
 
 def ingest_scan(engine: Engine, store: FileStore, req: ScanRequest) -> IngestResult:
-    """Validate and ingest one scan (and its mask) in one transaction; the database is unchanged on error."""
+    """Validate and ingest one scan (and its mask) in one transaction; the database is unchanged on error.
+
+    The modality is taken in any case (stored upper-case). When another run commits the same patient or scan
+    first (the same manifest ingested twice at once), the scan is looked at again: its rows are "already present".
+    """
+    req = dataclasses.replace(req, modality=req.modality.strip().upper())
     _check_request(req)
     present = _present_without_reading(engine, req)
     if present is not None:
@@ -150,7 +226,56 @@ def ingest_scan(engine: Engine, store: FileStore, req: ScanRequest) -> IngestRes
     organs: LoadedMask | None = read_mask(req.organs, loaded.image) if req.organs is not None else None
     image_hash = sha256_files(loaded.content_files)
     mask_hash = sha256_files(mask.content_files) if mask else None
-    with StoreUnit(store) as files, session_scope(engine) as session:
+    try:
+        return _record(engine, store, req, loaded, mask, organs, image_hash, mask_hash)
+    except Exception as exc:
+        if not (is_conflict(exc) or isinstance(exc, MetatrackError)):
+            raise
+        first = exc
+    # another run may have committed this scan (or its patient) since this one looked: look again with its rows in
+    # view, so that the outcome is the one of running after it
+    with session_scope(engine) as session:
+        existing = repo.scan_by_image(session, image_hash)
+        if existing is not None:
+            return _already_present(session, existing, req, mask_hash)
+    if not is_conflict(first):
+        raise first
+    return _record(engine, store, req, loaded, mask, organs, image_hash, mask_hash)
+
+
+def _record(
+    engine: Engine,
+    store: FileStore,
+    req: ScanRequest,
+    loaded: LoadedImage,
+    mask: LoadedMask | None,
+    organs: LoadedMask | None,
+    image_hash: str,
+    mask_hash: str | None,
+) -> IngestResult:
+    """Store the files and record the scan in one transaction (the unit's new files leave with a failure)."""
+    with StoreUnit(store) as files:
+        try:
+            return _record_in(engine, files, req, loaded, mask, organs, image_hash, mask_hash)
+        except Exception as exc:
+            if is_conflict(exc):
+                # the other writer may have stored the same content at the same moment and now refers to it: a
+                # stray file is harmless, a missing one is not
+                files.added.clear()
+            raise
+
+
+def _record_in(
+    engine: Engine,
+    files: StoreUnit,
+    req: ScanRequest,
+    loaded: LoadedImage,
+    mask: LoadedMask | None,
+    organs: LoadedMask | None,
+    image_hash: str,
+    mask_hash: str | None,
+) -> IngestResult:
+    with session_scope(engine) as session:
         existing = repo.scan_by_image(session, image_hash)
         if existing is not None:
             return _already_present(session, existing, req, mask_hash)
@@ -245,36 +370,49 @@ def _already_present(session: Session, scan: Scan, req: ScanRequest, mask_hash: 
 def read_manifest(path: Path) -> list[ScanRequest]:
     """Scan requests from a manifest CSV (patient_id, date, image[, mask, modality, scanner, site, role, series]).
 
-    Relative paths are relative to the manifest's folder; rows come back sorted by patient, then date.
+    Relative paths are relative to the manifest's folder; rows come back sorted by patient, then date. A manifest
+    without rows, and a row without an image, are errors (an empty cell would name the manifest's own folder).
+    Row numbers in messages are the CSV's line numbers (the header is row 1).
     """
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = [{k.strip(): (v or "") for k, v in r.items() if k} for r in csv.DictReader(fh)]
+            reader = csv.DictReader(fh)
+            rows = [{k.strip(): (v or "") for k, v in r.items() if isinstance(k, str)} for r in reader]
+            header = [h.strip() for h in reader.fieldnames or []]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise MetatrackError(f"{path}: cannot read the manifest ({exc})") from exc
-    for r in rows:
-        if "patient_id" not in r and "patient" in r:
-            r["patient_id"] = r.pop("patient")
-    missing = [c for c in MANIFEST_REQUIRED if rows and c not in rows[0]]
+    if not header:
+        expected = ",".join(MANIFEST_REQUIRED)
+        raise MetatrackError(f"{path}: the manifest is empty (expected a header {expected} and rows)")
+    if "patient_id" not in header and "patient" in header:
+        header.append("patient_id")
+        for r in rows:
+            r["patient_id"] = r.pop("patient", "")
+    missing = [c for c in MANIFEST_REQUIRED if c not in header]
     if missing:
         raise MetatrackError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
+    if not rows:
+        raise MetatrackError(f"{path}: the manifest has a header but no rows: nothing to ingest")
     base = path.parent
     out = []
     for i, r in enumerate(rows, start=2):
-        where = f"{path}:{i}"
+        where = f"{path}: row {i}"
         role = (r.get("role") or "").strip() or None
         if role is not None and role not in {m.value for m in ScanRole}:
             raise MetatrackError(f"{where}: role {role!r} is not baseline or follow-up")
+        image = (r.get("image") or "").strip()
+        if not image:
+            raise MetatrackError(f"{where}: image is empty")
         mask = (r.get("mask") or "").strip()
         organs = (r.get("organs") or "").strip()
         out.append(
             ScanRequest(
                 external_id=r["patient_id"].strip(),
                 scan_date=parse_date(r["date"], where),
-                image=base / r["image"].strip(),
+                image=base / image,
                 mask=base / mask if mask else None,
-                modality=(r.get("modality") or "CT").strip() or "CT",
+                modality=((r.get("modality") or "").strip() or "CT").upper(),
                 scanner=(r.get("scanner") or "").strip() or None,
                 site=(r.get("site") or "").strip() or None,
                 role=ScanRole(role) if role else None,
@@ -285,22 +423,57 @@ def read_manifest(path: Path) -> list[ScanRequest]:
     return sorted(out, key=lambda q: (q.external_id, q.scan_date))
 
 
+OnDone = Callable[[ScanRequest, IngestResult | None, MetatrackError | None], None]
+
+
+def _row_error(req: ScanRequest, exc: Exception) -> MetatrackError:
+    """One line naming the request's image and the cause of an error that is not metatrack's own."""
+    if isinstance(exc, OSError):
+        if exc.errno == errno.ENOSPC:
+            path = exc.filename2 if exc.filename2 is not None else exc.filename
+            return DiskFull(f"no space left on device writing {path}" if path else "no space left on device")
+        path = exc.filename if exc.filename is not None else req.image
+        where = f"{req.image}" if str(path) == str(req.image) else f"{req.image}: {path}"
+        return MetatrackError(f"{where}: {exc.strerror or exc}")
+    if is_disk_full(exc):
+        return DiskFull(f"{req.image}: the database's disk is full ({describe_db_error(exc)})")
+    if is_connection_loss(exc) or type(exc).__module__.split(".")[0] in ("sqlalchemy", "psycopg", "sqlite3"):
+        return MetatrackError(f"{req.image}: database error: {describe_db_error(exc)}")
+    return MetatrackError(f"{req.image}: {type(exc).__name__}: {exc}".splitlines()[0])
+
+
 def ingest_many(
     engine: Engine,
     store: FileStore,
     requests: Sequence[ScanRequest],
-    on_done: Callable[[ScanRequest, IngestResult | None, MetatrackError | None], None] | None = None,
+    on_done: OnDone | None = None,
+    *,
+    notify: Callable[[str], None] | None = None,
 ) -> tuple[list[IngestResult], list[tuple[ScanRequest, MetatrackError]]]:
-    """Ingest each request in its own transaction; failures are collected, not fatal to the others."""
+    """Ingest each request in its own transaction; failures are collected, not fatal to the others.
+
+    Every failure is a :class:`MetatrackError` of one line naming the image. A lost database connection is tried
+    again (:func:`db.session.retrying`, announced through `notify`). A full disk (:class:`DiskFull`) or a database
+    that stays unreachable stops the batch: the requests not attempted are listed in the failures as
+    :class:`NotAttempted` (`on_done` is not called for them).
+    """
     done: list[IngestResult] = []
     failed: list[tuple[ScanRequest, MetatrackError]] = []
-    for req in requests:
+    for k, req in enumerate(requests):
         try:
-            res = ingest_scan(engine, store, req)
-        except MetatrackError as exc:
-            failed.append((req, exc))
+            res = retrying(functools.partial(ingest_scan, engine, store, req), f"ingesting {req.image}", notify=notify)
+        except Exception as exc:
+            err = exc if isinstance(exc, MetatrackError) else _row_error(req, exc)
+            if err is not exc:
+                err.__cause__ = exc
+            failed.append((req, err))
             if on_done:
-                on_done(req, None, exc)
+                on_done(req, None, err)
+            stop = isinstance(err, DiskFull) or is_connection_loss(exc) or isinstance(exc, _Unavailable)
+            if stop:
+                why = NotAttempted(f"not attempted: the batch stopped at {req.image} ({err})")
+                failed += [(rest, why) for rest in requests[k + 1 :]]
+                break
             continue
         done.append(res)
         if on_done:
