@@ -342,6 +342,7 @@ def rescore(
             reclaim=reclaim,
             progress=lambda n: bar["advance"](n),
             on_planned=on_planned,
+            notify=output.log,
         )
     finally:
         if "cm" in bar:
@@ -357,7 +358,7 @@ def rescore(
 
 
 def _parse_date(value: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError as exc:
-        raise MetatrackError(f"--as-of {value!r}: expected YYYY-MM-DD") from exc
+    """--as-of: YYYY-MM-DD as everywhere (a future tick is allowed: scores as of a later month)."""
+    from tracker.workflows.ingest import parse_date
+
+    return parse_date(value, "--as-of", future_ok=True)

@@ -187,6 +187,21 @@ def reclaim(session: Session, kind: str | None = None, older_than_s: float | Non
     return rowcount(res)
 
 
+def running_since(
+    session: Session, kind: str | None = None, newer_than_s: float | None = None
+) -> tuple[int, datetime | None]:
+    """(how many jobs are running, when the oldest of them started); with `newer_than_s`, only those started within
+    that many seconds -- the ones :func:`reclaim` with that age leaves alone, whether their worker lives or not."""
+    table = table_of(Job)
+    q = select(func.count(), func.min(table.c.started_at)).where(table.c.state == JobState.RUNNING)
+    if kind is not None:
+        q = q.where(table.c.kind == kind)
+    if newer_than_s is not None:
+        q = q.where(table.c.started_at >= utcnow() - timedelta(seconds=newer_than_s))
+    n, oldest = session.execute(q).one()
+    return int(n or 0), oldest
+
+
 def counts(session: Session, kind: str | None = None) -> dict[str, int]:
     """Number of jobs per state."""
     q = select(Job.state, func.count()).group_by(Job.state)

@@ -269,6 +269,9 @@ def _score_group(
     )
 
 
+Notify = Callable[[str], None]
+
+
 def _write_batch(engine: Engine, worker: str, rows: pd.DataFrame, done: list[int], failed: dict[int, str]) -> None:
     """One transaction: the batch's score rows, its jobs done, its failed jobs with their errors."""
     from db import jobs, scores
@@ -279,6 +282,16 @@ def _write_batch(engine: Engine, worker: str, rows: pd.DataFrame, done: list[int
         jobs.complete(s, done, worker)
         for job_id, error in failed.items():
             jobs.fail(s, job_id, worker, error)
+
+
+def _write_retrying(engine: Engine, worker: str, batch: ScoredBatch, notify: Notify | None) -> None:
+    """:func:`_write_batch`, tried again when the connection is lost: the upsert and the state changes (only of jobs
+    this worker still runs) can run twice, so a commit whose answer was lost does no harm."""
+    from db.session import retrying
+
+    ids = sorted([*batch.done, *batch.failed])
+    what = f"writing the scores of jobs {ids[0]}..{ids[-1]}" if ids else "writing a batch"
+    retrying(lambda: _write_batch(engine, worker, batch.rows, batch.done, batch.failed), what, notify=notify)
 
 
 def _latest_jobs(
@@ -302,11 +315,17 @@ class ScoredBatch:
     failed: dict[int, str]
 
 
-def _score_batch(engine: Engine, store: FileStore, claimed: list[tuple[int, dict[str, Any]]]) -> ScoredBatch:
-    """Score the patients of claimed jobs (one vectorised call per model/as-of group); nothing is written."""
+def _score_batch(
+    engine: Engine, store: FileStore, claimed: list[tuple[int, dict[str, Any]]], notify: Notify | None = None
+) -> ScoredBatch:
+    """Score the patients of claimed jobs (one vectorised call per model/as-of group); nothing is written.
+
+    The reads are tried again when the database connection is lost (:func:`db.session.retrying`), so that a
+    PostgreSQL restart does not fail the batch's jobs.
+    """
     from db.registry import model_file_bytes
     from db.scores import model_version
-    from db.session import session_scope
+    from db.session import retrying, session_scope
     from db.visits import first_event_dates, visit_table
     from tracker.survival.cache import cached_model
 
@@ -322,7 +341,8 @@ def _score_batch(engine: Engine, store: FileStore, claimed: list[tuple[int, dict
         job_of = {int(p["patient_id"]): j for j, p in items}
         db_ids = sorted(job_of)
         as_of = date.fromisoformat(as_of_s)
-        try:
+
+        def read(mv_id: int = mv_id, db_ids: list[int] = db_ids, as_of: date = as_of) -> tuple[Any, ...]:
             with session_scope(engine) as s:
                 mv = model_version(s, mv_id)
                 if mv is None:
@@ -331,6 +351,12 @@ def _score_batch(engine: Engine, store: FileStore, claimed: list[tuple[int, dict
                 model = cached_model(mv.file_sha256, functools.partial(model_file_bytes, store, mv))
                 visits = visit_table(s, db_ids, tags=features)
                 events = first_event_dates(s, mv.endpoint, db_ids, on_or_before=as_of)
+            return features, model, visits, events
+
+        try:
+            features, model, visits, events = retrying(
+                read, f"reading the inputs of jobs {items[0][0]}..{items[-1][0]}", notify=notify
+            )
             plans = {p.db_patient_id: p for p in plan_patients(visits, features, mv_id, as_of, horizons, events)}
         except Exception as exc:  # the whole group cannot be scored: every job fails with the reason
             for pid in db_ids:
@@ -367,6 +393,7 @@ def work(
     keys: Sequence[str] | None = None,
     progress: Callable[[int], None] | None = None,
     lock: bool = True,
+    notify: Notify | None = None,
 ) -> WorkStats:
     """Claim and score batches of queued re-scoring jobs until none is left (or `max_batches`).
 
@@ -374,42 +401,66 @@ def work(
     their worker is gone), on PostgreSQL those older than `stale_after_s` (default 15 minutes), or all with
     `reclaim`. Each batch is one transaction for its scores and job states, written on a second thread while the
     next batch is claimed and scored (the database works while the model does); a failed write stops the worker.
+
+    A lost database connection (a PostgreSQL restart) is tried again with waits (:func:`db.session.retrying`,
+    each announced through `notify`) for the reclaim, each claim, each batch's reads and each batch's write. When
+    the database stays away the worker stops with a :class:`MetatrackError` saying what was written and what was
+    not.
     """
     from db import jobs
-    from db.session import session_scope
+    from db.session import DatabaseUnavailable, retrying, session_scope
 
     worker = worker or jobs.default_worker_name()
     stats = WorkStats()
     start = time.perf_counter()
-    guard = jobs.worker_lock(engine, wait=keys is not None) if lock else _null()
-    with guard:
+    written = {"batches": 0, "jobs": 0}
+
+    def reclaim_lost() -> int:
         with session_scope(engine) as s:
             everything = reclaim or engine.dialect.name == "sqlite"
-            stats.reclaimed = jobs.reclaim(
-                s, JOB_KIND, None if everything else (stale_after_s or jobs.DEFAULT_STALE_AFTER_S)
-            )
-        with _batch_writer(engine) as writer:
-            pending: Future | None = None
-            while max_batches is None or stats.batches < max_batches:
-                if pending is not None and pending.done():
-                    pending.result()  # a failed write stops the worker before it claims more
-                with session_scope(engine) as s:
-                    claimed = jobs.claim(s, JOB_KIND, worker, batch_size, keys=keys)
-                if not claimed:
-                    break
-                batch = _score_batch(engine, store, claimed)
+            return jobs.reclaim(s, JOB_KIND, None if everything else (stale_after_s or jobs.DEFAULT_STALE_AFTER_S))
+
+    def claim() -> list[tuple[int, dict[str, Any]]]:
+        with session_scope(engine) as s:
+            return jobs.claim(s, JOB_KIND, worker, batch_size, keys=keys)
+
+    def settle(future: Future, n_jobs: int) -> None:
+        future.result()
+        written["batches"] += 1
+        written["jobs"] += n_jobs
+
+    guard = jobs.worker_lock(engine, wait=keys is not None) if lock else _null()
+    try:
+        with guard:
+            stats.reclaimed = retrying(reclaim_lost, "giving back the jobs of lost workers", notify=notify)
+            with _batch_writer(engine) as writer:
+                pending: tuple[Future, int] | None = None
+                while max_batches is None or stats.batches < max_batches:
+                    if pending is not None and pending[0].done():
+                        settle(*pending)  # a failed write stops the worker before it claims more
+                        pending = None
+                    claimed = retrying(claim, "claiming re-scoring jobs", notify=notify)
+                    if not claimed:
+                        break
+                    batch = _score_batch(engine, store, claimed, notify)
+                    if pending is not None:
+                        try:
+                            settle(*pending)
+                        except BaseException as exc:
+                            _release(engine, worker, [job_id for job_id, _ in claimed], exc)
+                            raise
+                    pending = (writer.submit(_write_retrying, engine, worker, batch, notify), len(claimed))
+                    stats.add(batch.stats)
+                    if progress is not None:
+                        progress(len(claimed))
                 if pending is not None:
-                    try:
-                        pending.result()
-                    except BaseException as exc:
-                        _release(engine, worker, [job_id for job_id, _ in claimed], exc)
-                        raise
-                pending = writer.submit(_write_batch, engine, worker, batch.rows, batch.done, batch.failed)
-                stats.add(batch.stats)
-                if progress is not None:
-                    progress(len(claimed))
-            if pending is not None:
-                pending.result()
+                    settle(*pending)
+    except DatabaseUnavailable as exc:
+        raise DatabaseUnavailable(
+            f"rescore stopped: {exc}; {written['jobs']} jobs in {written['batches']} batches were written before; "
+            "the rest stay queued or running: run `metatrack rescore` again once the database is back "
+            "(`--reclaim` for running jobs if no other worker runs)"
+        ) from exc
     stats.seconds = time.perf_counter() - start
     return stats
 
@@ -462,6 +513,26 @@ class _null:
         return None
 
 
+def _warn_running(engine: Engine, notify: Notify | None) -> None:
+    """Say how many jobs are running and will not be reclaimed now (younger than the stale age), and since when:
+    another worker's, or those of a killed one, which would otherwise wait silently."""
+    import logging
+
+    from db import jobs
+    from db.session import session_scope
+
+    with session_scope(engine) as s:
+        n, since = jobs.running_since(s, JOB_KIND, newer_than_s=jobs.DEFAULT_STALE_AFTER_S)
+    if not n:
+        return
+    when = since.strftime("%Y-%m-%d %H:%M:%S UTC") if since is not None else "an unknown time"
+    (notify or logging.getLogger("metatrack").warning)(
+        f"warning: {n} re-scoring job(s) have been running since {when}: another worker's, or a killed worker's; "
+        f"they go back to the queue once running {jobs.DEFAULT_STALE_AFTER_S // 60} minutes, or now with "
+        "`metatrack rescore --reclaim` (only when no other worker runs)"
+    )
+
+
 def queued_count(engine: Engine) -> int:
     """Number of queued re-scoring jobs."""
     from db import jobs
@@ -483,8 +554,13 @@ def rescore_all(
     reclaim: bool = False,
     progress: Callable[[int], None] | None = None,
     on_planned: Callable[[int], None] | None = None,
+    notify: Notify | None = None,
 ) -> dict[str, Any]:
-    """Plan, then work until the queue is empty; several workers (threads) only on PostgreSQL."""
+    """Plan, then work until the queue is empty; several workers (threads) only on PostgreSQL.
+
+    `notify` gets one-line notices: running jobs that this run leaves alone (a killed worker's, until they are
+    stale or `reclaim`), and retries after a lost database connection.
+    """
     from db import jobs
     from db.session import session_scope
 
@@ -494,10 +570,12 @@ def rescore_all(
         raise MetatrackError("--workers > 1 needs PostgreSQL; SQLite allows one worker")
     start = time.perf_counter()
     planned = plan(engine, endpoint, as_of, horizons)
+    if not reclaim and engine.dialect.name != "sqlite":
+        _warn_running(engine, notify)
     if on_planned is not None:
         on_planned(queued_count(engine))
     if workers == 1:
-        stats = work(engine, store, batch_size=batch_size, reclaim=reclaim, progress=progress)
+        stats = work(engine, store, batch_size=batch_size, reclaim=reclaim, progress=progress, notify=notify)
     else:
         stats = WorkStats()
         with session_scope(engine) as s:
@@ -507,7 +585,9 @@ def rescore_all(
 
         def run(i: int) -> None:
             try:
-                results.append(work(engine, store, f"{base}/{i}", batch_size, progress=progress, lock=False))
+                results.append(
+                    work(engine, store, f"{base}/{i}", batch_size, progress=progress, lock=False, notify=notify)
+                )
             except BaseException as exc:  # reported after the join
                 results.append(exc)
 

@@ -305,3 +305,231 @@ def test_concurrent_workers_postgres_each_job_once(pg_url: str, tmp_path: Path) 
     assert n_rows == distinct == _expected_rows(visits, events, AS_OF)
     assert len(workers) == 2  # both workers claimed batches (SKIP LOCKED shares the queue), each job once
     eng.dispose()
+
+
+# --- reliability: stale running jobs, PostgreSQL restarts ------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_running_jobs_of_a_killed_worker_are_announced(pg_url: str, tmp_path: Path) -> None:
+    """On PostgreSQL a killed worker's jobs stay running until stale: the run says how many, since when, and how
+    to take them back."""
+    eng = make_engine(pg_url)
+    upgrade(eng)
+    store, _, _ = _setup(eng, tmp_path, n=10, seed=18)
+    rescore.plan(eng, as_of=AS_OF)
+    with session_scope(eng) as s:
+        ghost = jobs.claim(s, rescore.JOB_KIND, "deadhost:4242", 4)
+    with session_scope(eng) as s:
+        n, since = jobs.running_since(s, rescore.JOB_KIND, newer_than_s=jobs.DEFAULT_STALE_AFTER_S)
+        assert n == 4 and since is not None and since.tzinfo is not None
+        assert jobs.running_since(s, rescore.JOB_KIND, newer_than_s=0)[0] == 0
+    notices: list[str] = []
+    stats = rescore.rescore_all(eng, store, as_of=AS_OF, notify=notices.append)
+    assert stats["jobs_done"] == 6 and len(ghost) == 4
+    (notice,) = notices
+    assert notice.startswith(f"warning: 4 re-scoring job(s) have been running since {since:%Y-%m-%d %H:%M}")
+    assert "`metatrack rescore --reclaim`" in notice and "15 minutes" in notice
+    notices.clear()
+    stats = rescore.rescore_all(eng, store, as_of=AS_OF, reclaim=True, notify=notices.append)
+    assert stats["reclaimed"] == 4 and stats["jobs_done"] == 4 and notices == []
+    eng.dispose()
+
+
+class ThrowawayCluster:
+    """A PostgreSQL cluster of its own (initdb + pg_ctl on a free port, run as the postgres user when root), that a
+    test may stop and start; never the shared server."""
+
+    def __init__(self, root: Path) -> None:
+        import glob
+        import os
+        import pwd
+        import shutil
+        import socket
+
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[-3]))
+        found = bins[-1] if bins else shutil.which("initdb")
+        if not found:
+            pytest.skip("no initdb (PostgreSQL server binaries) to start a throwaway cluster")
+        self.bin = Path(found).parent
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:  # initdb refuses root
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.skip("running as root without a postgres user: initdb refuses root")
+            runuser = shutil.which("runuser")
+            if runuser is None:
+                pytest.skip("running as root without runuser to start initdb as postgres")
+            self.as_user = [runuser, "-u", "postgres", "--"]
+            os.chown(root, user.pw_uid, user.pw_gid)
+        self.root = root
+        self.data = root / "data"
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        self.start()
+
+    def _run(self, tool: str, *args: str) -> None:
+        import subprocess
+
+        res = subprocess.run([*self.as_user, str(self.bin / tool), *args], capture_output=True, text=True, timeout=60)
+        if res.returncode != 0:
+            raise RuntimeError(f"{tool} {' '.join(args)} failed: {res.stderr.strip() or res.stdout.strip()}")
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def database(self, name: str) -> str:
+        from sqlalchemy import create_engine, text
+
+        admin = create_engine(self.url("postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        return self.url(name)
+
+    def url(self, name: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+
+@pytest.fixture()
+def throwaway_pg():
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="mt_pg_"))  # not under pytest's tmp_path: the postgres user must enter it
+    cluster = None
+    try:
+        cluster = ThrowawayCluster(root)
+        yield cluster
+    finally:
+        if cluster is not None:
+            try:
+                cluster.stop("immediate")
+            except RuntimeError:
+                pass  # already stopped
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _scores(engine: Engine) -> dict[tuple, float]:
+    with session_scope(engine) as s:
+        rows = s.execute(
+            select(
+                RiskScore.patient_id,
+                RiskScore.scan_id,
+                RiskScore.as_of_date,
+                RiskScore.horizon_months,
+                RiskScore.input_fingerprint,
+                RiskScore.risk,
+            )
+        ).all()
+    return {tuple(r[:-1]): r[-1] for r in rows}
+
+
+def _same_scores(got: dict[tuple, float], want: dict[tuple, float]) -> None:
+    assert got.keys() == want.keys()
+    keys = list(want)
+    # float32 GRU: batch composition moves results by ~1e-7 (relative)
+    np.testing.assert_allclose([got[k] for k in keys], [want[k] for k in keys], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_postgres_restart_during_rescore_is_retried(throwaway_pg, tmp_path: Path, monkeypatch) -> None:
+    """The server restarts while batches are claimed, read and written: the run waits, says so, and ends with
+    exactly the rows of an uninterrupted run (a rerun adds nothing)."""
+    import threading
+
+    import db.scores
+
+    ref = make_engine(throwaway_pg.database("uninterrupted"))
+    upgrade(ref)
+    ref_store, _, _ = _setup(ref, tmp_path / "ref", n=24, seed=21)
+    rescore.rescore_all(ref, ref_store, as_of=AS_OF, batch_size=3)
+    want = _scores(ref)
+    ref.dispose()
+
+    eng = make_engine(throwaway_pg.database("restarted"))
+    upgrade(eng)
+    store, _, _ = _setup(eng, tmp_path / "run", n=24, seed=21)
+    real, calls, back = db.scores.upsert_scores, {"n": 0}, threading.Event()
+
+    def upsert_scores(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # inside batch 2's write transaction, while batch 3 is claimed and read
+            throwaway_pg.stop()
+            threading.Timer(1.5, lambda: (throwaway_pg.start(), back.set())).start()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(db.scores, "upsert_scores", upsert_scores)
+    notices: list[str] = []
+    stats = rescore.rescore_all(eng, store, as_of=AS_OF, batch_size=3, notify=notices.append)
+    assert back.wait(30)
+    assert notices and all(n.startswith("database connection lost while ") for n in notices)
+    assert any("try 2 of 4 in 1 s" in n for n in notices) and all("\n" not in n for n in notices)
+    assert any("while writing the scores of jobs 4..6" in n for n in notices)  # the killed transaction, again
+    assert stats["jobs_failed"] == 0
+    monkeypatch.setattr(db.scores, "upsert_scores", real)
+    # the rerun: a claim whose commit answer was lost leaves jobs running; reclaim hands them out again
+    rescore.rescore_all(eng, store, as_of=AS_OF, batch_size=3, reclaim=True)
+    _same_scores(_scores(eng), want)
+    with session_scope(eng) as s:
+        assert jobs.counts(s, rescore.JOB_KIND) == {"queued": 0, "running": 0, "done": 24, "failed": 0}
+    eng.dispose()
+
+
+@pytest.mark.slow
+def test_postgres_gone_during_rescore_is_one_line_then_a_rerun_completes(
+    throwaway_pg, tmp_path: Path, monkeypatch
+) -> None:
+    """The server stops for good mid-run: after the retries the CLI prints one error line saying what was
+    written, exit 1; once the server is back, `rescore --reclaim` ends with the rows of an uninterrupted run."""
+    from typer.testing import CliRunner
+
+    import db.session
+    from cli.main import app
+
+    ref = make_engine(throwaway_pg.database("uninterrupted"))
+    upgrade(ref)
+    ref_store, _, _ = _setup(ref, tmp_path / "ref", n=15, seed=22)
+    rescore.rescore_all(ref, ref_store, as_of=AS_OF, batch_size=3)
+    want = _scores(ref)
+    ref.dispose()
+    url = throwaway_pg.database("stopped")
+    eng = make_engine(url)
+    upgrade(eng)
+    _setup(eng, tmp_path, n=15, seed=22)  # the model file in tmp_path/store: the CLI's data home is tmp_path
+    eng.dispose()
+    monkeypatch.setenv("METATRACK_HOME", str(tmp_path))
+    monkeypatch.setattr(db.session, "RETRY_WAITS_S", (0.2, 0.2))
+    real, calls = rescore._score_batch, {"n": 0}
+
+    def score_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            throwaway_pg.stop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rescore, "_score_batch", score_batch)
+    runner = CliRunner()
+    res = runner.invoke(app, ["--db", url, "--no-progress", "rescore", "--as-of", "2024-06-01", "--batch-size", "3"])
+    assert res.exit_code == 1, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], lines
+    assert errors[0].startswith("error: rescore stopped: database connection lost while ")
+    assert "gave up after 3 tries" in errors[0] and "were written before" in errors[0]
+    assert all(ln.startswith("database connection lost while ") for ln in lines[:-1])
+    assert "Traceback" not in res.output
+    throwaway_pg.start()
+    monkeypatch.setattr(rescore, "_score_batch", real)
+    res = runner.invoke(app, ["--db", url, "--no-progress", "rescore", "--as-of", "2024-06-01", "--reclaim"])
+    assert res.exit_code == 0, res.output
+    eng = make_engine(url)
+    _same_scores(_scores(eng), want)
+    eng.dispose()
