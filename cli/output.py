@@ -15,6 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from tracker.errors import redact_url
+
 # Piped output is not wrapped at 80 columns: tables keep their rows on one line.
 PIPE_WIDTH = 200
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else PIPE_WIDTH)
@@ -81,8 +83,8 @@ def one_line(text: str) -> str:
 
 
 def error(msg: str) -> None:
-    """``error: <msg>`` on stderr, on one line, printed as it is."""
-    err.print(f"error: {escape(one_line(msg))}", highlight=False, markup=False, soft_wrap=True)
+    """``error: <msg>`` on stderr, on one line, printed as it is, any password in a URL masked."""
+    err.print(f"error: {escape(redact_url(one_line(msg)))}", highlight=False, markup=False, soft_wrap=True)
 
 
 @contextmanager

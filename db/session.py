@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +21,7 @@ from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tracker.errors import MetatrackError
+from tracker.errors import MetatrackError, redact_url
 
 T = TypeVar("T")
 _log = logging.getLogger("metatrack.db")
@@ -31,13 +30,6 @@ _log = logging.getLogger("metatrack.db")
 # PostgreSQL restart or a fail-over, short enough that a server that is gone for good is reported soon.
 RETRY_WAITS_S: tuple[float, ...] = (1.0, 2.0, 4.0)
 
-# scheme://user:password@ -- the password runs to the token's last '@' (an unescaped '@' in a password is kept
-# secret too), or, when the token has none, to the first '@' on the line (a password with spaces)
-_SCHEME_CREDENTIALS = re.compile(r"(?P<head>\b[A-Za-z][\w+.\-]*:/{1,3}[^\s:/@'\"]*):(?:\S*|[^@/\n]*)@")
-# user:password@host without a scheme (a URL SQLAlchemy cannot parse)
-_BARE_CREDENTIALS = re.compile(r"(?:^|(?<=[\s'\"(<=,/]))(?P<head>[\w.%+\-]+):(?!/)\S*@(?=\S)")
-# libpq keyword/value connection strings and URL query parameters
-_KEYWORD_PASSWORD = re.compile(r"(?i)(?P<head>\b(?:password|passwd|pwd)\s*=\s*)(?:'[^']*'|\"[^\"]*\"|[^\s&;,)'\"]+)")
 # connection-level failures worth another try: the server is restarting, refusing or dropped us
 _TRANSIENT_TEXT = (
     "connection refused",
@@ -57,16 +49,6 @@ _TRANSIENT_TEXT = (
     "no such file or directory",  # the Unix socket is gone while the server restarts
 )
 _TRANSIENT_SQLSTATES = ("57P01", "57P02", "57P03")  # admin shutdown, crash shutdown, cannot connect now
-
-
-def redact_url(text: str) -> str:
-    """`text` with the password of every ``user:password@`` (and ``password=...``) in it replaced by ``***``.
-
-    Works on any string -- a URL, an unparsable one, a driver's error message -- and never raises.
-    """
-    text = _SCHEME_CREDENTIALS.sub(r"\g<head>:***@", text)
-    text = _BARE_CREDENTIALS.sub(r"\g<head>:***@", text)
-    return _KEYWORD_PASSWORD.sub(r"\g<head>***", text)
 
 
 def one_line(text: str) -> str:

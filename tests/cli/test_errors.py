@@ -128,3 +128,12 @@ def test_other_exceptions_are_not_swallowed(home: Path, monkeypatch) -> None:
 
 def test_usage_errors_still_exit_2(home: Path) -> None:
     assert CliRunner().invoke(app, ["ingest", "--bogus"]).exit_code == 2
+
+
+def test_every_error_line_masks_passwords(capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI's one error line is the last guard: whatever message reaches it, a URL's password is masked."""
+    from cli import output
+
+    output.error("could not reach postgresql+psycopg://bob:s3cret@db.example/metatrack (timeout)")
+    err = capsys.readouterr().err
+    assert "s3cret" not in err and "bob:***@db.example" in err
