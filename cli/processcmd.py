@@ -14,6 +14,11 @@ def run_process(state: AppState, settings: Settings, *, patient: str | None, as_
     from tracker.workflows.process import count_pending, process
 
     engine, store = state.engine(), state.store()
+
+    def on_wait(holder: int | None, waited_s: float) -> None:
+        who = f"pid {holder}" if holder is not None else "another process"
+        output.log(f"waiting for the `process` run of {who} to finish with this SQLite database ({waited_s:.0f} s)")
+
     with output.progress("process", count_pending(engine, patient), state.progress) as advance:
 
         def on_scan(scan_id: int, error: str | None) -> None:
@@ -21,7 +26,15 @@ def run_process(state: AppState, settings: Settings, *, patient: str | None, as_
             if error:
                 output.err.print(f"error: scan {scan_id}: {error}", highlight=False, markup=False)
 
-        report = process(engine, store, settings, data_home() / "tmp", patient=patient, on_scan=on_scan)
+        report = process(
+            engine, store, settings, data_home() / "tmp", patient=patient, on_scan=on_scan, on_wait=on_wait
+        )
+    if report.swept:
+        output.log("cleaned up after interrupted runs: " + ", ".join(f"{n} {what}" for what, n in report.swept.items()))
+    if report.store_busy:
+        output.log("note: the store was busy; files of interrupted runs are left for a later run to remove")
+    for held in report.held:
+        output.log(f"patient {held}: held by another run, skipped")
     harmonised = report.harmonisation
     if harmonised and harmonised["skipped_scanners"]:
         output.log(
@@ -35,6 +48,7 @@ def run_process(state: AppState, settings: Settings, *, patient: str | None, as_
         scored = report.scored_patients
         output.log(
             f"processed {summary['processed']} scans, {len(report.failed)} failed, {summary['waiting']} waiting"
+            + (f", {len(report.held)} patients held by another run" if report.held else "")
             + (f"; risk scored for {scored} patients" if scored else "")
         )
     if report.failed:

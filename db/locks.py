@@ -72,13 +72,15 @@ def lock_holder(path: Path) -> int | None:
 
 @contextmanager
 def file_lock(
-    path: Path, *, wait_s: float | None = 0.0, on_wait: OnWait | None = None, notify_every_s: float = NOTIFY_EVERY_S
+    path: Path, *, wait_s: float | None = 0.0, on_wait: OnWait | None = None, notify_every_s: float | None = None
 ) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` (created 0600) with this process's pid written in it.
 
     ``wait_s``: 0 fails at once, None waits as long as it takes, else at most that many seconds; ``on_wait`` is
-    called about every ``notify_every_s`` seconds while waiting. Raises :class:`LockBusy` when not acquired.
+    called about every ``notify_every_s`` (default :data:`NOTIFY_EVERY_S`) seconds while waiting. Raises
+    :class:`LockBusy` when not acquired.
     """
+    every = NOTIFY_EVERY_S if notify_every_s is None else notify_every_s
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         os.fchmod(fd, 0o600)  # a lock file an older version created world-readable
@@ -92,7 +94,7 @@ def file_lock(
                 now = time.monotonic()
                 if wait_s is not None and now - start >= wait_s:
                     raise LockBusy(path, lock_holder(path), now - start) from None
-                if on_wait is not None and now - notified >= notify_every_s:
+                if on_wait is not None and now - notified >= every:
                     notified = now
                     on_wait(lock_holder(path), now - start)
                 time.sleep(POLL_S)

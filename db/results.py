@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from db import repo
@@ -30,7 +31,7 @@ from db.models import (
     TrackDelta,
     TrackLink,
 )
-from db.types import table_of, utcnow
+from db.types import rowcount, table_of, utcnow
 from tracker.errors import MetatrackError
 from tracker.records import OpenTrack, PatientContext, ScanFiles, ScanOutcome, Settings
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from tracker.store import FileStore, StoredFile
 
 ENGINE_NAME = "metatrack-radiomics"
+IN_CHUNK = 5000  # values per IN (...) list
 
 
 def _blob_path(session: Session, store: FileStore, sha256: str) -> Path:
@@ -390,25 +392,50 @@ def _num(v: Any) -> float | None:
     return f if f == f and abs(f) != float("inf") else None
 
 
-def record_failure(session: Session, scan_id: int, error: str) -> None:
-    """Mark a scan failed with its error (its results were rolled back)."""
-    scan = session.get(Scan, scan_id)
-    if scan is None:  # deleted meanwhile: nothing to mark
-        return
-    scan.state = ScanState.FAILED
-    scan.error = error[:2000]
+def record_failure(session: Session, scan_id: int, error: str) -> bool:
+    """Mark a scan failed with its error (its results were rolled back); returns whether it was marked.
+
+    A scan that is processed (committed by another run, or by this one before a later step failed) is left as it
+    is: the check and the update are one statement in the caller's transaction.
+    """
+    res = session.execute(
+        update(table_of(Scan))
+        .where(table_of(Scan).c.id == scan_id, table_of(Scan).c.state != ScanState.PROCESSED)
+        .values(state=ScanState.FAILED, error=error[:2000])
+    )
+    return rowcount(res) == 1
 
 
 def pending_scans(session: Session, external_id: str | None = None) -> list[tuple[str, list[int]]]:
     """Patients with scans to process, each with its unprocessed scan ids in date order."""
-    q = select(Patient.external_id, Scan.id).join(Scan, Scan.patient_id == Patient.id)
+    return [(ext, ids) for _, ext, ids in pending_patients(session, external_id)]
+
+
+def pending_patients(session: Session, external_id: str | None = None) -> list[tuple[int, str, list[int]]]:
+    """(patient id, external id, unprocessed scan ids in date order) of the patients with scans to process."""
+    q = select(Patient.id, Patient.external_id, Scan.id).join(Scan, Scan.patient_id == Patient.id)
     q = q.where(Scan.state != ScanState.PROCESSED)
     if external_id is not None:
         q = q.where(Patient.external_id == external_id)
-    out: dict[str, list[int]] = {}
-    for pid, sid in session.execute(q.order_by(Patient.external_id, Scan.scan_date)):
-        out.setdefault(pid, []).append(sid)
-    return list(out.items())
+    out: dict[tuple[int, str], list[int]] = {}
+    for pk, ext, sid in session.execute(q.order_by(Patient.external_id, Scan.scan_date)):
+        out.setdefault((pk, ext), []).append(sid)
+    return [(pk, ext, ids) for (pk, ext), ids in out.items()]
+
+
+def patient_pending_scans(session: Session, patient_id: int) -> list[int]:
+    """A patient's unprocessed scan ids in date order (read again once the patient is claimed)."""
+    q = select(Scan.id).where(Scan.patient_id == patient_id, Scan.state != ScanState.PROCESSED)
+    return list(session.scalars(q.order_by(Scan.scan_date)))
+
+
+def blob_hashes(session: Session, hashes: Sequence[str]) -> set[str]:
+    """Which of these hashes have a `blobs` row."""
+    found: set[str] = set()
+    hashes = list(hashes)
+    for i in range(0, len(hashes), IN_CHUNK):
+        found.update(session.scalars(select(Blob.sha256).where(Blob.sha256.in_(hashes[i : i + IN_CHUNK]))))
+    return found
 
 
 def scan_frame(session: Session, store: FileStore, external_id: str, day: date) -> ScanFiles:
