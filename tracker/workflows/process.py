@@ -17,6 +17,7 @@ is scored with the promoted models.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from db.results import (
     reset_from,
     save_outcome,
 )
-from db.session import session_scope
+from db.session import DatabaseUnavailable, is_connection_loss, retrying, session_scope
 from tracker.errors import MetatrackError
 from tracker.home import private_dir
 from tracker.pipeline import compute_scan
@@ -89,14 +90,23 @@ def process_scan(engine: Engine, store: FileStore, scan_id: int, settings: Setti
     private_dir(workroot)
     with tempfile.TemporaryDirectory(dir=workroot, prefix=work_dir_prefix()) as work:
         outcome = compute_scan(ctx, settings, Path(work))
-        with StoreUnit(store) as files, session_scope(engine) as s:
-            transforms = None
-            if outcome.registration is not None:
-                transforms = (
-                    [files.put_file(p, _suffix(p)) for p in outcome.registration.forward],
-                    [files.put_file(p, _suffix(p)) for p in outcome.registration.inverse],
-                )
-            save_outcome(s, scan_id, outcome, settings, ctx.scans[0].scan_id, transforms)
+
+        def save() -> None:  # one unit, safe to run again: a scan processed meanwhile is left as it is
+            with StoreUnit(store) as files, session_scope(engine) as s:
+                transforms = None
+                if outcome.registration is not None:
+                    transforms = (
+                        [files.put_file(p, _suffix(p)) for p in outcome.registration.forward],
+                        [files.put_file(p, _suffix(p)) for p in outcome.registration.inverse],
+                    )
+                save_outcome(s, scan_id, outcome, settings, ctx.scans[0].scan_id, transforms)
+
+        retrying(save, f"saving scan {scan_id}")
+
+
+def _mark_failed(engine: Engine, scan_id: int, error: str) -> bool:
+    with session_scope(engine) as s:
+        return record_failure(s, scan_id, error)
 
 
 def _suffix(path: Path) -> str:
@@ -131,9 +141,11 @@ def process_patient(
             try:
                 process_scan(engine, store, sid, settings, workroot)
             except Exception as exc:
+                if isinstance(exc, DatabaseUnavailable) or is_connection_loss(exc):
+                    raise  # the database is gone, not the scan: stop the run (a rerun picks up what is left)
                 msg = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
-                with session_scope(engine) as s:
-                    marked = record_failure(s, sid, msg)
+                mark = functools.partial(_mark_failed, engine, sid, msg)
+                marked = retrying(mark, f"recording the failure of scan {sid}")
                 if not marked:  # committed after all (the failure came after its transaction): processed
                     run.processed.append(sid)
                     if on_scan:

@@ -228,3 +228,25 @@ def test_failed_scan_writes_nothing_and_holds_back_later_scans(cohort: Path, tmp
     shutil.move(saved, broken)
     report = _process(engine, store, tmp_path / "work")
     assert report.processed == [s.id for s in scans[1:]] and not report.failed
+
+
+def test_a_lost_database_stops_the_run_without_marking_scans(
+    cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database going away is not the scan's fault: the run stops in one line and no scan is marked failed."""
+    from db.session import DatabaseUnavailable
+    from tracker.workflows import process as workflow
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'mt.db'}")
+    migrate.upgrade(engine)
+    store = FileStore(tmp_path / "store")
+    ingest_many(engine, store, read_manifest(cohort / "manifest.csv"))
+
+    def gone(*args: object, **kwargs: object) -> bool:
+        raise DatabaseUnavailable("database connection lost while saving; gave up after 4 tries")
+
+    monkeypatch.setattr(workflow, "save_outcome", gone)
+    with pytest.raises(DatabaseUnavailable):
+        process_scans(engine, store, Settings(preset="affine", features=False), tmp_path / "work")
+    with session_scope(engine) as s:
+        assert {scan.state for scan in s.scalars(select(Scan))} == {ScanState.INGESTED}
