@@ -86,3 +86,23 @@ class SurvivalModelConfig:
         if values.get("feature_columns") is not None:
             values["feature_columns"] = tuple(values["feature_columns"])
         return cls(**values)
+
+
+def library_versions(format_version: int, *, torch: bool) -> dict[str, str]:
+    """Versions of the libraries that shape a model's numbers, and its file format (torch only where it runs)."""
+    import importlib.metadata
+    import platform
+
+    import numpy as np
+    import pandas as pd
+
+    try:
+        lifelines_version = importlib.metadata.version("lifelines")
+    except importlib.metadata.PackageNotFoundError:
+        lifelines_version = "absent"
+    versions = {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__}
+    if torch:
+        import torch as torch_module
+
+        versions["torch"] = torch_module.__version__
+    return versions | {"lifelines": lifelines_version, "format": str(format_version)}

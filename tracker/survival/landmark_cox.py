@@ -16,8 +16,6 @@ linear predictor is centred on, and the Breslow baseline cumulative hazard at it
 
 from __future__ import annotations
 
-import importlib.metadata
-import platform
 import time
 import zipfile
 from collections.abc import Callable
@@ -29,7 +27,7 @@ import pandas as pd
 
 from tracker.errors import MetatrackError
 from tracker.survival.baselines import CoxBaseline, cox_survival, landmark_design, outcome_from
-from tracker.survival.config import SurvivalModelConfig
+from tracker.survival.config import SurvivalModelConfig, library_versions
 from tracker.survival.data import Standardizer, data_fingerprint, prepare_visits
 from tracker.survival.model_io import (
     check_version,
@@ -187,17 +185,6 @@ def landmark_cox_from_zip(header: dict[str, Any], zf: zipfile.ZipFile) -> Landma
     )
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that shape the model's numbers."""
-    return {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "lifelines": importlib.metadata.version("lifelines"),
-        "format": str(FORMAT_VERSION),
-    }
-
-
 def train_landmark_cox(
     visits: pd.DataFrame,
     events: pd.DataFrame,
@@ -256,7 +243,7 @@ def train_landmark_cox(
             "n_visits": len(kept),
             "n_events": int(ev[cfg.event_col].sum()),
         },
-        "versions": library_versions(),
+        "versions": library_versions(FORMAT_VERSION, torch=False),
         "seed": seed,
         "data_fingerprint": data_fingerprint(visits, events),
     }

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from tracker.errors import MetatrackError
-from tracker.survival.config import SurvivalModelConfig
+from tracker.survival.config import SurvivalModelConfig, library_versions
 from tracker.survival.curves import curve_column as curve_column  # re-exported
 from tracker.survival.curves import survival_at
 from tracker.survival.data import (
@@ -108,24 +106,6 @@ class RiskModel(VisitPredictions):
         if not isinstance(model, cls):
             raise MetatrackError(f"risk model bytes: a {model.kind!r} model, not an {cls.kind!r} one")
         return model
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that shape the model's numbers."""
-    import torch
-
-    try:
-        lifelines_version = importlib.metadata.version("lifelines")
-    except importlib.metadata.PackageNotFoundError:
-        lifelines_version = "absent"
-    return {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "torch": torch.__version__,
-        "lifelines": lifelines_version,
-        "format": str(FORMAT_VERSION),
-    }
 
 
 def prepare_training_tables(
@@ -234,7 +214,7 @@ def train_model(
             "n_visits": len(kept),
             "n_events": int(ev[cfg.event_col].sum()),
         },
-        "versions": library_versions(),
+        "versions": library_versions(FORMAT_VERSION, torch=True),
         "seed": seed,
         "num_threads": cfg.num_threads,
         "device": cfg.device,
