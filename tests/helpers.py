@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Any
 
 from db.synthetic import fill_cohort
 from tracker.survival.synthetic import SLOPE_FEATURES as FEATURES
@@ -14,6 +15,7 @@ __all__ = [
     "FEATURES",
     "VENDORED_IBSI",
     "fill_cohort",
+    "gaussian_bump_field",
     "shared_ibsi",
     "synthetic_tables",
     "tiny_model",
@@ -50,3 +52,19 @@ def tiny_model():
     from tracker.survival import RiskModel
 
     return RiskModel.from_bytes(tiny_model_bytes())
+
+
+def gaussian_bump_field(reference: Any, peak_mm: Any, sigma_mm: float) -> Any:
+    """A known deformation: a Gaussian bump of displacement (peak (x, y, z) mm) centred in ``reference``, on its
+    grid (a SimpleITK vector image, LPS mm)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    size = np.asarray(reference.GetSize())
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in size[::-1]], indexing="ij"), axis=-1)[..., ::-1]
+    points = np.asarray(reference.GetOrigin()) + idx * np.asarray(reference.GetSpacing())
+    centre = np.asarray(reference.GetOrigin()) + (size - 1) / 2.0 * np.asarray(reference.GetSpacing())
+    weight = np.exp(-((points - centre) ** 2).sum(-1) / (2.0 * sigma_mm**2))
+    field = sitk.GetImageFromArray(weight[..., None] * np.asarray(peak_mm), isVector=True)
+    field.CopyInformation(reference)
+    return field

@@ -15,6 +15,7 @@ from registration import PRESETS, intensity, map_points, register
 from registration.backends import BACKENDS, DeformableInputs
 from registration.phantom import make_pair
 from registration.transforms import is_field_file, read_transform
+from tests.helpers import gaussian_bump_field
 from tracker.errors import MetatrackError
 
 VOXEL_MM = 4.0
@@ -120,22 +121,11 @@ def test_metrics_name_engine_and_preset(results, name):
     assert res.metrics["preset"] == PRESET_OF[name]
 
 
-def _bump(reference: sitk.Image) -> sitk.Image:
-    size = np.asarray(reference.GetSize())
-    idx = np.stack(np.meshgrid(*[np.arange(n) for n in size[::-1]], indexing="ij"), axis=-1)[..., ::-1]
-    points = np.asarray(reference.GetOrigin()) + idx * np.asarray(reference.GetSpacing())
-    centre = np.asarray(reference.GetOrigin()) + (size - 1) / 2.0 * np.asarray(reference.GetSpacing())
-    weight = np.exp(-((points - centre) ** 2).sum(-1) / (2.0 * BUMP_SIGMA_MM**2))
-    field = sitk.GetImageFromArray(weight[..., None] * BUMP_MM, isVector=True)
-    field.CopyInformation(reference)
-    return field
-
-
 @pytest.mark.parametrize("name", DEFORMABLE)
 def test_field_maps_fixed_points_to_moving_points(pair, tmp_path, name):
     """With the affine forced to identity, a known field d with fixed(p) = moving(p + d(p)) comes back as d."""
     moving = intensity.clip_window(pair.baseline)
-    truth = _bump(moving)
+    truth = gaussian_bump_field(moving, BUMP_MM, BUMP_SIGMA_MM)
     fixed = sitk.Resample(moving, moving, sitk.DisplacementFieldTransform(sitk.Image(truth)), sitk.sitkLinear, -1000.0)
     body = intensity.body_mask(fixed)
     inputs = DeformableInputs(fixed, moving, sitk.AffineTransform(3), body, fixed)

@@ -7,6 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from registration import bspline
+from tests.helpers import gaussian_bump_field
 
 VOXEL_MM = 3.0
 SHAPE_XYZ = (48, 48, 40)
@@ -19,18 +20,6 @@ MEAN_ERROR_BOUND_MM = 0.5
 MAX_ERROR_BOUND_MM = 1.5
 
 
-def _true_field(reference: sitk.Image) -> sitk.Image:
-    """A Gaussian bump of displacement centred in ``reference`` (LPS mm, on its grid)."""
-    size = np.asarray(reference.GetSize())
-    idx = np.stack(np.meshgrid(*[np.arange(n) for n in size[::-1]], indexing="ij"), axis=-1)[..., ::-1]
-    points = np.asarray(reference.GetOrigin()) + idx * np.asarray(reference.GetSpacing())
-    centre = np.asarray(reference.GetOrigin()) + (size - 1) / 2.0 * np.asarray(reference.GetSpacing())
-    weight = np.exp(-((points - centre) ** 2).sum(-1) / (2.0 * BUMP_SIGMA_MM**2))
-    field = sitk.GetImageFromArray(weight[..., None] * BUMP_MM, isVector=True)
-    field.CopyInformation(reference)
-    return field
-
-
 @pytest.fixture(scope="module")
 def pair():
     rng = np.random.default_rng(7)
@@ -40,7 +29,7 @@ def pair():
     moving = sitk.GetImageFromArray((arr / arr.std() * TEXTURE_HU).astype(np.float32))
     moving.SetSpacing((VOXEL_MM,) * 3)
     moving.SetOrigin((-70.0, 20.0, -300.0))
-    truth = _true_field(moving)
+    truth = gaussian_bump_field(moving, BUMP_MM, BUMP_SIGMA_MM)
     # fixed(p) = moving(p + d(p)): the fitted field must be d.
     transform = sitk.DisplacementFieldTransform(sitk.Image(truth))
     fixed = sitk.Resample(moving, moving, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)

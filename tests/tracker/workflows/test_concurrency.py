@@ -179,6 +179,13 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
     return Template(root / "cohort", home)
 
 
+def _home(backend: str, template: Template, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[Path, str]:
+    """A copy of the ingested template on ``backend``: (data home, database URL)."""
+    if backend == "sqlite":
+        return _sqlite_home(template, tmp_path)
+    return _pg_home(template, tmp_path, request.getfixturevalue("pg_url"))
+
+
 def _sqlite_home(template: Template, where: Path) -> tuple[Path, str]:
     home = where / "home"
     shutil.copytree(template.home, home)
@@ -282,10 +289,7 @@ def test_concurrent_runs_end_as_one_run(
     backend: str, template: Template, reference: Reference, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """Three `process` runs started together: none fails, each scan is processed once, the database is one run's."""
-    if backend == "sqlite":
-        home, url = _sqlite_home(template, tmp_path)
-    else:
-        home, url = _pg_home(template, tmp_path, request.getfixturevalue("pg_url"))
+    home, url = _home(backend, template, tmp_path, request)
     runs = _concurrent_runs(home, url)
     assert [r.returncode for r in runs] == [0, 0, 0], [r.stderr for r in runs]
     assert sum(_processed(r.stderr) for r in runs) == N_SCANS  # no scan done twice
@@ -343,10 +347,7 @@ def _random_kills(home: Path, url: str, kills: int, seed: int, run_s: float) -> 
 def test_killed_runs_then_a_rerun_end_as_one_run_and_leave_no_garbage(
     backend: str, template: Template, reference: Reference, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    if backend == "sqlite":
-        home, url = _sqlite_home(template, tmp_path)
-    else:
-        home, url = _pg_home(template, tmp_path, request.getfixturevalue("pg_url"))
+    home, url = _home(backend, template, tmp_path, request)
     in_unit, mid_write = _aimed_kills(home, url)
     assert in_unit["work_dirs"] and in_unit["orphans"], in_unit  # what the issue saw
     assert mid_write["work_dirs"] and mid_write["incoming"], mid_write
