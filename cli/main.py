@@ -6,7 +6,6 @@ Heavy libraries (SimpleITK, ants, torch, monai) are imported inside the commands
 
 from __future__ import annotations
 
-import errno
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,7 +17,7 @@ from typer.core import TyperGroup
 from cli import output
 from cli.context import AppState
 from cli.risk import events_app, jobs_app, model_app, rescore, train
-from tracker.errors import MetatrackError
+from tracker.errors import MetatrackError, describe_db_error, is_database_error, os_error_message
 
 
 class _Group(TyperGroup):
@@ -39,30 +38,10 @@ class _Group(TyperGroup):
             output.error(os_error_message(exc))
             raise typer.Exit(1) from exc
         except Exception as exc:
-            if not _is_database_error(exc):
+            if not is_database_error(exc):
                 raise
-            output.error(f"database error: {_database_error_message(exc)}")
+            output.error(f"database error: {describe_db_error(exc)}")
             raise typer.Exit(1) from exc
-
-
-def os_error_message(exc: OSError) -> str:
-    """One line for a file-system error: ENOSPC as "no space left on device writing <path>"."""
-    path = exc.filename2 if exc.filename2 is not None else exc.filename
-    if exc.errno == errno.ENOSPC:
-        return "no space left on device" + (f" writing {path}" if path is not None else "")
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    return f"{path}: {reason}" if path is not None else reason
-
-
-def _is_database_error(exc: BaseException) -> bool:
-    """SQLAlchemy's and the drivers' exceptions, recognised by their module (the CLI imports no database code)."""
-    return any(c.__module__.split(".")[0] in ("sqlalchemy", "psycopg", "sqlite3") for c in type(exc).__mro__)
-
-
-def _database_error_message(exc: BaseException) -> str:
-    """The driver's message (SQLAlchemy's adds the SQL statement and its parameters), on one line."""
-    orig = getattr(exc, "orig", None) or exc
-    return f"{type(orig).__name__}: {orig}"
 
 
 app = typer.Typer(

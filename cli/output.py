@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from tracker.errors import redact_url
+from tracker.errors import one_line, redact_url
 
 # Piped output is not wrapped at 80 columns: tables keep their rows on one line.
 PIPE_WIDTH = 200
@@ -74,12 +74,6 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = 
 def log(msg: str) -> None:
     """A message on stderr, printed as it is (no markup; control characters escaped)."""
     err.print(escape(msg, keep="\n"), highlight=False, markup=False)
-
-
-def one_line(text: str) -> str:
-    """`text` on one line: its lines joined, SQLAlchemy's "Background on this error" link dropped."""
-    lines = (ln.strip() for ln in str(text).splitlines())
-    return " ".join(ln for ln in lines if ln and not ln.startswith("(Background on this error"))
 
 
 def error(msg: str) -> None:

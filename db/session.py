@@ -21,7 +21,7 @@ from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tracker.errors import MetatrackError, redact_url
+from tracker.errors import MetatrackError, describe_db_error, one_line, redact_url
 
 T = TypeVar("T")
 _log = logging.getLogger("metatrack.db")
@@ -51,12 +51,6 @@ _TRANSIENT_TEXT = (
 _TRANSIENT_SQLSTATES = ("57P01", "57P02", "57P03")  # admin shutdown, crash shutdown, cannot connect now
 
 
-def one_line(text: str) -> str:
-    """A message on one line: its lines joined, SQLAlchemy's "Background on this error" link dropped."""
-    lines = [ln.strip() for ln in str(text).splitlines()]
-    return " ".join(ln for ln in lines if ln and not ln.startswith("(Background on this error"))
-
-
 class DatabaseUnavailable(MetatrackError):
     """The database cannot be reached (connection refused, lost, authentication failed); `transient` when another
     try may succeed (the server is restarting)."""
@@ -64,12 +58,6 @@ class DatabaseUnavailable(MetatrackError):
     def __init__(self, message: str, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
-
-
-def describe_db_error(exc: BaseException) -> str:
-    """One line naming a database error's cause, password masked: the driver's message without SQL."""
-    orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    return redact_url(one_line(f"{type(orig).__name__}: {orig}"))
 
 
 def _transient_driver_error(exc: BaseException) -> bool:

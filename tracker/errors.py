@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 
 # scheme://user:password@ -- the password runs to the token's last '@' (an unescaped '@' in a password is kept
@@ -29,3 +30,29 @@ def redact_url(text: str) -> str:
     text = _SCHEME_CREDENTIALS.sub(r"\g<head>:***@", text)
     text = _BARE_CREDENTIALS.sub(r"\g<head>:***@", text)
     return _KEYWORD_PASSWORD.sub(r"\g<head>***", text)
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: its lines joined, SQLAlchemy's "Background on this error" link dropped."""
+    lines = (ln.strip() for ln in str(text).splitlines())
+    return " ".join(ln for ln in lines if ln and not ln.startswith("(Background on this error"))
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """SQLAlchemy's and the drivers' exceptions, recognised by their module (no database code imported here)."""
+    return any(c.__module__.split(".")[0] in ("sqlalchemy", "psycopg", "sqlite3") for c in type(exc).__mro__)
+
+
+def describe_db_error(exc: BaseException) -> str:
+    """One line naming a database error's cause, password masked: the driver's message without SQL."""
+    orig = getattr(exc, "orig", None) or exc
+    return redact_url(one_line(f"{type(orig).__name__}: {orig}"))
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for a file-system error: ENOSPC as "no space left on device writing <path>"."""
+    path = exc.filename2 if exc.filename2 is not None else exc.filename
+    if exc.errno == errno.ENOSPC:
+        return "no space left on device" + (f" writing {path}" if path is not None else "")
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{path}: {reason}" if path is not None else reason

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 from db import repo
 from db.session import DatabaseUnavailable as _Unavailable
-from db.session import describe_db_error, is_conflict, is_connection_loss, is_disk_full, retrying, session_scope
-from tracker.errors import MetatrackError
+from db.session import is_conflict, is_connection_loss, is_disk_full, retrying, session_scope
+from tracker.errors import MetatrackError, describe_db_error, is_database_error, os_error_message
 from tracker.imageio import LoadedImage, LoadedMask, read_image, read_mask, volume_suffix
 from tracker.records import ScanRole, ScanState
 from tracker.store import FileStore, StoredFile, StoreUnit, sha256_file, sha256_files
@@ -430,14 +430,13 @@ def _row_error(req: ScanRequest, exc: Exception) -> MetatrackError:
     """One line naming the request's image and the cause of an error that is not metatrack's own."""
     if isinstance(exc, OSError):
         if exc.errno == errno.ENOSPC:
-            path = exc.filename2 if exc.filename2 is not None else exc.filename
-            return DiskFull(f"no space left on device writing {path}" if path else "no space left on device")
+            return DiskFull(os_error_message(exc))
         path = exc.filename if exc.filename is not None else req.image
         where = f"{req.image}" if str(path) == str(req.image) else f"{req.image}: {path}"
         return MetatrackError(f"{where}: {exc.strerror or exc}")
     if is_disk_full(exc):
         return DiskFull(f"{req.image}: the database's disk is full ({describe_db_error(exc)})")
-    if is_connection_loss(exc) or type(exc).__module__.split(".")[0] in ("sqlalchemy", "psycopg", "sqlite3"):
+    if is_connection_loss(exc) or is_database_error(exc):
         return MetatrackError(f"{req.image}: database error: {describe_db_error(exc)}")
     return MetatrackError(f"{req.image}: {type(exc).__name__}: {exc}".splitlines()[0])
 
