@@ -309,6 +309,12 @@ class StoreUnit:
             self._journal_fd = os.open(self._journal_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         os.write(self._journal_fd, f"{sha256} {suffix}\n".encode())
 
+    def keep_on_failure(self) -> None:
+        """Leave this unit's files in the store even if it fails: another writer may have committed the same
+        content meanwhile and refer to it (a stray object is harmless and the sweep finds it, a missing one is not).
+        """
+        self.added.clear()
+
     def _keep(self, stored: StoredFile) -> StoredFile:
         if not stored.already_present:
             self.added.append(stored.path)

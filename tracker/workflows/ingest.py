@@ -259,9 +259,7 @@ def _record(
             return _record_in(engine, files, req, loaded, mask, organs, image_hash, mask_hash)
         except Exception as exc:
             if is_conflict(exc):
-                # the other writer may have stored the same content at the same moment and now refers to it: a
-                # stray file is harmless, a missing one is not
-                files.added.clear()
+                files.keep_on_failure()
             raise
 
 
