@@ -16,6 +16,9 @@ from typer.core import TyperGroup
 
 from cli import output
 from cli.context import AppState
+from cli.exportcmd import export_app
+from cli.filtercmd import filter_image
+from cli.reportcmd import report
 from cli.risk import events_app, jobs_app, model_app, rescore, train
 from tracker.errors import MetatrackError, describe_db_error, is_database_error, os_error_message
 
@@ -443,6 +446,9 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(events_app, name="events")
 app.command("train")(train)
 app.command("rescore")(rescore)
+app.add_typer(export_app, name="export")
+app.command("report")(report)
+app.command("filter")(filter_image)
 
 
 def main() -> None:
