@@ -116,7 +116,8 @@ class Scan(Base):
     site: Mapped[str | None] = mapped_column(String(64))
     image_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"), unique=True)
     source_format: Mapped[str] = mapped_column(String(16))  # nifti | nrrd | mha | dicom
-    source_name: Mapped[str] = mapped_column(String(255))  # file or folder base name, for the user's reference
+    # not the file or folder name (it may name the patient): a DICOM series' SeriesInstanceUID, else "sha256:<16 hex>"
+    source_name: Mapped[str] = mapped_column(String(255))
     size_xyz: Mapped[list[Any]] = mapped_column()
     spacing_xyz: Mapped[list[Any]] = mapped_column()
     origin_xyz: Mapped[list[Any]] = mapped_column()
@@ -126,6 +127,10 @@ class Scan(Base):
     ingested_at: Mapped[datetime] = mapped_column(default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column()
     processing: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # step timings, versions, settings
+    # DICOM sources only (None otherwise): study/series/frame-of-reference/SOP class UIDs, sop_instance_uids (element
+    # k: the source instance of slice k of the stored image), modality, manufacturer, manufacturer_model_name,
+    # convolution_kernel, slice_thickness, study_date (ISO); never a name, birth date, ID, accession or institution
+    dicom: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
     patient: Mapped[Patient] = relationship(back_populates="scans")
     masks: Mapped[list[Mask]] = relationship(back_populates="scan", cascade="all, delete-orphan")
