@@ -40,6 +40,8 @@ def run_features(
     out: Path | None,
     body_mask: str | None = None,
     n_jobs: int = 1,
+    *,
+    progress: bool = True,
 ) -> None:
     from tracker.featurefiles import extract_files, read_batch
 
@@ -67,7 +69,7 @@ def run_features(
     jobs = read_batch(batch)
     if body_mask is not None:  # the option applies to the rows that name no body mask of their own
         jobs = [j if j.body_mask is not None else dataclasses.replace(j, body_mask=body_mask) for j in jobs]
-    rows = _batch_rows(jobs, config, n_jobs)
+    rows = _batch_rows(jobs, config, n_jobs, progress)
     failed = sum(row["error"] is not None for row in rows)
     if fmt == "json":
         _emit(json.dumps(rows, indent=2) + "\n", out)
@@ -82,13 +84,13 @@ def run_features(
         raise MetatrackError(f"{failed} of {len(jobs)} pairs failed (see their error column)")
 
 
-def _batch_rows(jobs: list[FeatureJob], config: str, n_jobs: int) -> list[dict[str, Any]]:
+def _batch_rows(jobs: list[FeatureJob], config: str, n_jobs: int, progress: bool) -> list[dict[str, Any]]:
     """The batch's rows in the CSV's order; with ``n_jobs`` > 1 the pairs run in that many processes, one
     thread each (started by spawn: the progress bar's thread must not be forked)."""
     from tracker.featurefiles import batch_row, failed_row
 
     rows: list[dict[str, Any]] = []
-    with output.progress("features", len(jobs)) as advance:
+    with output.progress("features", len(jobs), progress) as advance:
         if n_jobs == 1:
             for job in jobs:
                 rows.append(_reported(batch_row(job, config)))

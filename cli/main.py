@@ -53,7 +53,6 @@ app = typer.Typer(
     help="Longitudinal follow-up tracking for oncology imaging.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals can hold patient data
-    add_completion=False,
 )
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -67,6 +66,14 @@ def _state(ctx: typer.Context) -> AppState:
     return ctx.find_root().obj
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        output.print_text(f"metatrack {version('metatrack')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
@@ -75,8 +82,21 @@ def _root(
         typer.Option("--db", help="SQLAlchemy database URL (default: $METATRACK_DB, else SQLite in the data home)."),
     ] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars (batch systems).")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Diagnostic messages (database retries, warnings) too.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only results and errors: no messages, no progress bars.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
 ) -> None:
-    ctx.obj = AppState(db_url=db, progress=not no_progress)
+    if verbose and quiet:
+        raise typer.BadParameter("--verbose and --quiet exclude each other")
+    output.set_verbosity(output.Verbosity.QUIET if quiet else output.Verbosity.VERBOSE if verbose else None)
+    ctx.obj = AppState(db_url=db, progress=not (no_progress or quiet))
 
 
 @app.command()
@@ -315,6 +335,7 @@ def locate(
 
 @app.command()
 def features(
+    ctx: typer.Context,
     image: Annotated[Path | None, typer.Argument(help="Image file (NIfTI/NRRD/MHA) or DICOM folder.")] = None,
     mask: Annotated[Path | None, typer.Argument(help="Mask on the image's grid.")] = None,
     config: Annotated[str, typer.Option("--config", "-c", help="Preset name or YAML config.")] = "ct_default",
@@ -337,7 +358,7 @@ def features(
     """IBSI radiomics of one image/mask pair (one record per feature), or of a batch (one row per pair)."""
     from cli.featurescmd import run_features
 
-    run_features(image, mask, config, label, batch, fmt, out, body_mask, jobs)
+    run_features(image, mask, config, label, batch, fmt, out, body_mask, jobs, progress=_state(ctx).progress)
 
 
 @harmonise_app.command("fit")

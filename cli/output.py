@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import enum
 import json
+import logging
 import sys
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -71,8 +73,41 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = 
     out.print(table)
 
 
+class Verbosity(enum.IntEnum):
+    QUIET = 0
+    NORMAL = 1
+    VERBOSE = 2
+
+
+_verbosity = Verbosity.NORMAL
+
+
+def set_verbosity(level: Verbosity | None) -> None:
+    """Quiet: no messages (errors and results still print). Verbose: the library's diagnostic log on stderr too."""
+    global _verbosity
+    _verbosity = Verbosity.NORMAL if level is None else level
+    logger = logging.getLogger("metatrack")
+    for handler in [h for h in logger.handlers if getattr(h, "_metatrack_cli", False)]:
+        logger.removeHandler(handler)
+    if _verbosity is Verbosity.VERBOSE:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        handler._metatrack_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+    else:
+        logger.setLevel(logging.WARNING if _verbosity is Verbosity.NORMAL else logging.ERROR)
+
+
+def print_text(text: str) -> None:
+    """A plain line on stdout (a result, never suppressed)."""
+    sys.stdout.write(text + "\n")
+
+
 def log(msg: str) -> None:
-    """A message on stderr, printed as it is (no markup; control characters escaped)."""
+    """A message on stderr, printed as it is (no markup; control characters escaped); nothing with --quiet."""
+    if _verbosity is Verbosity.QUIET:
+        return
     err.print(escape(msg, keep="\n"), highlight=False, markup=False)
 
 
