@@ -63,6 +63,9 @@ def print_timeline(data: dict[str, Any]) -> None:
     cols = ["date", "day", "role", "state", "lesion", "track", "change", "volume_mm3", "diam_mm", "recist"]
     cols += ["review", "risk_12m"]
     output.print_table(rows, cols, title=f"patient {data['patient_id']}")
+    if data.get("calendar_risk"):
+        cols = ["as_of", "model", "endpoint", "horizon_months", "risk"]
+        output.print_table(data["calendar_risk"], cols, title=f"patient {data['patient_id']}: risk by calendar date")
 
 
 def write_cohort(rows: list[dict[str, Any]], fmt: str, out: Path | None) -> None:

@@ -113,7 +113,9 @@ def _train_and_register(
 def model_train(
     ctx: typer.Context,
     visits: Annotated[Path, typer.Option("--visits", help="CSV: patient_id, time_days or date, features.")],
-    events: Annotated[Path, typer.Option("--events", help="CSV: patient_id, time_days, event (0/1).")],
+    events: Annotated[
+        Path, typer.Option("--events", help="CSV: patient_id, time_days or event_date/date, event (0/1).")
+    ],
     endpoint: EndpointOpt = "metastasis",
     name: NameOpt = None,
     seed: SeedOpt = 0,

@@ -223,7 +223,8 @@ def _event_kind(value: str, what: str) -> EventKind:
         raise MetatrackError(f"{what} {value!r} is not an event kind ({allowed})") from exc
 
 
-def _row_date(row: pd.Series, line: int, base: date | None) -> date:
+def event_row_date(row: pd.Series, line: int, base: date | None) -> date:
+    """An events row's date: `event_date` or `date`, else `time_days` after `base`; `line` names the CSV line."""
     for col in ("event_date", "date"):
         if col in row.index and pd.notna(row[col]):
             try:
@@ -283,7 +284,7 @@ def import_events(
             if flag not in (0, 1, "0", "1", True, False):
                 raise MetatrackError(f"events row {line}: event must be 0 or 1, got {flag!r}")
             kind = default_kind if int(flag) == 1 else EventKind.CENSORED
-        day = _row_date(row, line, base.get(pid))
+        day = event_row_date(row, line, base.get(pid))
         key = (pid, kind, day)
         if key in existing:
             continue

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from db import jobs, registry
 from db.session import session_scope
-from db.visits import event_table, import_events, model_inputs, visit_table
+from db.visits import event_row_date, event_table, import_events, model_inputs, visit_table
 from tracker.errors import MetatrackError
 from tracker.store import StoreUnit
 
@@ -60,8 +60,32 @@ def train(
     (state "trained")."""
     from tracker.survival.kinds import model_kind
 
+    events = event_times(visits, events, cfg)
     model = model_kind(kind).train(visits, events, cfg, seed=seed, progress=progress)
     return register(engine, store, model, name or f"{kind}-{endpoint}", endpoint)
+
+
+def event_times(visits: pd.DataFrame, events: pd.DataFrame, cfg: SurvivalModelConfig) -> pd.DataFrame:
+    """Events given by date (`event_date` or `date`, read as `events import` reads them) with their `time_days`
+    from the patient's first visit date, day 0 of the visits' own times; other tables are returned as they are."""
+    import pandas as pd
+
+    pid, tcol = cfg.patient_col, cfg.time_col
+    if tcol in events.columns or pid not in events.columns or not {"event_date", "date"} & set(events.columns):
+        return events  # what is missing is said by the model's own checks
+    if cfg.date_col not in visits.columns:
+        raise MetatrackError(
+            f"events: dates need a {cfg.date_col!r} column in the visits table (a patient's first visit is day 0); "
+            f"or give the events a {tcol!r} column"
+        )
+    first = pd.to_datetime(visits[cfg.date_col], errors="coerce").groupby(visits[pid].astype(str)).min()
+    days = []
+    for i, (_, row) in enumerate(events.iterrows()):
+        name = str(row[pid])
+        if name not in first.index or pd.isna(first[name]):
+            raise MetatrackError(f"events row {i + 2}: patient {name!r} has no dated visit")
+        days.append(float((event_row_date(row, i + 2, None) - first[name].date()).days))
+    return events.assign(**{tcol: days})
 
 
 def load(engine: Engine, store: FileStore, spec: str) -> tuple[str, SurvivalModel]:
