@@ -40,6 +40,14 @@ if TYPE_CHECKING:
 
 ENGINE_NAME = "metatrack-radiomics"
 IN_CHUNK = 5000  # values per IN (...) list
+# `registrations` columns and the registration engine's metric each one holds (`registration.engine._quality`).
+REGISTRATION_METRIC_KEYS = {
+    "similarity_before": "ncc_before",
+    "similarity_after": "ncc_after",
+    "jacobian_min": "jacobian_min",
+    "folding_fraction": "folding_share",
+    "runtime_s": "runtime_s",
+}
 
 
 def _blob_path(session: Session, store: FileStore, sha256: str) -> Path:
@@ -244,11 +252,7 @@ def save_outcome(
                 preset=str(m.get("preset", settings.preset)),
                 forward_sha256=_transform_hashes(session, transforms[0]),
                 inverse_sha256=_transform_hashes(session, transforms[1]),
-                similarity_before=_num(m.get("similarity_before")),
-                similarity_after=_num(m.get("similarity_after")),
-                jacobian_min=_num(m.get("jacobian_min")),
-                folding_fraction=_num(m.get("folding_fraction")),
-                runtime_s=_num(m.get("runtime_s")),
+                **{column: _num(m.get(key)) for column, key in REGISTRATION_METRIC_KEYS.items()},
                 threads=settings.threads,
                 seed=settings.seed,
                 metrics={k: (v if isinstance(v, str | int | bool) else _num(v)) for k, v in m.items()},

@@ -26,6 +26,7 @@ from db.models import (
     TrackDelta,
     TrackLink,
 )
+from db.results import REGISTRATION_METRIC_KEYS
 from tracker.errors import MetatrackError
 
 TIMELINE_VERSION = 1
@@ -85,6 +86,14 @@ def _lesion_dict(
     }
 
 
+def _registration_metric(reg: Registration, column: str) -> float | None:
+    """A registration quality column; rows saved before it was filled keep the value in their metrics only."""
+    value = getattr(reg, column)
+    if value is None:
+        value = (reg.metrics or {}).get(REGISTRATION_METRIC_KEYS[column])
+    return None if value is None else float(value)
+
+
 def timeline(session: Session, external_id: str) -> dict[str, Any]:
     """A patient's scans in date order with lesions, tracks, registration quality, RECIST and risk scores.
 
@@ -112,13 +121,14 @@ def timeline(session: Session, external_id: str) -> dict[str, Any]:
         r.scan_id: r for r in session.scalars(select(RecistAssessment).where(RecistAssessment.scan_id.in_(scan_ids)))
     }
     risks: dict[int, list[dict]] = defaultdict(list)
+    calendar_risk: list[dict] = []  # scores as of a calendar date (`rescore --as-of`), tied to no scan
     for rs, mv in session.execute(
         select(RiskScore, ModelVersion)
         .join(ModelVersion, ModelVersion.id == RiskScore.model_version_id)
         .where(RiskScore.patient_id == patient.id)
         .order_by(RiskScore.as_of_date, RiskScore.horizon_months)
     ):
-        risks[rs.scan_id or 0].append(
+        (risks[rs.scan_id] if rs.scan_id is not None else calendar_risk).append(
             {
                 "as_of": rs.as_of_date.isoformat(),
                 "model": f"{mv.name}:{mv.version}",
@@ -180,9 +190,9 @@ def timeline(session: Session, external_id: str) -> dict[str, Any]:
                 if reg is None
                 else {
                     "preset": reg.preset,
-                    "similarity_before": reg.similarity_before,
-                    "similarity_after": reg.similarity_after,
-                    "folding_fraction": reg.folding_fraction,
+                    "similarity_before": _registration_metric(reg, "similarity_before"),
+                    "similarity_after": _registration_metric(reg, "similarity_after"),
+                    "folding_fraction": _registration_metric(reg, "folding_fraction"),
                     "needs_review": reg.needs_review,
                     "review_reasons": reg.review_reasons,
                 },
@@ -207,6 +217,7 @@ def timeline(session: Session, external_id: str) -> dict[str, Any]:
         "patient_id": patient.external_id,
         "scans": out_scans,
         "events": [{"kind": e.kind.value, "date": e.event_date.isoformat()} for e in events],
+        "calendar_risk": calendar_risk,
     }
 
 
