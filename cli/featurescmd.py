@@ -42,6 +42,8 @@ def run_features(
     n_jobs: int = 1,
     *,
     progress: bool = True,
+    rois: tuple[str, ...] = (),
+    segments: tuple[str, ...] = (),
 ) -> None:
     from tracker.featurefiles import extract_files, read_batch
 
@@ -54,7 +56,7 @@ def run_features(
     if batch is None:
         if image is None or mask is None:
             raise MetatrackError("give IMAGE and MASK, or --batch FILE")
-        fs = extract_files(FeatureJob(image, mask, label, body_mask), config)
+        fs = extract_files(FeatureJob(image, mask, label, body_mask, rois, segments), config)
         records = [{**r, "value": _clean(r["value"]), "config": fs.config.get("name"), "engine": fs.engine_version}
                    for r in fs.records()]  # fmt: skip
         if fmt == "json":

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from tracker.errors import MetatrackError
-from tracker.imageio import read_image, read_mask
+from tracker.imageio import MaskContext, read_image, read_mask
 
 BATCH_REQUIRED = ("image", "mask")
 
@@ -21,6 +21,8 @@ class FeatureJob:
     mask: Path
     label: int | None = None  # None: every non-zero voxel is the ROI
     body_mask: str | None = None  # z-score statistics: a mask file, "auto" (Otsu foreground) or None (whole image)
+    rois: tuple[str, ...] = ()  # an RTSTRUCT mask's ROIs (names or regular expressions)
+    segments: tuple[str, ...] = ()  # a DICOM SEG mask's segments (numbers, labels or regular expressions)
 
 
 def extract_files(job: FeatureJob, config: str | Path, threads: int | None = None) -> Any:
@@ -35,8 +37,8 @@ def extract_files(job: FeatureJob, config: str | Path, threads: int | None = Non
         raise MetatrackError(
             f"{job.image}: a body mask only serves z-score normalisation; config {cfg.get('name')!r} has none"
         )
-    loaded = read_image(job.image)
-    mask = read_mask(job.mask, loaded.image)
+    loaded = read_image(job.image, beside=[job.mask])
+    mask = read_mask(job.mask, loaded.image, MaskContext(loaded.dicom, job.rois, job.segments))
     labels = sitk.GetArrayFromImage(mask.mask)
     if job.label is not None and job.label not in mask.labels:
         raise MetatrackError(f"{job.mask}: no voxels with label {job.label} (labels present: {mask.labels})")

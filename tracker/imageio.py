@@ -1,9 +1,11 @@
 """Reading and checking images and lesion masks (NIfTI, NRRD, MHA, DICOM series); no computation here.
 
-Masks are read through `MaskReader`s chosen by `read_mask`: a volume reader (NIfTI/NRRD/MHA label or binary maps)
-now. A reader returns the integer label image on the reference image's grid and the files that define the mask's
-content; ingest stores that label image (as NIfTI, keyed by the hash of those files), so a reader for a new format
-(DICOM SEG, RTSTRUCT) is one class added to `MASK_READERS` and nothing else changes.
+Masks are read through `MaskReader`s chosen by `read_mask`: NIfTI/NRRD/MHA label or binary maps, RTSTRUCT contours
+(rasterised, `tracker.dicom.rtstruct`) and DICOM SEG (`tracker.dicom.seg`). A reader returns the integer label image
+on the reference image's grid and the files that define the mask's content; ingest stores that label image (as
+NIfTI, keyed by the hash of those files), so a reader for a new format is one class added to `MASK_READERS`.
+A DICOM folder is surveyed first (`tracker.dicom.discovery`): several image series, or an RTSTRUCT/SEG beside the
+image that was not given as the mask, are listed and the user is asked which to use.
 
 Nothing is handed to ITK on trust: NIfTI-1 headers are checked field by field (ITK shifts voxels by a negative
 vox_offset and reads NaN geometry), every header's declared size is held against `max_voxels()` before a voxel is
@@ -31,6 +33,9 @@ from tracker.errors import MetatrackError
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
+
+    from tracker.dicom.discovery import ImageSeries
+    from tracker.dicom.headers import DicomSeries
 
 VOLUME_SUFFIXES = {
     ".nii": "nifti",
@@ -60,8 +65,28 @@ class LoadedImage:
 
     image: sitk.Image
     source_format: str  # nifti | nrrd | mha | dicom
-    content_files: list[Path]  # the files whose bytes define the content hash, in a fixed order
-    source_name: str
+    content_files: list[Path]  # the files whose bytes define the content hash, in a fixed order (DICOM: slice order)
+    dicom: DicomSeries | None = None  # a DICOM series' kept headers
+
+
+@dataclass(frozen=True)
+class MaskContext:
+    """What a mask reader may need besides the reference grid: the image's DICOM headers and the user's choice of
+    RTSTRUCT ROIs (`--roi`) or SEG segments (`--segment`): exact names, else regular expressions (or numbers)."""
+
+    dicom: DicomSeries | None = None
+    rois: tuple[str, ...] = ()
+    segments: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MaskContent:
+    """What a `MaskReader` returns."""
+
+    mask: sitk.Image  # integer label image (0 = background) on the reference image's grid
+    content_files: list[Path]  # the source files whose bytes define the mask's content hash, in a fixed order
+    label_names: dict[int, str] | None = None  # label -> ROI or segment name, where the format names them
+    notes: tuple[str, ...] = ()  # what the user should know about the reading (a threshold applied, ...)
 
 
 @dataclass(frozen=True)
@@ -71,6 +96,8 @@ class LoadedMask:
     content_files: list[Path]
     labels: list[int]
     voxel_count: int
+    label_names: dict[int, str] | None = None
+    notes: tuple[str, ...] = ()
 
 
 def _itk_message(exc: Exception) -> str:
@@ -369,14 +396,6 @@ def _read_volume(path: Path) -> sitk.Image:
         raise MetatrackError(f"{path}: cannot be read as an image ({_itk_message(exc)})") from exc
 
 
-def dicom_series(folder: Path) -> dict[str, list[str]]:
-    """The DICOM series in a folder: series instance UID -> sorted file names."""
-    import SimpleITK as sitk
-
-    uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ()
-    return {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids}
-
-
 # --- DICOM series ----------------------------------------------------------------------------------------------------
 
 # Slice positions (projected on the slice normal) must lie on an evenly spaced stack, and on the normal through the
@@ -388,7 +407,6 @@ SLICE_POSITION_TOL_MM = 0.01
 SLICE_POSITION_TOL_FRACTION = 0.01
 UNIT_VECTOR_TOL = 1e-3
 _UNDEFINED_LENGTH = 0xFFFFFFFF
-MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # a DICOMDIR's SOP class
 
 
 @dataclass(frozen=True)
@@ -499,35 +517,6 @@ def _read_dicom_slice(path: Path) -> _DicomSlice:
         _dicom_numbers(path, ds, "PixelSpacing", 2),
         _dicom_int(path, ds, "InstanceNumber"),
     )
-
-
-def _unlisted_series_files(folder: Path, series_uid: str, listed: list[str]) -> list[Path]:
-    """Files of the series that GDCM left out of its listing (it silently skips truncated or damaged files).
-
-    A file with the DICOM preamble whose series cannot even be read is refused: it may belong to this series.
-    """
-    import pydicom
-
-    names = {Path(f).name for f in listed}
-    extra: list[Path] = []
-    for path in sorted(folder.iterdir()):
-        if path.name in names or not path.is_file():
-            continue
-        with open(path, "rb") as fh:
-            if fh.read(132)[128:132] != b"DICM":
-                continue
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-            uid = str(ds.get("SeriesInstanceUID", "")).strip()
-            sop_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "")) if hasattr(ds, "file_meta") else ""
-        except Exception as exc:  # pydicom raises many kinds of error on damaged files
-            msg = f"{path}: damaged DICOM file in the series folder ({type(exc).__name__}: {exc})"
-            raise MetatrackError(msg.splitlines()[0]) from exc
-        if not uid and sop_class != MEDIA_STORAGE_DIRECTORY:  # every image has one: the header was cut short
-            raise MetatrackError(f"{path}: damaged DICOM file in the series folder (no SeriesInstanceUID)")
-        if uid == series_uid:
-            extra.append(path)
-    return extra
 
 
 @dataclass(frozen=True)
@@ -644,23 +633,47 @@ def _stack_problem(slices: list[_DicomSlice]) -> str | _Stack | None:
     return _Stack(float(slope), tol)
 
 
-def _read_dicom(folder: Path, series_uid: str | None) -> LoadedImage:
+def _choose_series(folder: Path, series_uid: str | None, recursive: bool, beside: Sequence[Path]) -> ImageSeries:
+    """The files of the image series to read: the one asked for, else the only one, when no RTSTRUCT/SEG lies
+    beside it that was not given as a mask; otherwise what the folder holds is listed and the user asked."""
+    from tracker.dicom.discovery import survey
+
+    found = survey(folder, recursive)
+    where = "this folder or its subfolders" if recursive else "this folder"
+    if not found.series:
+        held = f" (it holds {found.listing()})" if found.rtstructs or found.segs else ""
+        more = "" if recursive else "; --recursive searches subfolders"
+        raise MetatrackError(f"{folder}: no DICOM image series found in {where}{held}{more}")
+    if series_uid is None:
+        given = {p.resolve() for p in beside}
+        unused = [p for p in [*found.rtstructs, *found.segs] if p.resolve() not in given]
+        if len(found.series) > 1 or unused:
+            what = f"{len(found.series)} DICOM series" + (f" and {len(unused)} RTSTRUCT/SEG" if unused else "")
+            ask = "choose the image series with --series UID" + (
+                " and give an RTSTRUCT/SEG as --mask FILE (with --roi/--segment)" if unused else ""
+            )
+            raise MetatrackError(f"{folder}: holds {what}: {found.listing()}; {ask}")
+        series_uid = next(iter(found.series))
+    if series_uid not in found.series:
+        raise MetatrackError(f"{folder}: no DICOM series {series_uid!r} (found: {found.listing()})")
+    return found.series[series_uid]
+
+
+def _read_dicom(
+    folder: Path, series_uid: str | None, recursive: bool = False, beside: Sequence[Path] = ()
+) -> LoadedImage:
     """Read one series after checking what ITK would not: every file of it complete and readable, one pixel grid
     and orientation, evenly spaced slices along the normal with none missing, a declared size within the limit."""
     import SimpleITK as sitk
 
-    series = dicom_series(folder)
-    if not series:
-        raise MetatrackError(f"{folder}: no DICOM series found in this folder")
-    if series_uid is None:
-        if len(series) > 1:
-            listing = ", ".join(f"{uid} ({len(f)} files)" for uid, f in sorted(series.items()))
-            raise MetatrackError(f"{folder}: holds {len(series)} DICOM series, pick one with --series: {listing}")
-        series_uid = next(iter(series))
-    if series_uid not in series:
-        raise MetatrackError(f"{folder}: no DICOM series {series_uid!r} (found: {', '.join(sorted(series))})")
-    files = series[series_uid]
-    extra = _unlisted_series_files(folder, series_uid, files)
+    from tracker.dicom.headers import series_headers
+
+    chosen = _choose_series(folder, series_uid, recursive, beside)
+    series_uid = chosen.series_uid
+    # GDCM orders the files along the slice normal (file k is slice k) and silently skips damaged ones
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid, False, recursive))
+    listed = {Path(f).resolve() for f in files}
+    extra = [p for p in chosen.files if p.resolve() not in listed]
     slices = [_read_dicom_slice(p) for p in [*(Path(f) for f in files), *extra]]
     if extra:
         names = ", ".join(p.name for p in extra)
@@ -685,7 +698,8 @@ def _read_dicom(folder: Path, series_uid: str | None) -> LoadedImage:
             f"{folder}: ITK read the series with {_mm(image.GetSpacing()[2])} mm slices, the headers declare "
             f"{_mm(stack.spacing)}"
         )
-    return LoadedImage(image, "dicom", [Path(f) for f in files], folder.name)
+    paths = [Path(f) for f in files]
+    return LoadedImage(image, "dicom", paths, series_headers(paths))
 
 
 def check_finite(image: sitk.Image, path: Path) -> None:
@@ -699,13 +713,16 @@ def check_finite(image: sitk.Image, path: Path) -> None:
             raise MetatrackError(f"{path}: {bad} voxels are not finite (NaN or infinity)")
 
 
-def read_image(path: Path, series_uid: str | None = None) -> LoadedImage:
-    """Read a scan: a NIfTI/NRRD/MHA file or a DICOM series folder; checks it is 3D and finite."""
+def read_image(
+    path: Path, series_uid: str | None = None, *, recursive: bool = False, beside: Sequence[Path] = ()
+) -> LoadedImage:
+    """Read a scan: a NIfTI/NRRD/MHA file or a DICOM series folder (its subfolders too if `recursive`; `beside`:
+    the mask files given with it, which may lie in the folder); checks it is 3D and finite."""
     path = Path(path)
     if not path.exists():
         raise MetatrackError(f"{path}: no such file or folder")
     if path.is_dir():
-        loaded = _read_dicom(path, series_uid)
+        loaded = _read_dicom(path, series_uid, recursive, beside)
     else:
         suffix = volume_suffix(path)
         if suffix is None:
@@ -714,7 +731,7 @@ def read_image(path: Path, series_uid: str | None = None) -> LoadedImage:
             )
         if suffix in (".mhd", ".nhdr"):
             raise MetatrackError(f"{path}: detached-header formats are not supported; convert to .mha or .nrrd")
-        loaded = LoadedImage(_read_volume(path), VOLUME_SUFFIXES[suffix], [path], path.name)
+        loaded = LoadedImage(_read_volume(path), VOLUME_SUFFIXES[suffix], [path])
     img = loaded.image
     if img.GetDimension() != 3:
         raise MetatrackError(f"{path}: image has {img.GetDimension()} dimensions, expected a 3D volume")
@@ -751,17 +768,14 @@ def geometry_mismatch(reference: sitk.Image, other: sitk.Image) -> str | None:
 
 
 class MaskReader(Protocol):
-    """Reads one kind of lesion mask onto a reference image's grid.
-
-    ``read`` returns (integer label image on ``reference``'s grid, 0 = background; the source files whose bytes
-    define the mask's content hash, in a fixed order).
-    """
+    """Reads one kind of lesion mask onto a reference image's grid (``read`` returns the integer label image on
+    ``reference``'s grid, 0 = background, and the source files whose bytes define the mask's content hash)."""
 
     source_format: str
 
     def accepts(self, path: Path) -> bool: ...
 
-    def read(self, path: Path, reference: sitk.Image) -> tuple[sitk.Image, list[Path]]: ...
+    def read(self, path: Path, reference: sitk.Image, context: MaskContext) -> MaskContent: ...
 
 
 MAX_LABEL = 65535  # stored label images are uint16
@@ -775,7 +789,7 @@ class VolumeMaskReader:
     def accepts(self, path: Path) -> bool:
         return path.is_file() and volume_suffix(path) is not None
 
-    def read(self, path: Path, reference: sitk.Image) -> tuple[sitk.Image, list[Path]]:
+    def read(self, path: Path, reference: sitk.Image, context: MaskContext) -> MaskContent:
         import SimpleITK as sitk
 
         mask = _read_volume(path)
@@ -797,25 +811,103 @@ class VolumeMaskReader:
                 f"{path}: mask label {int(arr.max())} is above the largest supported label {MAX_LABEL} "
                 "(labels are stored as 16-bit integers); renumber the labels"
             )
-        return sitk.Cast(mask, sitk.sitkUInt16), [path]
+        return MaskContent(sitk.Cast(mask, sitk.sitkUInt16), [path])
 
 
-MASK_READERS: list[MaskReader] = [VolumeMaskReader()]
+def _sop_class(path: Path) -> str | None:
+    """The SOP class UID of a DICOM file (one with the 'DICM' preamble), None for any other file."""
+    import pydicom
+
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(132)[128:132] != b"DICM":
+                return None
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+        return str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", "")).strip()
+    except Exception:  # a damaged file: no reader accepts it, and read_mask says so
+        return None
 
 
-def read_mask(path: Path, reference: sitk.Image) -> LoadedMask:
-    """Read a lesion mask for `reference` with the first reader that accepts it; empty masks are allowed."""
+def _label_image(labels: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    import SimpleITK as sitk
+
+    mask = sitk.GetImageFromArray(labels.astype(np.uint16))
+    mask.CopyInformation(reference)
+    return mask
+
+
+class RtstructMaskReader:
+    """RTSTRUCT contours of the chosen ROIs (`--roi`), rasterised onto the referenced series' grid, one label each."""
+
+    source_format = "rtstruct"
+
+    def accepts(self, path: Path) -> bool:
+        from tracker.dicom.discovery import RTSTRUCT_SOP_CLASS
+
+        return path.is_file() and _sop_class(path) == RTSTRUCT_SOP_CLASS
+
+    def read(self, path: Path, reference: sitk.Image, context: MaskContext) -> MaskContent:
+        from tracker.dicom.rtstruct import read_rtstruct
+
+        if context.segments:
+            raise MetatrackError(f"{path}: --segment chooses DICOM SEG segments; an RTSTRUCT's ROIs take --roi")
+        image = context.dicom.metadata if context.dicom else None
+        labels, names = read_rtstruct(path, reference, image, context.rois)
+        return MaskContent(_label_image(labels, reference), [path], names)
+
+
+class SegMaskReader:
+    """DICOM SEG segments (`--segment`, binary or fractional thresholded at 0.5) on the image's grid, one label each."""
+
+    source_format = "dicom-seg"
+
+    def accepts(self, path: Path) -> bool:
+        from tracker.dicom.discovery import SEG_SOP_CLASS
+
+        return path.is_file() and _sop_class(path) == SEG_SOP_CLASS
+
+    def read(self, path: Path, reference: sitk.Image, context: MaskContext) -> MaskContent:
+        from tracker.dicom.seg import read_seg
+
+        if context.rois:
+            raise MetatrackError(f"{path}: --roi chooses RTSTRUCT ROIs; a DICOM SEG's segments take --segment")
+        image = context.dicom.metadata if context.dicom else None
+        labels, names, notes = read_seg(path, reference, image, context.segments)
+        return MaskContent(_label_image(labels, reference), [path], names, tuple(notes))
+
+
+MASK_READERS: list[MaskReader] = [VolumeMaskReader(), RtstructMaskReader(), SegMaskReader()]
+
+
+def read_mask(path: Path, reference: sitk.Image, context: MaskContext | None = None) -> LoadedMask:
+    """Read a lesion mask for `reference` with the first reader that accepts it; empty masks are allowed.
+
+    `context` carries the image's DICOM headers and the ROI/segment choice (RTSTRUCT and SEG need them).
+    """
     import SimpleITK as sitk
 
     path = Path(path)
+    context = context or MaskContext()
     if not path.exists():
         raise MetatrackError(f"{path}: no such file or folder")
     for reader in MASK_READERS:
         if reader.accepts(path):
-            mask, files = reader.read(path, reference)
-            arr = sitk.GetArrayViewFromImage(mask)
+            if reader.source_format == "volume" and (context.rois or context.segments):
+                raise MetatrackError(f"{path}: --roi and --segment choose in an RTSTRUCT or DICOM SEG, not a volume")
+            content = reader.read(path, reference, context)
+            arr = sitk.GetArrayViewFromImage(content.mask)
             labels = [int(v) for v in np.unique(arr) if v != 0]
             fmt = volume_suffix(path) if reader.source_format == "volume" else None
             source_format = VOLUME_SUFFIXES[fmt] if fmt else reader.source_format
-            return LoadedMask(mask, source_format, files, labels, int(np.count_nonzero(arr)))
-    raise MetatrackError(f"{path}: unsupported mask format (expected a NIfTI, NRRD or MHA label/binary mask)")
+            return LoadedMask(
+                content.mask,
+                source_format,
+                content.content_files,
+                labels,
+                int(np.count_nonzero(arr)),
+                content.label_names,
+                content.notes,
+            )
+    raise MetatrackError(
+        f"{path}: unsupported mask format (expected a NIfTI, NRRD or MHA label/binary mask, a DICOM RTSTRUCT or SEG)"
+    )

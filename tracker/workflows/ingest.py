@@ -1,4 +1,10 @@
-"""Ingest scans and masks: validate, store once by content hash, record them in one transaction per scan."""
+"""Ingest scans and masks: validate, store once by content hash, record them in one transaction per scan.
+
+A DICOM series gives the scan its date (StudyDate, then SeriesDate, AcquisitionDate) and modality when the user
+gives none, and its kept headers (`tracker.dicom.headers.KEPT_KEYS`) go to `scans.dicom`. Nothing that identifies
+the patient or the source is recorded: `scans.source_name` is the SeriesInstanceUID of a DICOM series, else the
+image hash's first 16 hex digits, never a file or folder name.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ from db import repo
 from db.session import DatabaseUnavailable as _Unavailable
 from db.session import is_conflict, is_connection_loss, is_disk_full, retrying, session_scope
 from tracker.errors import MetatrackError, describe_db_error, is_database_error, os_error_message
-from tracker.imageio import LoadedImage, LoadedMask, read_image, read_mask, volume_suffix
+from tracker.imageio import LoadedImage, LoadedMask, MaskContext, read_image, read_mask, volume_suffix
 from tracker.records import ScanRole, ScanState
 from tracker.store import FileStore, StoredFile, StoreUnit, sha256_file, sha256_files
 
@@ -63,15 +69,18 @@ class ScanRequest:
     """
 
     external_id: str
-    scan_date: date
+    scan_date: date | None  # None: the DICOM headers' date
     image: Path
     mask: Path | None = None
-    modality: str = "CT"
+    modality: str | None = None  # None: the DICOM header's Modality, else CT
     scanner: str | None = None
     site: str | None = None
     role: ScanRole | None = None  # None: baseline for a new patient, else follow-up
     series_uid: str | None = None
     organs: Path | None = None  # an organ label map on the image's grid (codes: DEFAULT_ORGAN_NAMES)
+    rois: tuple[str, ...] = ()  # RTSTRUCT ROIs to take as lesions (names or regular expressions)
+    segments: tuple[str, ...] = ()  # DICOM SEG segments to take as lesions (numbers, names or regular expressions)
+    recursive: bool = False  # search the DICOM folder's subfolders too
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,7 @@ class IngestResult:
     status: str  # ingested | already present
     lesion_labels: int
     mask_empty: bool | None
+    notes: tuple[str, ...] = ()  # what the user should know (a fractional SEG thresholded, ...)
 
 
 def _today() -> date:
@@ -130,8 +140,29 @@ def check_external_id(external_id: str, where: str) -> None:
 
 def _check_request(req: ScanRequest) -> None:
     check_external_id(req.external_id, str(req.image))
-    if req.modality not in MODALITIES:
+    if req.modality is not None and req.modality not in MODALITIES:
         raise MetatrackError(f"{req.image}: modality {req.modality!r} is not one of {', '.join(MODALITIES)}")
+
+
+def _with_header_values(req: ScanRequest, loaded: LoadedImage) -> ScanRequest:
+    """The request with its date and modality settled: the user's, checked against a DICOM header's, else the
+    header's (date: StudyDate, then SeriesDate, AcquisitionDate), else CT for the modality."""
+    series = loaded.dicom
+    modality, scan_date = req.modality, req.scan_date
+    if series is not None:
+        header = series.modality
+        if header not in MODALITIES:
+            shown = header or "(empty)"
+            raise MetatrackError(f"{req.image}: the series' Modality is {shown}; metatrack reads CT or MR")
+        if modality is not None and modality != header:
+            raise MetatrackError(f"{req.image}: --modality {modality} contradicts the series' Modality {header}")
+        modality = header
+        if scan_date is None and series.scan_date is not None:
+            scan_date = parse_date(series.scan_date.isoformat(), f"{req.image}: {series.date_keyword}")
+    if scan_date is None:
+        why = "its headers hold no StudyDate, SeriesDate or AcquisitionDate" if series else "it is not DICOM"
+        raise MetatrackError(f"{req.image}: no scan date given and {why}; give --date YYYY-MM-DD")
+    return dataclasses.replace(req, modality=modality or "CT", scan_date=scan_date)
 
 
 def _store_image(files: StoreUnit, loaded: LoadedImage) -> StoredFile:
@@ -172,14 +203,25 @@ def _disk_nearly_full(folder: Path, image: sitk.Image) -> bool:
         return False
 
 
-def _scanner_from_dicom(loaded: LoadedImage) -> str | None:
-    if loaded.source_format != "dicom":
-        return None
-    import pydicom
+def _settled_date(req: ScanRequest) -> date:
+    """The request's date once settled (by the user, or by `_with_header_values`)."""
+    if req.scan_date is None:
+        raise MetatrackError(f"{req.image}: no scan date given; give --date YYYY-MM-DD")
+    return req.scan_date
 
-    ds = pydicom.dcmread(str(loaded.content_files[0]), stop_before_pixels=True)
-    parts = [str(getattr(ds, k, "")).strip() for k in ("Manufacturer", "ManufacturerModelName")]
-    return " ".join(p for p in parts if p) or None
+
+def _scanner_from_dicom(loaded: LoadedImage) -> str | None:
+    if loaded.dicom is None:
+        return None
+    parts = [loaded.dicom.metadata.get(k) or "" for k in ("manufacturer", "manufacturer_model_name")]
+    return " ".join(p for p in parts if p)[:64] or None
+
+
+def _source_name(loaded: LoadedImage, image_hash: str) -> str:
+    """What names the source without naming the patient: the SeriesInstanceUID, else the start of the hash."""
+    if loaded.dicom is not None and loaded.dicom.metadata.get("series_instance_uid"):
+        return str(loaded.dicom.metadata["series_instance_uid"])
+    return f"sha256:{image_hash[:16]}"
 
 
 def _resolve_role(session: Session, req: ScanRequest, patient: Patient | None) -> ScanRole:
@@ -192,19 +234,20 @@ def _resolve_role(session: Session, req: ScanRequest, patient: Patient | None) -
             )
         return ScanRole.BASELINE
     scans = repo.patient_scans(session, patient)
-    if any(s.scan_date == req.scan_date for s in scans):
-        raise MetatrackError(f"{name}: patient {req.external_id!r} already has a scan dated {req.scan_date}")
+    day = _settled_date(req)
+    if any(s.scan_date == day for s in scans):
+        raise MetatrackError(f"{name}: patient {req.external_id!r} already has a scan dated {day}")
     baseline = next((s for s in scans if s.role == ScanRole.BASELINE), None)
     if req.role == ScanRole.BASELINE and baseline is not None:
         raise MetatrackError(f"{name}: patient {req.external_id!r} already has a baseline scan ({baseline.scan_date})")
-    if baseline is not None and req.scan_date < baseline.scan_date:
+    if baseline is not None and day < baseline.scan_date:
         raise MetatrackError(
-            f"{name}: date {req.scan_date} is before patient {req.external_id!r}'s baseline ({baseline.scan_date})"
+            f"{name}: date {day} is before patient {req.external_id!r}'s baseline ({baseline.scan_date})"
         )
-    later_done = [s for s in scans if s.scan_date > req.scan_date and s.state not in (ScanState.INGESTED,)]
+    later_done = [s for s in scans if s.scan_date > day and s.state not in (ScanState.INGESTED,)]
     if later_done:
         raise MetatrackError(
-            f"{name}: date {req.scan_date} is out of order: patient {req.external_id!r} has a processed scan of "
+            f"{name}: date {day} is out of order: patient {req.external_id!r} has a processed scan of "
             f"{later_done[0].scan_date}; re-process from that date to insert an earlier scan"
         )
     return ScanRole.FOLLOW_UP if req.role is None else req.role
@@ -216,14 +259,20 @@ def ingest_scan(engine: Engine, store: FileStore, req: ScanRequest) -> IngestRes
     The modality is taken in any case (stored upper-case). When another run commits the same patient or scan
     first (the same manifest ingested twice at once), the scan is looked at again: its rows are "already present".
     """
-    req = dataclasses.replace(req, modality=req.modality.strip().upper())
+    req = dataclasses.replace(req, modality=req.modality.strip().upper() if req.modality else None)
     _check_request(req)
-    present = _present_without_reading(engine, req)
-    if present is not None:
-        return present
-    loaded = read_image(req.image, req.series_uid)
-    mask: LoadedMask | None = read_mask(req.mask, loaded.image) if req.mask is not None else None
-    organs: LoadedMask | None = read_mask(req.organs, loaded.image) if req.organs is not None else None
+    if req.scan_date is not None:
+        present = _present_without_reading(engine, req)
+        if present is not None:
+            return present
+    beside = [p for p in (req.mask, req.organs) if p is not None]
+    loaded = read_image(req.image, req.series_uid, recursive=req.recursive, beside=beside)
+    req = _with_header_values(req, loaded)
+    if (req.rois or req.segments) and req.mask is None:
+        raise MetatrackError(f"{req.image}: --roi and --segment choose in the --mask (an RTSTRUCT or DICOM SEG)")
+    context = MaskContext(loaded.dicom, req.rois, req.segments)
+    mask: LoadedMask | None = read_mask(req.mask, loaded.image, context) if req.mask is not None else None
+    organs: LoadedMask | None = read_mask(req.organs, loaded.image, MaskContext(loaded.dicom)) if req.organs else None
     image_hash = sha256_files(loaded.content_files)
     mask_hash = sha256_files(mask.content_files) if mask else None
     try:
@@ -294,7 +343,8 @@ def _record_in(
             site=req.site,
             image_sha256=stored.sha256,
             source_format=loaded.source_format,
-            source_name=loaded.source_name,
+            source_name=_source_name(loaded, image_hash),
+            dicom=loaded.dicom.metadata if loaded.dicom else None,
             size_xyz=list(img.GetSize()),
             spacing_xyz=[float(v) for v in img.GetSpacing()],
             origin_xyz=[float(v) for v in img.GetOrigin()],
@@ -305,12 +355,13 @@ def _record_in(
                 _add_mask(session, files, scan.id, loaded_mask, kind)
         return IngestResult(
             req.external_id,
-            req.scan_date,
+            _settled_date(req),
             scan.id,
             role,
             "ingested",
             len(mask.labels) if mask else 0,
             (mask.voxel_count == 0) if mask else None,
+            mask.notes if mask else (),
         )
 
 
@@ -331,6 +382,8 @@ def _add_mask(session: Session, files: StoreUnit, scan_id: int, loaded: LoadedMa
     stored = _store_volume(files, loaded.mask, sha256_files(loaded.content_files))
     repo.ensure_blob(session, stored.sha256, "mask", stored.suffix, stored.size_bytes)
     names = {str(k): v for k, v in DEFAULT_ORGAN_NAMES.items()} if kind == "organs" else None
+    if loaded.label_names:  # RTSTRUCT ROI or SEG segment names
+        names = {str(k): v for k, v in loaded.label_names.items()}
     repo.add_mask(
         session,
         scan_id=scan_id,
@@ -356,7 +409,7 @@ def _already_present(session: Session, scan: Scan, req: ScanRequest, mask_hash: 
         raise MetatrackError(f"{req.mask}: scan already ingested with a different mask (or none)")
     return IngestResult(
         req.external_id,
-        req.scan_date,
+        _settled_date(req),
         scan.id,
         scan.role,
         "already present",
@@ -410,15 +463,22 @@ def read_manifest(path: Path) -> list[ScanRequest]:
                 scan_date=parse_date(r["date"], where),
                 image=base / image,
                 mask=base / mask if mask else None,
-                modality=((r.get("modality") or "").strip() or "CT").upper(),
+                modality=(r.get("modality") or "").strip().upper() or None,
                 scanner=(r.get("scanner") or "").strip() or None,
                 site=(r.get("site") or "").strip() or None,
                 role=ScanRole(role) if role else None,
                 series_uid=(r.get("series") or "").strip() or None,
                 organs=base / organs if organs else None,
+                rois=_choices(r.get("roi")),
+                segments=_choices(r.get("segment")),
             )
         )
-    return sorted(out, key=lambda q: (q.external_id, q.scan_date))
+    return sorted(out, key=lambda q: (q.external_id, _settled_date(q)))
+
+
+def _choices(cell: str | None) -> tuple[str, ...]:
+    """A manifest cell of ROI or segment names, separated by ';'."""
+    return tuple(v.strip() for v in (cell or "").split(";") if v.strip())
 
 
 OnDone = Callable[[ScanRequest, IngestResult | None, MetatrackError | None], None]

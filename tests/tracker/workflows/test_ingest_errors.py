@@ -320,10 +320,10 @@ def test_an_unexpected_error_fails_its_row_and_the_batch_goes_on(
 ) -> None:
     real = ingest.read_image
 
-    def read_image(path, series_uid=None):
+    def read_image(path, series_uid=None, **options):
         if path.name == "b.nii":
             raise RuntimeError("ITK cannot read this\nsecond line")
-        return real(path, series_uid)
+        return real(path, series_uid, **options)
 
     monkeypatch.setattr(ingest, "read_image", read_image)
     reqs = [ScanRequest(p, date(2024, 1, 10), images / f"{n}.nii") for p, n in (("P1", "a"), ("P2", "b"), ("P3", "c"))]
