@@ -1,4 +1,5 @@
-"""The `process` command's body: a progress bar over the process workflow and its summary."""
+"""The `process` command's body: a progress bar over the process workflow (in this process or on a Dask cluster)
+and its summary."""
 
 from __future__ import annotations
 
@@ -6,11 +7,16 @@ from cli import output
 from cli.context import AppState
 from tracker.errors import MetatrackError
 from tracker.records import Settings
+from tracker.workflows.distributed import ClusterSpec
 
 
-def run_process(state: AppState, settings: Settings, *, patient: str | None, as_json: bool) -> None:
-    """`process` with a progress bar and its summary (also the demo's step 3)."""
+def run_process(
+    state: AppState, settings: Settings, *, patient: str | None, as_json: bool, cluster: ClusterSpec | None = None
+) -> None:
+    """`process` with a progress bar and its summary (also the demo's step 3); on a Dask cluster unless `cluster`
+    is None or in-process (one worker, no scheduler)."""
     from tracker.home import data_home
+    from tracker.workflows.distributed import process_on_cluster
     from tracker.workflows.process import count_pending, process
 
     engine, store = state.engine(), state.store()
@@ -26,9 +32,24 @@ def run_process(state: AppState, settings: Settings, *, patient: str | None, as_
             if error:
                 output.err.print(f"error: scan {scan_id}: {error}", highlight=False, markup=False)
 
-        report = process(
-            engine, store, settings, data_home() / "tmp", patient=patient, on_scan=on_scan, on_wait=on_wait
-        )
+        def on_start(scheduler: str, dashboard: str | None) -> None:
+            output.log(f"dask scheduler {scheduler}" + (f", dashboard {dashboard}" if dashboard else ""))
+
+        workroot = data_home() / "tmp"
+        if cluster is None or cluster.in_process:
+            report = process(engine, store, settings, workroot, patient=patient, on_scan=on_scan, on_wait=on_wait)
+        else:
+            report = process_on_cluster(
+                engine,
+                store,
+                settings,
+                workroot,
+                cluster,
+                patient=patient,
+                on_scan=on_scan,
+                on_wait=on_wait,
+                on_start=on_start,
+            )
     if report.swept:
         output.log("cleaned up after interrupted runs: " + ", ".join(f"{n} {what}" for what, n in report.swept.items()))
     if report.store_busy:

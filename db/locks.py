@@ -10,6 +10,7 @@
   on a connection of its own and held while the patient is processed; the server drops it when that connection
   dies, so a killed run leaves no claim behind. A patient claimed by another run is not waited for. SQLite: the
   claim is the process lock (taken here when the caller does not already hold it).
+- :func:`lock_of_driver`: a Dask worker of a `process` run on SQLite writes under its driver's process lock.
 """
 
 from __future__ import annotations
@@ -152,6 +153,35 @@ def process_lock(
             f"another `process` run ({who}) is still writing to this SQLite database after {exc.waited_s:.0f} s "
             f"(lock {path}); try again when it has finished"
         ) from exc
+
+
+@contextmanager
+def lock_of_driver(engine: Engine, driver_pid: int) -> Iterator[None]:
+    """In a worker process of a run whose driver (pid ``driver_pid``, same host) holds the SQLite process lock:
+    count the lock as held here too for the block, so the worker's patient claims do not wait for its own driver.
+
+    Raises a :class:`MetatrackError` when the lock file no longer names the driver (it died or finished: another
+    run may be writing). PostgreSQL: nothing (patients are claimed one by one).
+    """
+    path = sqlite_lock_path(engine, PROCESS_LOCK_SUFFIX)
+    if path is None:
+        yield
+        return
+    holder = lock_holder(path)
+    if holder != driver_pid:
+        raise MetatrackError(
+            f"the `process` run (pid {driver_pid}) that sent this work no longer holds {path} "
+            f"(held by {'pid ' + str(holder) if holder else 'nobody'}); nothing was done"
+        )
+    with _held_lock:
+        _held[path] = _held.get(path, 0) + 1
+    try:
+        yield
+    finally:
+        with _held_lock:
+            _held[path] -= 1
+            if not _held[path]:
+                del _held[path]
 
 
 @contextmanager

@@ -8,24 +8,31 @@ and, before it renames a new object into place, appends it to its journal ``.sto
 
 What killed runs leave is swept by the next `process` run (:func:`sweep_work_dirs`, :meth:`FileStore.sweep`):
 
-- work folders ``scan-<pid>-*`` whose process is gone;
-- ``.incoming-<pid>-*`` files whose writer is gone, or older than :data:`GRACE_S` (files of older versions carry
-  no pid; a pid that was reused after a kill keeps its file at most that long);
+- work folders ``scan-<pid>-*@<host>`` whose process is gone;
+- ``.incoming-<pid>-*@<host>`` files whose writer is gone, or older than :data:`GRACE_S` (files of older versions
+  carry no pid; a pid that was reused after a kill keeps its file at most that long);
 - orphans: the objects of a unit killed before its commit. A journal left behind belongs to a dead unit whenever
   the sweeper holds the store's lock exclusively (a live unit holds it shared), so then its objects that have no
   ``blobs`` row are removed. Only journalled objects are candidates (the store is never scanned against the
   database), so a store that another database shares keeps that database's files; the one exposure left is a
   unit of the other database killed between its commit and its journal's removal.
+
+``<host>`` (:func:`host_tag`) names the writer's machine: when workers on several hosts share a data home (a Dask
+cluster on a shared filesystem), a pid is only checked on its own host; another host's files are garbage only
+past :data:`GRACE_S` (a shared filesystem must also honour ``flock`` across hosts for the store's lock: NFSv4 does,
+Lustre and BeeGFS when mounted with ``flock``). Names without a host (older versions) count as this host's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -45,6 +52,7 @@ WORK_PREFIX = "scan-"
 GRACE_S = 3600.0  # age after which a temp file is garbage even if a process with its writer's pid runs
 LOCK_WAIT_S = 2.0  # how long the sweeper waits for the store's units to pause before leaving orphans for later
 _PID_NAME = re.compile(r"^(?:\.incoming-|scan-)(\d+)-")
+_HOST_NAME = re.compile(r"@([0-9a-f]{8})$")
 
 BlobRows = Callable[[list[str]], set[str]]  # which of these hashes have a `blobs` row
 
@@ -62,13 +70,29 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+@functools.cache
+def host_tag() -> str:
+    """This machine in writers' file names: 8 hex digits of the sha256 of its host name."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def writer_suffix() -> str:
+    """The suffix of this process's temp files and work folders (``@<host>``), so a sweeper on another host that
+    shares the data home leaves them to their own host."""
+    return f"@{host_tag()}"
+
+
 def _owner_pid(name: str) -> int | None:
+    """The writer's pid in a temp name, when the writer ran on this host (None: no pid, or another host's)."""
     m = _PID_NAME.match(name)
-    return int(m.group(1)) if m else None
+    host = _HOST_NAME.search(name)
+    if m is None or (host is not None and host.group(1) != host_tag()):
+        return None
+    return int(m.group(1))
 
 
 def _is_garbage(path: Path, grace_s: float, now: float) -> bool:
-    """A temp file/folder whose writer is gone, or that is older than the grace period."""
+    """A temp file/folder whose writer (on this host) is gone, or that is older than the grace period."""
     pid = _owner_pid(path.name)
     if pid is not None and not pid_alive(pid):
         return True
@@ -76,6 +100,11 @@ def _is_garbage(path: Path, grace_s: float, now: float) -> bool:
         return now - path.lstat().st_mtime > grace_s
     except FileNotFoundError:
         return False
+
+
+def _incoming_temp(folder: Path) -> tuple[int, str]:
+    """A new temp file (0600) for an object about to enter ``folder``, named for its writer."""
+    return tempfile.mkstemp(dir=folder, prefix=f"{INCOMING_PREFIX}{os.getpid()}-", suffix=writer_suffix())
 
 
 def work_dir_prefix() -> str:
@@ -248,7 +277,7 @@ class FileStore:
         if dest.exists():
             return StoredFile(digest, dest, dest.stat().st_size, True, suffix)
         private_dir(dest.parent)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f"{INCOMING_PREFIX}{os.getpid()}-")  # 0600
+        fd, tmp = _incoming_temp(dest.parent)
         os.close(fd)
         try:
             shutil.copyfile(src, tmp)
@@ -267,7 +296,7 @@ class FileStore:
         if dest.exists():
             return StoredFile(digest, dest, len(data), True, suffix)
         private_dir(dest.parent)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f"{INCOMING_PREFIX}{os.getpid()}-")  # 0600
+        fd, tmp = _incoming_temp(dest.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)

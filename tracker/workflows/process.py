@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
@@ -42,7 +43,7 @@ from tracker.errors import MetatrackError
 from tracker.home import private_dir
 from tracker.pipeline import compute_scan
 from tracker.records import Settings
-from tracker.store import FileStore, StoreSweep, StoreUnit, sweep_work_dirs, work_dir_prefix
+from tracker.store import FileStore, StoreSweep, StoreUnit, sweep_work_dirs, work_dir_prefix, writer_suffix
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -83,13 +84,26 @@ class PatientRun:
     waiting: list[int] = field(default_factory=list)
 
 
-def process_scan(engine: Engine, store: FileStore, scan_id: int, settings: Settings, workroot: Path) -> None:
-    """Process one scan whose earlier scans are all processed; raises on failure (nothing written)."""
+def process_scan(
+    engine: Engine,
+    store: FileStore,
+    scan_id: int,
+    settings: Settings,
+    workroot: Path,
+    patient_started: float | None = None,
+) -> None:
+    """Process one scan whose earlier scans are all processed; raises on failure (nothing written).
+
+    ``patient_started`` (``time.monotonic()`` when its patient's unit began): the scan's timings then also record
+    ``patient_elapsed_s``, the patient's time so far when this scan's computation ended.
+    """
     with session_scope(engine) as s:
         ctx = load_scan_context(s, store, scan_id)
     private_dir(workroot)
-    with tempfile.TemporaryDirectory(dir=workroot, prefix=work_dir_prefix()) as work:
+    with tempfile.TemporaryDirectory(dir=workroot, prefix=work_dir_prefix(), suffix=writer_suffix()) as work:
         outcome = compute_scan(ctx, settings, Path(work))
+        if patient_started is not None:
+            outcome.timings["patient_elapsed_s"] = time.monotonic() - patient_started
 
         def save() -> None:  # one unit, safe to run again: a scan processed meanwhile is left as it is
             with StoreUnit(store) as files, session_scope(engine) as s:
@@ -104,7 +118,7 @@ def process_scan(engine: Engine, store: FileStore, scan_id: int, settings: Setti
         retrying(save, f"saving scan {scan_id}")
 
 
-def _mark_failed(engine: Engine, scan_id: int, error: str) -> bool:
+def mark_failed(engine: Engine, scan_id: int, error: str) -> bool:
     with session_scope(engine) as s:
         return record_failure(s, scan_id, error)
 
@@ -131,6 +145,7 @@ def process_patient(
     failed scan is marked failed (unless it is processed) and holds back the patient's later scans.
     """
     run = PatientRun(external_id or str(patient_id))
+    started = time.monotonic()
     with patient_claim(engine, patient_id) as claimed:
         if not claimed:
             run.held = True
@@ -139,12 +154,12 @@ def process_patient(
             scan_ids = patient_pending_scans(s, patient_id)
         for i, sid in enumerate(scan_ids):
             try:
-                process_scan(engine, store, sid, settings, workroot)
+                process_scan(engine, store, sid, settings, workroot, started)
             except Exception as exc:
                 if isinstance(exc, DatabaseUnavailable) or is_connection_loss(exc):
                     raise  # the database is gone, not the scan: stop the run (a rerun picks up what is left)
                 msg = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
-                mark = functools.partial(_mark_failed, engine, sid, msg)
+                mark = functools.partial(mark_failed, engine, sid, msg)
                 marked = retrying(mark, f"recording the failure of scan {sid}")
                 if not marked:  # committed after all (the failure came after its transaction): processed
                     run.processed.append(sid)
@@ -230,21 +245,31 @@ def process(
 
     On SQLite all of it is one writer's (the process lock, see :func:`process_scans`).
     """
+    check_settings(settings)
+    with process_lock(engine, on_wait=on_wait):
+        report = process_scans(engine, store, settings, workroot, patient=patient, on_scan=on_scan)
+        finish_run(engine, store, settings, report)
+    return report
+
+
+def check_settings(settings: Settings) -> None:
+    """Fail on a bad feature config before any scan is touched."""
     if settings.features:
         from tracker.radiomics import load_config
 
-        load_config(settings.feature_config)  # a bad config fails here, before any scan is touched
-    with process_lock(engine, on_wait=on_wait):
-        report = process_scans(engine, store, settings, workroot, patient=patient, on_scan=on_scan)
-        if report.processed and settings.features:
-            from tracker.workflows.harmonisation import apply_pending
+        load_config(settings.feature_config)
 
-            report.harmonisation = apply_pending(engine, settings.feature_config)
-        if report.patients:
-            from tracker.workflows.rescore import score_patients_by_pseudonym
 
-            report.scored_patients = score_patients_by_pseudonym(engine, store, report.patients)
-    return report
+def finish_run(engine: Engine, store: FileStore, settings: Settings, report: ProcessReport) -> None:
+    """After the scans, once per run: harmonise the new features, score the processed patients (into `report`)."""
+    if report.processed and settings.features:
+        from tracker.workflows.harmonisation import apply_pending
+
+        report.harmonisation = apply_pending(engine, settings.feature_config)
+    if report.patients:
+        from tracker.workflows.rescore import score_patients_by_pseudonym
+
+        report.scored_patients = score_patients_by_pseudonym(engine, store, report.patients)
 
 
 def count_pending(engine: Engine, patient: str | None = None) -> int:
