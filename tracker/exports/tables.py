@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import enum
 from collections.abc import Iterable, Iterator, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,9 @@ _INT_COLUMNS = {"scan_id", "lesion_id", "label", "track"}
 _FLOAT_COLUMNS = {"volume_mm3", "long_axis_mm", "short_axis_mm"}
 HARMONISED_PREFIX = "harmonised_"
 # a lesion region's key: lesion id, feature config hash, region
-_GROUP = (KEY_COLUMNS.index("lesion_id"), KEY_COLUMNS.index("feature_config_sha256"), KEY_COLUMNS.index("region"))
+_GROUP = itemgetter(
+    KEY_COLUMNS.index("lesion_id"), KEY_COLUMNS.index("feature_config_sha256"), KEY_COLUMNS.index("region")
+)
 
 
 class TableFormat(enum.StrEnum):
@@ -65,7 +68,7 @@ def pivot_lesion_rows(batches: Iterable[Sequence[tuple]], tags: Sequence[str]) -
     key: tuple[Any, ...] | None = None
     for batch in batches:
         for row in batch:
-            row_key = tuple(row[i] for i in _GROUP)
+            row_key = _GROUP(row)
             if row_key != key:
                 if current is not None:
                     yield current

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from db import exports as db_exports
 from db.session import session_scope
-from db.visits import event_table, visit_table
+from db.visits import VISIT_KEY_COLUMNS, event_table, visit_table
 from tracker.errors import MetatrackError
 from tracker.exports.manifest import write_manifest
-from tracker.exports.tables import lesion_columns, pivot_lesion_rows, table_format, write_table
+from tracker.exports.tables import TableFormat, lesion_columns, pivot_lesion_rows, table_format, write_table
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -67,25 +67,21 @@ def export_lesions(engine: Engine, out: Path, fmt: str, patient: str | None = No
 
 def export_survival(engine: Engine, endpoint: str, out: Path, fmt: str = "csv") -> dict[str, Any]:
     """One row per patient: time, event (first `endpoint` event, else censoring), baseline and latest features."""
-    import pandas as pd
-
     from tracker.exports.survival import survival_table
 
     kind = table_format(fmt)
     with session_scope(engine) as s:
         visits, events = visit_table(s), event_table(s, endpoint)
         provenance = db_exports.provenance(s)
-    features = [
-        c for c in visits.columns if c not in ("patient_id", "db_patient_id", "scan_id", "scan_date", "time_days")
-    ]
+    features = [c for c in visits.columns if c not in VISIT_KEY_COLUMNS]
     table = survival_table(visits, events, features)
     if table.empty:
         raise MetatrackError(f"no patient has both a processed scan and a {endpoint!r} event or censoring date")
     with _written(out) as tmp:
-        if kind.value == "csv":
+        if kind is TableFormat.CSV:
             table.to_csv(tmp, index=False)
         else:
-            pd.DataFrame(table).to_parquet(tmp, index=False)
+            table.to_parquet(tmp, index=False)
     settings = {"format": kind.value, "endpoint": endpoint, "latest": "last processed scan on or before time_days"}
     manifest = write_manifest(out, "survival", settings, provenance, [out.name])
     return {"file": str(out), "patients": len(table), "events": int(table["event"].sum()), "manifest": str(manifest)}
