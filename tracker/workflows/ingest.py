@@ -12,6 +12,8 @@ import csv
 import dataclasses
 import errno
 import functools
+import hashlib
+import json
 import re
 import shutil
 import tempfile
@@ -274,7 +276,7 @@ def ingest_scan(engine: Engine, store: FileStore, req: ScanRequest) -> IngestRes
     mask: LoadedMask | None = read_mask(req.mask, loaded.image, context) if req.mask is not None else None
     organs: LoadedMask | None = read_mask(req.organs, loaded.image, MaskContext(loaded.dicom)) if req.organs else None
     image_hash = sha256_files(loaded.content_files)
-    mask_hash = sha256_files(mask.content_files) if mask else None
+    mask_hash = mask_digest(mask) if mask else None
     try:
         return _record(engine, store, req, loaded, mask, organs, image_hash, mask_hash)
     except Exception as exc:
@@ -377,9 +379,19 @@ def _present_without_reading(engine: Engine, req: ScanRequest) -> IngestResult |
         return _already_present(session, existing, req, mask_hash)
 
 
+def mask_digest(loaded: LoadedMask) -> str:
+    """The key of a mask's label image: the hash of its source files, and of the ROIs/segments taken from them
+    (one RTSTRUCT read with another --roi is another label image)."""
+    digest = sha256_files(loaded.content_files)
+    if loaded.label_names is None:
+        return digest
+    chosen = json.dumps(sorted(loaded.label_names.items())).encode()
+    return hashlib.sha256(bytes.fromhex(digest) + chosen).hexdigest()
+
+
 def _add_mask(session: Session, files: StoreUnit, scan_id: int, loaded: LoadedMask, kind: str) -> None:
     """Store the reader's label image (keyed by the hash of the mask's source content) and record it."""
-    stored = _store_volume(files, loaded.mask, sha256_files(loaded.content_files))
+    stored = _store_volume(files, loaded.mask, mask_digest(loaded))
     repo.ensure_blob(session, stored.sha256, "mask", stored.suffix, stored.size_bytes)
     names = {str(k): v for k, v in DEFAULT_ORGAN_NAMES.items()} if kind == "organs" else None
     if loaded.label_names:  # RTSTRUCT ROI or SEG segment names

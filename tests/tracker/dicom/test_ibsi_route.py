@@ -42,3 +42,31 @@ def test_dicom_route_scores_as_the_nifti_route(config: str, routes: dict[str, An
     dicom, nifti = reports["dicom"], reports["nifti"]
     assert (dicom.scored, dicom.passed) == (nifti.scored, nifti.passed)
     assert [m[0] for m in dicom.misses] == [m[0] for m in nifti.misses]
+
+
+def test_features_command_on_dicom_and_rtstruct_gives_the_nifti_values(routes: dict[str, Any]) -> None:
+    """`metatrack features DICOM_DIR RTSTRUCT.dcm --roi GTV-1 -c ibsi_C` against the NIfTI pair: the same values up
+    to the float32 rounding of the NIfTI header's geometry (relative 1e-6)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    folder = shared_ibsi() / "ibsi_1" / "ct_phantom"
+    values = {}
+    for route, args in {
+        "dicom": [
+            str(folder / "dicom" / "image"),
+            str(folder / "dicom" / "mask" / "DCM_RS_00060.dcm"),
+            "--roi",
+            "GTV-1",
+        ],
+        "nifti": [str(folder / "nifti" / "image" / "phantom.nii.gz"), str(folder / "nifti" / "mask" / "mask.nii.gz")],
+    }.items():
+        result = CliRunner().invoke(app, ["--no-progress", "features", *args, "-c", "ibsi_C", "--format", "json"])
+        assert result.exit_code == 0, result.output
+        values[route] = {r["tag"]: r["value"] for r in json.loads(result.stdout)}
+    assert values["dicom"].keys() == values["nifti"].keys() and len(values["dicom"]) > 200
+    for tag, value in values["nifti"].items():
+        assert values["dicom"][tag] == pytest.approx(value, rel=1e-6, abs=1e-9, nan_ok=True), tag
