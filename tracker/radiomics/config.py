@@ -2,6 +2,11 @@
 
 A configuration is a plain dict (see ``SCHEMA``). Spacings are (z, y, x) in mm; a ``null`` entry keeps that
 axis's native spacing (e.g. ``[null, 2, 2]`` for IBSI configuration B's in-plane resampling).
+
+An optional ``filter:`` section (IBSI 2) names a convolutional filter; its ``families`` are computed on the filter's
+response map of the interpolated image (re-segmentation still reads the unfiltered intensities), tagged
+``<tag>_<feature>`` when the section has a ``tag`` (plain IBSI tags otherwise, as the IBSI 2 reference values name
+them). The config's own ``families`` stay on the unfiltered image; ``families: []`` leaves only filtered features.
 """
 
 from __future__ import annotations
@@ -17,6 +22,70 @@ ALL_FAMILIES: tuple[str, ...] = ("morph", "loc", "stat", "ih", "ivh", "cm", "rlm
 TEXTURE_FAMILIES: tuple[str, ...] = ("cm", "rlm", "szm", "dzm", "ngt", "ngl")
 
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
+_POSITIVE = {"type": "number", "exclusiveMinimum": 0}
+_BOOL = {"type": "boolean"}
+
+#: parameters each filter kind requires (IBSI 2 names: support in voxels, sizes in mm, angles in degrees)
+FILTER_REQUIRED: dict[str, list[str]] = {
+    "mean": ["support"],
+    "log": ["sigma_mm"],
+    "laws": ["kernel"],
+    "gabor": ["sigma_mm", "wavelength_mm", "gamma"],
+    "wavelet": ["wavelet", "subband"],
+    "simoncelli": [],
+}
+FILTER_SCHEMA: dict[str, Any] = {
+    "type": ["object", "null"],
+    "additionalProperties": False,
+    "required": ["kind"],
+    "properties": {
+        "kind": {"enum": list(FILTER_REQUIRED)},
+        "mode": {"enum": ["2D", "3D"]},
+        "boundary": {"enum": ["constant", "nearest", "periodic", "mirror"]},
+        "tag": {"type": "string", "pattern": "^[A-Za-z0-9.]+$"},
+        "families": {
+            "type": "array",
+            "items": {"enum": [f for f in ALL_FAMILIES if f != "morph"]},
+            "uniqueItems": True,
+        },
+        "rotation_invariant": _BOOL,
+        "pooling": {"enum": ["average", "max"]},
+        "support": {"type": "integer", "minimum": 1, "multipleOf": 1},
+        "sigma_mm": _POSITIVE,
+        "truncate": _POSITIVE,
+        "kernel": {"type": "string", "pattern": "^([LESWR][35]){2,3}$"},
+        "energy_distance": {"oneOf": [{"type": "null"}, {"type": "integer", "minimum": 1}]},
+        "wavelength_mm": _POSITIVE,
+        "gamma": _POSITIVE,
+        "theta_deg": {"type": "number"},
+        "theta_step_deg": {"type": "number", "exclusiveMinimum": 0, "maximum": 180},
+        "orthogonal_planes": _BOOL,
+        "wavelet": {"enum": ["haar", "db2", "db3", "coif1"]},
+        "subband": {"type": "string", "pattern": "^[LH]{2,3}$"},
+        "level": {"type": "integer", "minimum": 1, "maximum": 6},
+        "riesz_order": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 3},
+    },
+    "allOf": [
+        {"if": {"properties": {"kind": {"const": kind}}}, "then": {"required": required}}
+        for kind, required in FILTER_REQUIRED.items()
+        if required
+    ],
+}
+_FILTER_DEFAULTS: dict[str, Any] = {
+    "mode": "3D",
+    "boundary": "mirror",
+    "tag": None,
+    "families": ["stat"],
+    "rotation_invariant": False,
+    "pooling": "average",
+    "truncate": 4.0,
+    "energy_distance": None,
+    "theta_deg": 0.0,
+    "theta_step_deg": 22.5,
+    "orthogonal_planes": True,
+    "level": 1,
+    "riesz_order": None,
+}
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -76,6 +145,7 @@ SCHEMA: dict[str, Any] = {
             },
         },
         "families": {"type": "array", "items": {"enum": list(ALL_FAMILIES)}, "uniqueItems": True},
+        "filter": FILTER_SCHEMA,
     },
     "$defs": {
         "discretisation": {
@@ -107,6 +177,7 @@ _DEFAULTS: dict[str, Any] = {
     "normalisation": "none",
     "resegmentation": {"range": None, "outlier_sd": None},
     "families": list(ALL_FAMILIES),
+    "filter": None,
 }
 _RESAMPLING_DEFAULTS: dict[str, Any] = {
     "interpolator": "linear",
@@ -146,7 +217,30 @@ def validate_config(cfg: Any, source: str = "<config>") -> dict[str, Any]:
     rng = out["resegmentation"]["range"]
     if rng is not None and None not in rng and rng[0] >= rng[1]:
         raise MetatrackError(f"{source}: radiomics config field 'resegmentation/range': {rng} is not increasing")
+    if out["filter"] is not None:
+        out["filter"] = _check_filter({**_FILTER_DEFAULTS, **out["filter"]}, source)
     return out
+
+
+def _check_filter(spec: dict[str, Any], source: str) -> dict[str, Any]:
+    """The cross-field rules of a ``filter:`` section that the schema cannot state."""
+    n_axes = 2 if spec["mode"] == "2D" else 3
+
+    def bad(field: str, why: str) -> MetatrackError:
+        return MetatrackError(f"{source}: radiomics config field 'filter/{field}': {why}")
+
+    if spec["kind"] == "laws" and len(spec["kernel"]) != 2 * n_axes:
+        raise bad("kernel", f"'{spec['kernel']}' needs {n_axes} 1D kernels in {spec['mode']} (e.g. E5L5S5 or L5E5)")
+    if spec["kind"] == "wavelet" and len(spec["subband"]) != n_axes:
+        raise bad("subband", f"'{spec['subband']}' needs {n_axes} letters of L and H in {spec['mode']}")
+    if spec["riesz_order"] is not None:
+        if spec["kind"] not in ("log", "simoncelli"):
+            raise bad("riesz_order", f"a Riesz transform applies to log or simoncelli, not {spec['kind']}")
+        if len(spec["riesz_order"]) != n_axes or sum(spec["riesz_order"]) == 0:
+            raise bad("riesz_order", f"{spec['riesz_order']} needs {n_axes} orders (x, y[, z]), not all zero")
+    if spec["kind"] == "gabor" and spec["rotation_invariant"] and (180.0 / spec["theta_step_deg"]) % 1 > 1e-9:
+        raise bad("theta_step_deg", f"{spec['theta_step_deg']} does not divide 180 degrees")
+    return spec
 
 
 def load_config(name_or_path: str | Path | dict[str, Any]) -> dict[str, Any]:

@@ -53,14 +53,13 @@ class FeatureSet:
         ]
 
 
-def _catalog(cfg: dict[str, Any]) -> dict[str, tuple[str, str]]:
-    families = set(cfg["families"])
+def _family_catalog(families: set[str], modes: list[str]) -> dict[str, tuple[str, str]]:
     out: dict[str, tuple[str, str]] = {}
     for tag, family, name in NON_TEXTURE:
         if tag.split("_", 1)[0] in families:
             out[tag] = (family, name)
     for mode in ("2D", "3D"):
-        if mode not in cfg["texture"]["modes"]:
+        if mode not in modes:
             continue
         for prefix in TEXTURE_FAMILIES:
             if prefix not in families:
@@ -68,6 +67,30 @@ def _catalog(cfg: dict[str, Any]) -> dict[str, tuple[str, str]]:
             for suffix, family in TEXTURE_VARIANTS[prefix][mode]:
                 for base, name in TEXTURE_FEATURES[prefix]:
                     out[base + suffix] = (family, name)
+    return out
+
+
+def filter_label(spec: dict[str, Any]) -> str:
+    """Short description of a ``filter:`` section for feature metadata, e.g. ``laws E5L5S5 3D``."""
+    detail = {"mean": "support", "log": "sigma_mm", "laws": "kernel", "gabor": "sigma_mm", "wavelet": "wavelet"}
+    key = detail.get(spec["kind"])
+    parts = [spec["kind"], str(spec[key]) if key else f"level {spec['level']}", spec["mode"]]
+    if spec["kind"] == "wavelet":
+        parts.insert(2, f"{spec['subband']} level {spec['level']}")
+    return " ".join(parts)
+
+
+def _filter_tag(spec: dict[str, Any], tag: str) -> str:
+    return f"{spec['tag']}_{tag}" if spec["tag"] else tag
+
+
+def _catalog(cfg: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    out = _family_catalog(set(cfg["families"]), cfg["texture"]["modes"])
+    spec = cfg.get("filter")
+    if spec is not None:
+        label = filter_label(spec)
+        for tag, (family, name) in _family_catalog(set(spec["families"]), cfg["texture"]["modes"]).items():
+            out[_filter_tag(spec, tag)] = (f"{family} ({label})", name)
     return out
 
 
@@ -90,11 +113,11 @@ def _check_inputs(image: np.ndarray, mask: np.ndarray, spacing: tuple[float, ...
 
 
 def _texture_tasks(
-    levels_img: np.ndarray, prep: Prepared, n_levels: int, cfg: dict[str, Any]
+    levels_img: np.ndarray, prep: Prepared, n_levels: int, cfg: dict[str, Any], fams: set[str]
 ) -> list[Callable[[], dict[str, float]]]:
     from tracker.radiomics.texture import texture_tasks
 
-    families = tuple(f for f in TEXTURE_FAMILIES if f in cfg["families"])
+    families = tuple(f for f in TEXTURE_FAMILIES if f in fams)
     if not families:
         return []
     tasks: list[Callable[[], dict[str, float]]] = []
@@ -197,40 +220,58 @@ def _compute(
     The families are independent calls on the prepared ROI; with ``threads`` > 1 they run side by side (the
     FFT-based ones, Moran's I and the local peak, release the GIL), the longest submitted first.
     """
+    from tracker.radiomics.preprocess import filtered, prepare
+
+    prep = prepare(image, mask, spacing, cfg, body_mask)
+    found: dict[str, float] = {}
+    with np.errstate(divide="ignore", invalid="ignore"), _executor(threads) as pool:
+        futures = _submit_families(pool, prep, set(cfg["families"]), cfg)
+        spec = cfg.get("filter")
+        filtered_futures = []
+        if spec is not None:
+            filtered_futures = _submit_families(pool, filtered(prep, spec), set(spec["families"]), cfg)
+        for future in futures:
+            found.update(future.result())
+        for future in filtered_futures:
+            assert spec is not None
+            found.update({_filter_tag(spec, tag): v for tag, v in future.result().items()})
+    return found
+
+
+def _submit_families(
+    pool: ThreadPoolExecutor | _Inline, prep: Prepared, fams: set[str], cfg: dict[str, Any]
+) -> list[Future[Any]]:
+    """Submit the families ``fams`` of one prepared ROI; each future gives a dict tag -> value."""
     from tracker.radiomics.histogram import histogram_features, ivh_features
     from tracker.radiomics.intensity import statistics_features
     from tracker.radiomics.local_intensity import local_intensity_features
     from tracker.radiomics.morphology import autocorrelation_features, shape_features
-    from tracker.radiomics.preprocess import discretise, prepare
+    from tracker.radiomics.preprocess import discretise
 
-    prep = prepare(image, mask, spacing, cfg, body_mask)
-    fams = set(cfg["families"])
     vals = prep.image[prep.int_mask]
-    found: dict[str, float] = {}
-    with np.errstate(divide="ignore", invalid="ignore"), _executor(threads) as pool:
-        futures = []
-        roi = _crop_to_roi(prep)  # the local peak needs the margin around the ROI; nothing else does
-        morph = "morph" in fams and bool(roi.morph_mask.any())
-        if morph:
-            futures.append(_submit(pool, autocorrelation_features, roi.image, roi.int_mask, roi.spacing))
-        if "loc" in fams:
-            futures.append(_submit(pool, local_intensity_features, prep.image, prep.int_mask, prep.spacing))
-        if morph:
-            futures.append(_submit(pool, shape_features, roi.image, roi.morph_mask, roi.int_mask, roi.spacing))
-        if "stat" in fams:
-            futures.append(_submit(pool, statistics_features, vals))
-        if "ivh" in fams:
-            futures.append(_submit(pool, ivh_features, vals, cfg))
-        if vals.size:
-            levels, n_levels = discretise(vals, cfg["discretisation"], cfg)
-            if "ih" in fams:
-                futures.append(_submit(pool, histogram_features, levels, n_levels))
+    futures = []
+    roi = _crop_to_roi(prep)  # the local peak needs the margin around the ROI; nothing else does
+    morph = "morph" in fams and bool(roi.morph_mask.any())
+    if morph:
+        futures.append(_submit(pool, autocorrelation_features, roi.image, roi.int_mask, roi.spacing))
+    if "loc" in fams:
+        futures.append(_submit(pool, local_intensity_features, prep.image, prep.int_mask, prep.spacing))
+    if morph:
+        futures.append(_submit(pool, shape_features, roi.image, roi.morph_mask, roi.int_mask, roi.spacing))
+    if "stat" in fams:
+        futures.append(_submit(pool, statistics_features, vals))
+    if "ivh" in fams:
+        futures.append(_submit(pool, ivh_features, vals, cfg))
+    texture = any(f in fams for f in TEXTURE_FAMILIES)
+    if vals.size and ("ih" in fams or texture):
+        levels, n_levels = discretise(vals, cfg["discretisation"], cfg)
+        if "ih" in fams:
+            futures.append(_submit(pool, histogram_features, levels, n_levels))
+        if texture:
             levels_img = np.zeros(roi.image.shape, dtype=np.int64)
             levels_img[roi.int_mask] = levels
-            futures += [_submit(pool, task) for task in _texture_tasks(levels_img, roi, n_levels, cfg)]
-        for future in futures:
-            found.update(future.result())
-    return found
+            futures += [_submit(pool, task) for task in _texture_tasks(levels_img, roi, n_levels, cfg, fams)]
+    return futures
 
 
 class _Inline:

@@ -101,11 +101,18 @@ def prepare(
     lo, hi = bounding_box(roi)
     res = cfg["resampling"]
     new_spacing = res["spacing"] if res is not None else [None, None, None]
+    grids = [grid_axis(img.shape[ax], float(spacing[ax]), new_spacing[ax]) for ax in range(3)]
+    # a filter's response in the ROI needs its kernel's reach of real neighbours on the new grid
+    reach = (0, 0, 0)
+    if cfg.get("filter") is not None:
+        from tracker.radiomics.filters import filter_margin
+
+        reach = filter_margin(cfg["filter"], tuple(float(spacing[ax]) * grids[ax][2] for ax in range(3)))
     shape_b, offsets, steps, starts, stops = [], [], [], [], []
     for ax in range(3):
-        n_b, off, step = grid_axis(img.shape[ax], float(spacing[ax]), new_spacing[ax])
+        n_b, off, step = grids[ax]
         s_b = float(spacing[ax]) * step
-        margin = math.ceil(PEAK_RADIUS_MM / s_b) + 1
+        margin = math.ceil(PEAK_RADIUS_MM / s_b) + 1 + reach[ax]
         j_lo = max(0, math.floor((lo[ax] - 1 - off) / step) - margin)
         j_hi = min(n_b - 1, math.ceil((hi[ax] + 1 - off) / step) + margin)
         shape_b.append(n_b)
@@ -148,6 +155,19 @@ def prepare(
         grid_img = np.round(grid_img)
     int_mask = resegment(grid_img, grid_mask, cfg["resegmentation"])
     return Prepared(grid_img, grid_mask, int_mask, out_spacing)
+
+
+def filtered(prep: Prepared, spec: dict[str, Any]) -> Prepared:
+    """``prep`` with its image replaced by the response map of the ``filter:`` section ``spec`` (IBSI 2 phase 2:
+    the filter runs on the interpolated, rounded image; the masks, re-segmented on the unfiltered intensities,
+    are kept).
+
+    ``prepare`` kept the filter's reach of real neighbours around the ROI, so the response in the ROI is that of
+    the whole image, except that a periodic boundary wraps the crop rather than the image near its edges.
+    """
+    from tracker.radiomics.filters import apply_filter
+
+    return Prepared(apply_filter(prep.image, prep.spacing, spec), prep.morph_mask, prep.int_mask, prep.spacing)
 
 
 def resegment(image: np.ndarray, mask: np.ndarray, reseg: dict[str, Any]) -> np.ndarray:
