@@ -25,7 +25,7 @@ from db.migrate import upgrade
 from db.session import make_engine, session_scope
 from tests.helpers import shared_ibsi
 from tracker.errors import MetatrackError
-from tracker.imageio import read_image, read_mask
+from tracker.imageio import MaskContext, read_image, read_mask
 
 # --- DICOM -------------------------------------------------------------------------------------------------------
 
@@ -237,6 +237,18 @@ def test_mask_label_above_65535_is_refused(tmp_path: Path) -> None:
     arr[2, 2, 2] = 65535
     sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
     assert read_mask(path, ref).labels == [3, 65535]
+
+
+def test_roi_or_segment_choice_on_a_volume_mask_or_an_unknown_file_is_refused(tmp_path: Path) -> None:
+    ref = sitk.Image(6, 5, 4, sitk.sitkInt16)
+    path = tmp_path / "labels.nii.gz"
+    sitk.WriteImage(sitk.Image(6, 5, 4, sitk.sitkUInt8), str(path))
+    with pytest.raises(MetatrackError, match="--roi and --segment choose in an RTSTRUCT or DICOM SEG, not a volume"):
+        read_mask(path, ref, MaskContext(rois=("GTV",)))
+    other = tmp_path / "mask.dcm"
+    other.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 20)  # a DICOM preamble and nothing readable
+    with pytest.raises(MetatrackError, match=r"unsupported mask format .* a DICOM RTSTRUCT or SEG"):
+        read_mask(other, ref)
 
 
 # --- NIfTI headers --------------------------------------------------------------------------------------------------

@@ -431,7 +431,8 @@ def _already_present(session: Session, scan: Scan, req: ScanRequest, mask_hash: 
 
 
 def read_manifest(path: Path) -> list[ScanRequest]:
-    """Scan requests from a manifest CSV (patient_id, date, image[, mask, modality, scanner, site, role, series]).
+    """Scan requests from a manifest CSV (patient_id, date, image[, mask, modality, scanner, site, role, series,
+    organs, roi, segment]; roi and segment cells hold names separated by ';').
 
     Relative paths are relative to the manifest's folder; rows come back sorted by patient, then date. A manifest
     without rows, and a row without an image, are errors (an empty cell would name the manifest's own folder).

@@ -17,7 +17,7 @@ from db.session import session_scope
 from tests.helpers import write_dicom_series, write_rtstruct, write_seg
 from tracker.errors import MetatrackError
 from tracker.store import FileStore
-from tracker.workflows.ingest import ScanRequest, ingest_scan
+from tracker.workflows.ingest import ScanRequest, ingest_scan, read_manifest
 
 SERIES = "1.2.826.0.1.3680043.8.498.5.1"
 FRAME = "1.2.826.0.1.3680043.8.498.5.2"
@@ -143,3 +143,10 @@ def test_bad_dicom_input_is_refused_and_changes_nothing(engine: Engine, tmp_path
     message = str(err.value)
     assert fragment in message and "\n" not in message, message
     assert _dump(engine) == before and _store(store) == stored
+
+
+def test_manifest_roi_and_segment_cells(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("patient_id,date,image,mask,roi,segment\nP1,2024-01-02,mr,rs.dcm,GTV-1; GTV-[23],\n")
+    (req,) = read_manifest(manifest)
+    assert (req.rois, req.segments, req.modality, req.mask) == (("GTV-1", "GTV-[23]"), (), None, tmp_path / "rs.dcm")
