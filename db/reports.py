@@ -1,11 +1,12 @@
-"""Read queries for the patient and cohort reports (`metatrack report`): what the timeline does not hold."""
+"""Read queries for the patient and cohort reports (`metatrack report`): what the timeline does not hold; and a bulk
+loader of RECIST rows for synthetic cohorts (the report benchmark)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session
 
 from db import repo, views, visits
@@ -24,6 +25,8 @@ from db.models import (
     ScanState,
     TrackLink,
 )
+from db.session import session_scope
+from db.types import table_of
 from tracker.errors import MetatrackError
 
 # Registration metrics the report's quality table shows beside the timeline's keys.
@@ -194,3 +197,10 @@ def cohort_report(session: Session, endpoint: str, risk_horizon_months: int) -> 
             }
         )
     return {"endpoint": endpoint, "model": f"{mv.name}:{mv.version}" if mv else None, "patients": rows}
+
+
+def fill_recist(engine: Engine, rows: list[dict[str, Any]]) -> int:
+    """Bulk-insert RECIST assessments (columns of ``recist_assessments``) for synthetic cohorts (benchmarks)."""
+    with session_scope(engine) as s:
+        s.execute(insert(table_of(RecistAssessment)), rows)
+    return len(rows)

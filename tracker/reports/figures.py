@@ -55,7 +55,7 @@ def _response_legend(ax: Axes, categories: Sequence[str], **kw: Any) -> None:
         ax.legend(handles=handles, title="RECIST", fontsize=8, title_fontsize=8, **kw)
 
 
-def _recist_bands(ax: Axes, horizontal: bool = True) -> None:
+def _recist_bands(ax: Axes) -> None:
     ax.axhspan(PD_THRESHOLD_PCT, max(ax.get_ylim()[1], PD_THRESHOLD_PCT + 10), color="#D55E00", alpha=0.08, lw=0)
     ax.axhspan(min(ax.get_ylim()[0], PR_THRESHOLD_PCT - 10), PR_THRESHOLD_PCT, color="#009E73", alpha=0.08, lw=0)
     ax.axhline(PD_THRESHOLD_PCT, color="#D55E00", ls="--", lw=1)

@@ -114,10 +114,15 @@ def cohort_report_data(
     )
 
 
-def _write(path: Path, data: bytes) -> Path:
-    """Write via a temporary file beside `path` and rename, so a failed run leaves no half-written report."""
+def _check_folder(path: Path) -> Path:
     if not path.parent.is_dir():
         raise MetatrackError(f"{path}: folder {path.parent} does not exist")
+    return path
+
+
+def _write(path: Path, data: bytes) -> Path:
+    """Write via a temporary file beside `path` and rename, so a failed run leaves no half-written report."""
+    _check_folder(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_bytes(data)
@@ -129,11 +134,13 @@ def _write(path: Path, data: bytes) -> Path:
 
 def write_patient_report(engine: Engine, store: FileStore, patient: str, out: Path) -> Path:
     """The patient report as one self-contained HTML file at `out`."""
+    _check_folder(out)
     return _write(out, pages.patient_html(patient_report_data(engine, store, patient)).encode("utf-8"))
 
 
 def write_cohort_report(engine: Engine, out: Path, endpoint: str) -> Path:
     """The cohort report as one self-contained HTML file at `out`."""
+    _check_folder(out)
     return _write(out, pages.cohort_html(cohort_report_data(engine, endpoint)).encode("utf-8"))
 
 
