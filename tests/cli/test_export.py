@@ -206,7 +206,7 @@ def test_dicom_export_reads_back_with_the_tracks(cohort: Cohort, dicom_export: t
     out, _ = dicom_export
     truth = _lesions(cohort.timelines["SIM001"])
     uids: dict[str, set[str]] = {}
-    for scan in cohort.timelines["SIM001"]["scans"]:
+    for order, scan in enumerate(cohort.timelines["SIM001"]["scans"], start=1):
         stem = out / f"{scan['date']}_scan{scan['id']}"
         seg = hd.seg.segread(f"{stem}_seg.dcm")
         described = [seg.get_segment_description(n) for n in seg.get_segment_numbers()]
@@ -219,6 +219,7 @@ def test_dicom_export_reads_back_with_the_tracks(cohort: Cohort, dicom_export: t
             values = {m.name.meaning: m.value for m in group.get_measurements()}
             assert values["Volume"] == pytest.approx(les["volume_mm3"])
             assert values["Long axis"] == pytest.approx(les["long_axis_mm"])
+            assert values["Time Point Order"] == order
             assert [q.value.value for q in group.get_qualitative_evaluations()] == [les["change"]]
             uids.setdefault(group.tracking_identifier, set()).add(group.tracking_uid)
         (recist,) = sr.content.get_image_measurement_groups()

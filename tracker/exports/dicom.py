@@ -69,6 +69,17 @@ def _code(value: str, meaning: str) -> Any:
     return Code(value, CODING_SCHEME, meaning)
 
 
+def _coding_scheme() -> Dataset:
+    """The private coding scheme's identification (PS3.3 C.12.1.1.2), so readers know what defines its codes."""
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.CodingSchemeDesignator = CODING_SCHEME
+    ds.CodingSchemeName = "metatrack lesion change classes and RECIST 1.1 responses"
+    ds.CodingSchemeResponsibleOrganization = "metatrack"
+    return ds
+
+
 def _da(iso: str | None) -> str:
     return iso.replace("-", "") if iso else ""
 
@@ -222,7 +233,9 @@ def write_seg(
     return seg
 
 
-def _lesion_group(m: LesionMeasures, seg: Dataset, segment_number: int, modality: str, external_id: str) -> Any:
+def _lesion_group(
+    m: LesionMeasures, seg: Dataset, segment_number: int, modality: str, external_id: str, time_point: Any
+) -> Any:
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -255,6 +268,7 @@ def _lesion_group(m: LesionMeasures, seg: Dataset, segment_number: int, modality
             segment_number=segment_number,
             source_series=hd.sr.SourceSeriesForSegmentation(seg.ReferencedSeriesSequence[0].SeriesInstanceUID),
         ),
+        time_point_context=time_point,
         finding_type=codes.SCT.Lesion,
         measurements=measurements,
         qualitative_evaluations=evaluations or None,
@@ -269,21 +283,26 @@ def write_sr(
     modality: str,
     external_id: str,
     path: Path,
+    *,
+    time_point: str | None = None,
+    time_point_order: int | None = None,
 ) -> Dataset:
     """Write the SR TID 1500 measurement report of a scan to `path` and return it.
 
     One volumetric group per tracked lesion (volume, RECIST long and short axis, mean HU on CT, change class),
-    referencing its segment in `seg`; one group for the scan with its RECIST response.
+    referencing its segment in `seg`; one group for the scan with its RECIST response. `time_point` (the scan date)
+    and `time_point_order` (1 = baseline) go into every group's time point context (TID 1502).
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
     groups: list[Any] = []
+    context = hd.sr.TimePointContext(time_point, time_point_order=time_point_order) if time_point else None
     if seg is not None:
         numbers = {d.SegmentLabel: int(d.SegmentNumber) for d in seg.SegmentSequence}
         for m in sorted(measures, key=lambda m: m.lesion.track or 0):
             if m.lesion.track is not None:
-                groups.append(_lesion_group(m, seg, numbers[f"T{m.lesion.track}"], modality, external_id))
+                groups.append(_lesion_group(m, seg, numbers[f"T{m.lesion.track}"], modality, external_id, context))
     if recist_response is not None:
         if recist_response not in _RESPONSE_MEANINGS:
             raise MetatrackError(
@@ -292,6 +311,7 @@ def write_sr(
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(identifier="RECIST 1.1"),
+                time_point_context=context,
                 method=codes.DCM.RECIST,
                 qualitative_evaluations=[
                     hd.sr.QualitativeEvaluation(
@@ -326,6 +346,7 @@ def write_sr(
         is_complete=True,
         series_description="metatrack measurements (TID 1500)",
     )
+    sr.CodingSchemeIdentificationSequence = [_coding_scheme()]
     sr.save_as(path)
     return sr
 

@@ -171,6 +171,7 @@ def export_dicom(
         raise MetatrackError(f"--source-dicom {source_dicom}: not a folder")
     folder = _out_dir(out_dir)
     files: list[str] = []
+    order = {scan.scan_id: k for k, scan in enumerate(scans, start=1)}
     for scan in from_dicom:
         image, labels, tracks = _track_map(scan)
         what = f"scan {scan.scan_date.isoformat()}"
@@ -187,7 +188,17 @@ def export_dicom(
         means = dicom.mean_intensities(sitk.GetArrayFromImage(image), labels, scan.lesions)
         measures = [dicom.LesionMeasures(les, means.get(les.label)) for les in scan.lesions]
         with _written(folder / f"{stem}_sr.dcm") as tmp:
-            dicom.write_sr(measures, scan.recist_response, seg, sources, headers["modality"], patient, tmp)
+            dicom.write_sr(
+                measures,
+                scan.recist_response,
+                seg,
+                sources,
+                headers["modality"],
+                patient,
+                tmp,
+                time_point=scan.scan_date.isoformat(),
+                time_point_order=order[scan.scan_id],
+            )
         files.append(f"{stem}_sr.dcm")
     settings = {
         "patient": patient,

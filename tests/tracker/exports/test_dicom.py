@@ -17,6 +17,7 @@ from tracker.lesions import Geometry
 PSEUDONYM = "PT-0042"
 IDENTIFYING = (b"Doe", b"MRN0000001", b"ACC0000001", b"Test Hospital", b"19600101")
 SIZE_XYZ = (12, 10, 5)
+TIME_POINT_ORDER = "Time Point Order"
 # label 1 -> track 3 (40 HU), label 2 -> track 7 (-10 HU)
 LESIONS = [
     ExportLesion(1, 3, "persistent", "target", "liver", 36.0, 4.1, 2.5),
@@ -76,7 +77,7 @@ def _write(tmp_path: Path, sources: list) -> tuple[Path, Path]:
     means = dicom.mean_intensities(sitk.GetArrayFromImage(_image()), labels, LESIONS)
     assert means == {1: 40.0, 2: -10.0}
     measures = [dicom.LesionMeasures(les, means[les.label]) for les in LESIONS]
-    dicom.write_sr(measures, "PR", seg, sources, "CT", PSEUDONYM, sr_path)
+    dicom.write_sr(measures, "PR", seg, sources, "CT", PSEUDONYM, sr_path, time_point="2024-01-01", time_point_order=2)
     return seg_path, sr_path
 
 
@@ -115,6 +116,8 @@ def test_sr_reads_back_with_the_measurements(minimal: tuple[Path, Path]) -> None
     import highdicom as hd
 
     sr = hd.sr.srread(minimal[1])
+    for group in sr.content.get_volumetric_roi_measurement_groups():  # TID 1502: the order is a NUM in the group
+        assert [m.value for m in group.get_measurements() if m.name.meaning == TIME_POINT_ORDER] == [2.0]
     seg_uid = hd.seg.segread(minimal[0]).SOPInstanceUID
     assert {
         g.referenced_segment.referenced_sop_instance_uid for g in sr.content.get_volumetric_roi_measurement_groups()
@@ -123,7 +126,11 @@ def test_sr_reads_back_with_the_measurements(minimal: tuple[Path, Path]) -> None
     got = {
         g.tracking_identifier: (
             g.tracking_uid,
-            {m.name.meaning: (m.value, m.unit.value) for m in g.get_measurements()},
+            {
+                m.name.meaning: (m.value, m.unit.value)
+                for m in g.get_measurements()
+                if m.name.meaning != TIME_POINT_ORDER
+            },
             [q.value.value for q in g.get_qualitative_evaluations()],
             g.referenced_segment.referenced_segment_numbers,
         )
@@ -193,3 +200,20 @@ def test_refusals(series: tuple[Path, dict], tmp_path: Path) -> None:
         dicom.check_dicom_source(headers, 6, "scan 2024-01-01")
     with pytest.raises(MetatrackError, match="1 of the scan's 6 source instances are not there"):
         dicom.read_source_instances(folder, [*headers["sop_instance_uids"], "1.2.3"])
+
+
+def test_a_scan_without_lesions_gets_an_sr_only(series: tuple[Path, dict], tmp_path: Path) -> None:
+    import highdicom as hd
+
+    _, headers = series
+    sources = dicom.minimal_source_images(headers, Geometry.from_image(_image()), SIZE_XYZ, PSEUDONYM)
+    empty = np.zeros(SIZE_XYZ[::-1], np.uint16)
+    assert dicom.write_seg(empty, [], sources, PSEUDONYM, tmp_path / "seg.dcm") is None
+    assert not (tmp_path / "seg.dcm").exists()
+    dicom.write_sr([], "CR", None, sources, "CT", PSEUDONYM, tmp_path / "sr.dcm")
+    sr = hd.sr.srread(tmp_path / "sr.dcm")
+    assert sr.content.get_volumetric_roi_measurement_groups() == []
+    (recist,) = sr.content.get_image_measurement_groups()
+    assert [q.value.value for q in recist.get_qualitative_evaluations()] == ["CR"]
+    if DCIODVFY.exists():
+        assert dciodvfy_errors(tmp_path / "sr.dcm") == []
