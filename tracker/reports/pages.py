@@ -75,8 +75,9 @@ def _page(title: str, body: str) -> str:
 # --- patient -------------------------------------------------------------------------------------------------------
 
 
-def _risk_series(scans: Sequence[dict[str, Any]]) -> tuple[dict[int, list[float | None]], dict[int, list[Any]]]:
-    """Risk per horizon per scan (the newest model's rows) and the stored (lower, upper) band when present."""
+def risk_series(scans: Sequence[dict[str, Any]]) -> tuple[dict[int, list[float | None]], dict[int, list[Any]]]:
+    """Risk per horizon per scan and its 90 % band (``risk_lower``, ``risk_upper`` of a timeline risk entry) where
+    one is stored, else None."""
     risks: dict[int, list[float | None]] = {h: [] for h in RISK_HORIZONS}
     bands: dict[int, list[Any]] = {h: [] for h in RISK_HORIZONS}
     for s in scans:
@@ -111,7 +112,7 @@ def patient_figures(data: PatientReportData) -> dict[str, FigureMaker]:
         "spider": lambda: figures.spider(days, change, [r.get("response") for r in rec]),
         "volumes": lambda: figures.volume_trajectories(_track_points(scans)),
     }
-    risks, bands = _risk_series(scans)
+    risks, bands = risk_series(scans)
     out["risk"] = lambda: figures.risk_trajectory(days, risks, bands)
     if data.curve is not None:
         curve = data.curve

@@ -177,3 +177,21 @@ def test_browser_check_sees_broken_pages(tmp_path: Path) -> None:
     seen = browser_check(bad, tmp_path, height=400)
     assert len(seen["console"]) == 1 and "boom" in seen["console"][0]
     assert seen["images"] is not None and seen["images"][0][:2] == ["x", 0]
+
+
+def test_stored_intervals_are_drawn_as_bands(patient: PatientReportData) -> None:
+    from matplotlib.collections import PolyCollection
+
+    survival = pages.patient_figures(patient)["survival"]()
+    assert any(isinstance(c, PolyCollection) for c in survival.axes[0].collections)  # the 90 % band
+    scans = [
+        dict(s, risk=[dict(r, risk_lower=r["risk"] - 0.1, risk_upper=r["risk"] + 0.1) for r in s["risk"]])
+        for s in patient.timeline["scans"]
+    ]
+    risks, bands = pages.risk_series(scans)
+    assert risks[12] == [0.2, 0.3, 0.5]
+    assert bands[12] == [pytest.approx((0.1, 0.3)), pytest.approx((0.2, 0.4)), pytest.approx((0.4, 0.6))]
+    risk = figures.risk_trajectory([0, 60, 120], risks, bands)
+    assert sum(isinstance(c, PolyCollection) for c in risk.axes[0].collections) == 3
+    _, no_bands = pages.risk_series(patient.timeline["scans"])
+    assert all(b is None for b in no_bands[12])
