@@ -163,7 +163,8 @@ def filtered(prep: Prepared, spec: dict[str, Any]) -> Prepared:
     are kept).
 
     ``prepare`` kept the filter's reach of real neighbours around the ROI, so the response in the ROI is that of
-    the whole image, except that a periodic boundary wraps the crop rather than the image near its edges.
+    the whole image (see ``filters.response_in_box``), except near the image's edges with a periodic boundary
+    (the crop wraps, not the image) or a wavelet of level >= 2.
     """
     from tracker.radiomics.filters import apply_filter
 
@@ -223,3 +224,29 @@ def discretise(values: np.ndarray, disc: dict[str, Any], cfg: dict[str, Any]) ->
             f"[{values.min():g}, {values.max():g}]; use fixed_bin_size or fixed_bin_number"
         )
     return levels, int(levels.max())
+
+
+def filter_volume(
+    image: np.ndarray, spacing: tuple[float, ...], cfg: dict[str, Any]
+) -> tuple[np.ndarray, tuple[float, float, float], tuple[float, float, float]]:
+    """Response map of a whole volume under a config with a ``filter:`` section, on the config's grid.
+
+    The volume goes through the config's normalisation, resampling and rounding (as ``prepare`` does for an ROI
+    covering everything), then the filter.
+
+    Returns
+    -------
+    response : float64 (z, y, x) array on the new grid
+    spacing : (z, y, x) mm of the new grid
+    first_index : continuous (z, y, x) index in ``image`` of the new grid's first voxel (its origin)
+    """
+    spec = cfg.get("filter")
+    if spec is None:
+        raise MetatrackError(f"radiomics config {cfg.get('name')!r} has no filter: section")
+    img = np.asarray(image)
+    whole = np.ones(img.shape, dtype=bool)
+    res = cfg["resampling"]
+    new_spacing = res["spacing"] if res is not None else [None, None, None]
+    first = tuple(grid_axis(img.shape[ax], float(spacing[ax]), new_spacing[ax])[1] for ax in range(3))
+    prep = filtered(prepare(img, whole, spacing, {**cfg, "filter": None}), spec)
+    return prep.image, prep.spacing, (first[0], first[1], first[2])

@@ -121,7 +121,11 @@ def response_in_box(
     image: np.ndarray, spacing: tuple[float, ...], spec: dict[str, Any], lo: tuple[int, ...], hi: tuple[int, ...]
 ) -> np.ndarray:
     """Response map of ``image`` in the box ``[lo, hi)``, computed from that box grown by ``filter_margin`` (the
-    image's boundary condition fills what lies outside the image)."""
+    image's boundary condition fills what lies outside the image).
+
+    Exact for the spatial filters; near the image's edge a wavelet of level >= 2 differs slightly, as the whole
+    volume's filter pads each stage's output while the box pads the input once.
+    """
     margin = filter_margin(spec, spacing)
     big_lo = tuple(a - m for a, m in zip(lo, margin, strict=True))
     big_hi = tuple(b + m for b, m in zip(hi, margin, strict=True))
