@@ -4,7 +4,7 @@ processed scan whose source was DICOM, written with highdicom.
 The SEG and SR reference the source series by its UIDs. Without the original files, minimal source datasets are
 built from the stored UIDs and the stored image's geometry (slice k of the stored image is source instance k), with
 the user's pseudonym as patient name and ID and no other patient attribute; with the originals
-(:func:`read_source_instances`), highdicom copies the patient and study from them.
+(:func:`index_source_folder`, :func:`read_source_instances`), highdicom copies the patient and study from them.
 
 A lesion keeps its identity across timepoints: segment label and tracking identifier are ``T<track>``, and the
 tracking UID is derived from the pseudonym and the track number alone, so every scan's SEG and SR carry the same
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -147,26 +147,33 @@ def minimal_source_images(
     return out
 
 
-def read_source_instances(folder: Path, uids: Sequence[str]) -> list[Dataset]:
-    """The original instances (headers only) with these SOPInstanceUIDs, in that order, from `folder` (searched
-    recursively); one missing is refused naming how many are."""
+def index_source_folder(folder: Path) -> dict[str, Path]:
+    """SOPInstanceUID -> file of every DICOM file under `folder` (searched recursively; other files are ignored)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    wanted = set(uids)
-    found: dict[str, Any] = {}
+    index: dict[str, Path] = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
         except (InvalidDicomError, OSError, ValueError):
             continue
-        uid = str(getattr(ds, "SOPInstanceUID", ""))
-        if uid in wanted:
-            found[uid] = ds
-    missing = [u for u in uids if u not in found]
+        if "SOPInstanceUID" in ds:
+            index[str(ds.SOPInstanceUID)] = path
+    return index
+
+
+def read_source_instances(index: Mapping[str, Path], uids: Sequence[str]) -> list[Dataset]:
+    """The original instances (headers only) with these SOPInstanceUIDs, in that order, from an
+    :func:`index_source_folder` index; missing ones are refused by count (the folder's name may name the patient)."""
+    import pydicom
+
+    missing = [u for u in uids if u not in index]
     if missing:
-        raise MetatrackError(f"{folder}: {len(missing)} of the scan's {len(uids)} source instances are not there")
-    return [found[u] for u in uids]
+        raise MetatrackError(
+            f"--source-dicom: {len(missing)} of the scan's {len(uids)} source instances are not in the folder"
+        )
+    return [pydicom.dcmread(index[u], stop_before_pixels=True) for u in uids]
 
 
 def _tracked(lesions: Sequence[ExportLesion]) -> list[ExportLesion]:

@@ -168,7 +168,8 @@ def export_dicom(
             "(use `export masks`)"
         )
     if source_dicom is not None and not source_dicom.is_dir():
-        raise MetatrackError(f"--source-dicom {source_dicom}: not a folder")
+        raise MetatrackError("--source-dicom: not a folder")  # its path may name the patient: not repeated
+    originals = dicom.index_source_folder(source_dicom) if source_dicom is not None else None
     folder = _out_dir(out_dir)
     files: list[str] = []
     order = {scan.scan_id: k for k, scan in enumerate(scans, start=1)}
@@ -176,8 +177,8 @@ def export_dicom(
         image, labels, tracks = _track_map(scan)
         what = f"scan {scan.scan_date.isoformat()}"
         headers = dicom.check_dicom_source(scan.dicom, image.GetSize()[2], what)
-        if source_dicom is not None:
-            sources = dicom.read_source_instances(source_dicom, headers["sop_instance_uids"])
+        if originals is not None:
+            sources = dicom.read_source_instances(originals, headers["sop_instance_uids"])
         else:
             sources = dicom.minimal_source_images(headers, Geometry.from_image(image), image.GetSize(), patient)
         stem = _file_stem(scan)

@@ -170,7 +170,7 @@ def test_with_originals_the_patient_comes_from_them(series: tuple[Path, dict], t
     import highdicom as hd
 
     folder, headers = series
-    sources = dicom.read_source_instances(folder.parent, headers["sop_instance_uids"])
+    sources = dicom.read_source_instances(dicom.index_source_folder(folder.parent), headers["sop_instance_uids"])
     seg_path, sr_path = _write(tmp_path, sources)
     assert str(hd.seg.segread(seg_path).PatientName) == "Doe^Jane"
     assert hd.sr.srread(sr_path).PatientID == "MRN0000001"
@@ -198,8 +198,8 @@ def test_refusals(series: tuple[Path, dict], tmp_path: Path) -> None:
         dicom.check_dicom_source(None, 5, "scan 2024-01-01")
     with pytest.raises(MetatrackError, match="5 stored source instance UIDs for 6 slices"):
         dicom.check_dicom_source(headers, 6, "scan 2024-01-01")
-    with pytest.raises(MetatrackError, match="1 of the scan's 6 source instances are not there"):
-        dicom.read_source_instances(folder, [*headers["sop_instance_uids"], "1.2.3"])
+    with pytest.raises(MetatrackError, match=r"^--source-dicom: 1 of the scan's 6 source instances are not in the"):
+        dicom.read_source_instances(dicom.index_source_folder(folder), [*headers["sop_instance_uids"], "1.2.3"])
 
 
 def test_a_scan_without_lesions_gets_an_sr_only(series: tuple[Path, dict], tmp_path: Path) -> None:
