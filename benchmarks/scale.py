@@ -78,18 +78,24 @@ def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
     return best, out
 
 
+# Runs argv and prints its peak RSS (KiB): a grandchild, as a child forked from this process would inherit this
+# process's own high-water mark in ru_maxrss.
+_RSS_RUNNER = (
+    "import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:]); _, st, ru = os.wait4(p.pid, 0); "
+    "print(ru.ru_maxrss, file=sys.stderr); sys.exit(os.waitstatus_to_exitcode(st))"
+)
+
+
 def cli(url: str, home: Path, *args: str) -> tuple[float, float]:
-    """Run the CLI in a subprocess: (wall s, the process's peak RSS in MiB)."""
+    """Run the CLI in a subprocess: (wall s, its peak RSS in MiB)."""
     env = dict(os.environ, METATRACK_HOME=str(home))
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([METATRACK, "--db", url, "--quiet", *args], stdout=out, stderr=err, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)  # reaps the child with its own rusage
-        wall = time.perf_counter() - t0
-        if os.waitstatus_to_exitcode(status):
-            err.seek(0)
-            raise SystemExit(f"metatrack {' '.join(args)} failed: {err.read().decode(errors='replace').strip()}")
-    return wall, usage.ru_maxrss / 1024
+    argv = [sys.executable, "-c", _RSS_RUNNER, METATRACK, "--db", url, "--quiet", *args]
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"metatrack {' '.join(args)} failed: {proc.stderr.strip()}")
+    return wall, int(proc.stderr.split()[-1]) / 1024
 
 
 def has_export_lesions() -> bool:
@@ -98,7 +104,9 @@ def has_export_lesions() -> bool:
     return res.returncode == 0
 
 
-def measure(backend: str, url: str, small_url: str | None, home: Path, counts: dict[str, Any]) -> dict[str, Any]:
+def measure(
+    backend: str, url: str, small_url: str | None, home: Path, counts: dict[str, Any], export: bool
+) -> dict[str, Any]:
     engine = make_engine(url)
     out: dict[str, Any] = {"scans": counts["scans"], "lesions": counts["lesions"], "fill_s": counts["fill_s"]}
     out["patients_s"], rows = timed(lambda: views.patients(engine), repeat=3)
@@ -120,7 +128,7 @@ def measure(backend: str, url: str, small_url: str | None, home: Path, counts: d
     out["plan_s"], out["planned"] = timed(lambda: rescore.plan(engine, as_of=AS_OF))
     out["replan_s"], out["replanned"] = timed(lambda: rescore.plan(engine, as_of=AS_OF))
     engine.dispose()
-    if has_export_lesions():
+    if export:
         dest = home / f"lesions-{backend}.csv"
         out["export_s"], out["export_rss_mib"] = cli(url, home, "export", "lesions", "--output", str(dest))
         if small_url is not None:
@@ -170,7 +178,7 @@ def main() -> None:
                 if export:
                     fill(small_url, args.small)
                 print(f"{backend}: filled {counts}", file=sys.stderr)
-                results[backend] = measure(backend, url, small_url if export else None, tmp, counts)
+                results[backend] = measure(backend, url, small_url if export else None, tmp, counts, export)
     print(f"{args.patients} patients; export lesions small = {args.small} patients")
     print(" | ".join(["measure", *backends, "target (PostgreSQL)"]))
     for label, fmt, target in ROWS:
