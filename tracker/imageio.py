@@ -634,8 +634,9 @@ def _stack_problem(slices: list[_DicomSlice]) -> str | _Stack | None:
 
 
 def _choose_series(folder: Path, series_uid: str | None, recursive: bool, beside: Sequence[Path]) -> ImageSeries:
-    """The files of the image series to read: the one asked for, else the only one, when no RTSTRUCT/SEG lies
-    beside it that was not given as a mask; otherwise what the folder holds is listed and the user asked."""
+    """The image series to read: the one asked for, else the only one; when there are several, or no mask was given
+    and an RTSTRUCT/SEG lies beside the image (its lesions would be silently left out), what the folder holds is
+    listed and the user asked."""
     from tracker.dicom.discovery import survey
 
     found = survey(folder, recursive)
@@ -647,12 +648,14 @@ def _choose_series(folder: Path, series_uid: str | None, recursive: bool, beside
     if series_uid is None:
         given = {p.resolve() for p in beside}
         unused = [p for p in [*found.rtstructs, *found.segs] if p.resolve() not in given]
-        if len(found.series) > 1 or unused:
+        many, unasked = len(found.series) > 1, bool(unused) and not beside
+        if many or unasked:
             what = f"{len(found.series)} DICOM series" + (f" and {len(unused)} RTSTRUCT/SEG" if unused else "")
-            ask = "choose the image series with --series UID" + (
-                " and give an RTSTRUCT/SEG as --mask FILE (with --roi/--segment)" if unused else ""
-            )
-            raise MetatrackError(f"{folder}: holds {what}: {found.listing()}; {ask}")
+            asks = ["choose the image series with --series UID"] if many else []
+            if unasked:
+                alone = "" if many else ", or name the series with --series UID to take the image alone"
+                asks.append(f"give the lesions as --mask FILE (an RTSTRUCT with --roi, a SEG with --segment){alone}")
+            raise MetatrackError(f"{folder}: holds {what}: {found.listing()}; {'; '.join(asks)}")
         series_uid = next(iter(found.series))
     if series_uid not in found.series:
         raise MetatrackError(f"{folder}: no DICOM series {series_uid!r} (found: {found.listing()})")

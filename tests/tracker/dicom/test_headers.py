@@ -91,6 +91,8 @@ def test_folder_with_several_series_or_an_rtstruct_lists_them_and_asks(tmp_path:
     ):
         read_image(folder)
     assert read_image(folder, beside=[rs]).dicom is not None  # given as the mask: no question
+    assert read_image(folder, beside=[tmp_path / "mask.nii.gz"]).dicom is not None  # a mask was given: no question
+    assert read_image(folder, SERIES).dicom is not None  # the series named: the image alone
 
 
 def test_recursive_finds_the_series_in_subfolders(tmp_path: Path) -> None:

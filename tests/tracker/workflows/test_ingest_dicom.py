@@ -150,3 +150,14 @@ def test_manifest_roi_and_segment_cells(tmp_path: Path) -> None:
     manifest.write_text("patient_id,date,image,mask,roi,segment\nP1,2024-01-02,mr,rs.dcm,GTV-1; GTV-[23],\n")
     (req,) = read_manifest(manifest)
     assert (req.rois, req.segments, req.modality, req.mask) == (("GTV-1", "GTV-[23]"), (), None, tmp_path / "rs.dcm")
+
+
+def test_rtstruct_beside_the_series_and_no_mask_is_asked_about(engine: Engine, tmp_path: Path, series) -> None:
+    write_rtstruct(tmp_path / "mr" / "rs.dcm", series, {"GTV": [SQUARE]})
+    store = FileStore(tmp_path / "store")
+    with pytest.raises(MetatrackError) as err:
+        ingest_scan(engine, store, ScanRequest("P1", None, tmp_path / "mr"))
+    assert f"holds 1 DICOM series and 1 RTSTRUCT/SEG: MR series {SERIES} (6 files); RTSTRUCT rs.dcm; " in str(err.value)
+    assert "--mask FILE" in str(err.value) and _dump(engine) == {t: [] for t in _dump(engine)} and _store(store) == []
+    res = ingest_scan(engine, store, ScanRequest("P1", None, tmp_path / "mr", series_uid=SERIES))  # the image alone
+    assert res.lesion_labels == 0 and res.mask_empty is None
