@@ -36,6 +36,7 @@ from tracker.errors import MetatrackError
 from tracker.records import OpenTrack, PatientContext, ScanFiles, ScanOutcome, Settings
 
 if TYPE_CHECKING:
+    from tracker.recist import TargetSelection, VisitAssessment
     from tracker.store import FileStore, StoredFile
 
 ENGINE_NAME = "metatrack-radiomics"
@@ -151,16 +152,27 @@ def load_context(session: Session, store: FileStore, scan: Scan) -> PatientConte
             )
         )
     targets: dict[int, tuple[str | None, float, float]] = {}
-    non_targets: list[int] = []
-    baseline_sum = nadir = None
+    non_targets: dict[int, tuple[str | None, float, float, float]] = {}
+    baseline_sum = nadir = nt_nadir = None
+    number_of = {t.id: t.number for t in tracks}
+    successors: dict[int, list[int]] = {}
+    for t in tracks:
+        if t.parent_track_id in number_of:
+            successors.setdefault(number_of[t.parent_track_id], []).append(t.number)
+    for link in links:
+        merged = lesions.get(link.lesion_id) if link.change == ChangeClass.MERGED else None
+        if merged is not None and merged.track_id in number_of:
+            successors.setdefault(number_of[link.track_id], []).append(number_of[merged.track_id])
     if earlier:
         base_lesions = {les.track_id: les for les in lesions.values() if les.scan_id == earlier[0].id}
         for t in tracks:
             les = base_lesions.get(t.id)
-            if t.recist_role == "target" and les is not None:
+            if les is None:
+                continue
+            if t.recist_role == "target":
                 targets[t.number] = (les.organ, les.long_axis_mm or 0.0, les.short_axis_mm or 0.0)
             elif t.recist_role == "non-target":
-                non_targets.append(t.number)
+                non_targets[t.number] = (les.organ, les.long_axis_mm or 0.0, les.short_axis_mm or 0.0, les.volume_mm3)
         sums = {
             r.scan_id: r
             for r in session.scalars(
@@ -169,7 +181,10 @@ def load_context(session: Session, store: FileStore, scan: Scan) -> PatientConte
         }
         if earlier[0].id in sums:
             baseline_sum = sums[earlier[0].id].baseline_sum_mm
-            nadir = min(r.sum_mm for r in sums.values())
+            # a partial sum (targets not all measured: NE) is never a nadir
+            nadir = min(r.sum_mm for r in sums.values() if r.target_response != "NE")
+            volumes = [r.non_target_volume_mm3 for r in sums.values() if r.non_target_volume_mm3 is not None]
+            nt_nadir = min(volumes) if volumes else None
     pf = _patient_features(session, [s.id for s in earlier])
     return PatientContext(
         external_id=patient.external_id,
@@ -182,6 +197,9 @@ def load_context(session: Session, store: FileStore, scan: Scan) -> PatientConte
         baseline_sum_mm=baseline_sum,
         previous_patient_features=pf.get(earlier[-1].id) if earlier else None,
         baseline_patient_features=pf.get(earlier[0].id) if earlier else None,
+        non_target_nadir_mm3=nt_nadir,
+        recist_roles={t.number: t.recist_role for t in tracks if t.recist_role is not None},
+        successors=successors,
     )
 
 
@@ -309,19 +327,8 @@ def save_outcome(
             )
         )
     if outcome.recist is not None or (outcome.is_baseline and outcome.baseline_sum_mm is not None):
-        rec = outcome.recist
-        session.add(
-            RecistAssessment(
-                scan_id=scan.id,
-                sum_mm=rec.sum_mm if rec else outcome.baseline_sum_mm,
-                baseline_sum_mm=outcome.baseline_sum_mm or 0.0,
-                nadir_mm=rec.nadir_mm if rec else outcome.baseline_sum_mm,
-                change_from_baseline_pct=rec.change_from_baseline_pct if rec else None,
-                change_from_nadir_pct=rec.change_from_nadir_pct if rec else None,
-                new_lesions=outcome.new_lesion,
-                response=rec.response if rec else "BL",
-            )
-        )
+        values = recist_row(outcome.recist, outcome.recist_baseline, outcome.baseline_sum_mm)
+        session.add(RecistAssessment(scan_id=scan.id, **values))
     _save_features(session, scan, outcome, lesion_rows, tracks)
     session.add_all(
         PatientFeature(patient_id=scan.patient_id, scan_id=scan.id, tag=tag, value=_num(v))
@@ -332,6 +339,44 @@ def save_outcome(
     scan.processed_at = utcnow()
     scan.processing = {"settings": settings.to_dict(), "timings": outcome.timings}
     return True
+
+
+def recist_row(
+    rec: VisitAssessment | None, base: TargetSelection | None, baseline_sum_mm: float | None
+) -> dict[str, Any]:
+    """The `recist_assessments` values of a follow-up's assessment, or of the baseline ("BL") without one."""
+    if rec is not None:
+        return {
+            "sum_mm": rec.sum_mm,
+            "baseline_sum_mm": baseline_sum_mm or 0.0,
+            "nadir_mm": rec.nadir_mm,
+            "change_from_baseline_pct": rec.change_from_baseline_pct,
+            "change_from_nadir_pct": rec.change_from_nadir_pct,
+            "new_lesions": rec.new_lesion,
+            "response": rec.response,
+            "target_response": rec.target_response,
+            "non_target_response": rec.non_target_response,
+            "non_target_volume_mm3": rec.non_target_volume_mm3,
+            "non_target_nadir_mm3": rec.non_target_nadir_mm3,
+            "target_diameters": {str(k): v for k, v in rec.target_diameters_mm.items()},
+            "reasons": list(rec.reasons),
+        }
+    volume = base.non_target_volume_mm3 if base is not None and base.non_targets else None
+    return {
+        "sum_mm": baseline_sum_mm,
+        "baseline_sum_mm": baseline_sum_mm or 0.0,
+        "nadir_mm": baseline_sum_mm,
+        "change_from_baseline_pct": None,
+        "change_from_nadir_pct": None,
+        "new_lesions": False,
+        "response": "BL",
+        "target_response": None,
+        "non_target_response": None,
+        "non_target_volume_mm3": volume,
+        "non_target_nadir_mm3": volume,
+        "target_diameters": {str(t.track_id): t.sum_diameter_mm for t in base.targets} if base is not None else None,
+        "reasons": [],
+    }
 
 
 def _save_features(
@@ -458,23 +503,30 @@ def scan_frame(session: Session, store: FileStore, external_id: str, day: date) 
     raise MetatrackError(f"patient {external_id!r} has no scan dated {day} (scans: {dates})")
 
 
-def recist_history(session: Session, external_id: str) -> tuple[Patient, list[Scan], list[Lesion], dict[int, list]]:
-    """A patient's processed scans, baseline lesions, and per follow-up the (track number, lesion, change) links."""
+def recist_history(
+    session: Session, external_id: str
+) -> tuple[Patient, list[Scan], list[Lesion], dict[int, list], dict[int, int]]:
+    """A patient's processed scans, baseline lesions, per scan the (track number, lesion, change, number of the
+    lesion's track) links, and the parent of each track split from another (track number -> parent number)."""
     patient = repo.get_patient(session, external_id)
     if patient is None:
         raise MetatrackError(f"unknown patient {external_id!r}")
     scans = [s for s in repo.patient_scans(session, patient) if s.state == ScanState.PROCESSED]
     if not scans:
         raise MetatrackError(f"patient {external_id!r} has no processed scans; run `metatrack process`")
-    numbers = {t.id: t.number for t in session.scalars(select(LesionTrack).where(LesionTrack.patient_id == patient.id))}
+    tracks = list(session.scalars(select(LesionTrack).where(LesionTrack.patient_id == patient.id)))
+    numbers = {t.id: t.number for t in tracks}
+    parents = {t.number: numbers[t.parent_track_id] for t in tracks if t.parent_track_id in numbers}
     lesions: dict[int | None, Lesion] = {
         les.id: les for les in session.scalars(select(Lesion).where(Lesion.scan_id.in_([s.id for s in scans])))
     }
     links: dict[int, list] = {s.id: [] for s in scans}
     for ln in session.scalars(select(TrackLink).where(TrackLink.scan_id.in_([s.id for s in scans]))):
-        links[ln.scan_id].append((numbers[ln.track_id], lesions.get(ln.lesion_id), ln.change.value))
+        les = lesions.get(ln.lesion_id)
+        owner = numbers.get(les.track_id) if les is not None and les.track_id is not None else None
+        links[ln.scan_id].append((numbers[ln.track_id], les, ln.change.value, owner))
     baseline = [les for les in lesions.values() if les.scan_id == scans[0].id]
-    return patient, scans, baseline, links
+    return patient, scans, baseline, links, parents
 
 
 def write_recist(

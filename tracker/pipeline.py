@@ -60,13 +60,18 @@ def _frame_transforms(src: ScanFiles, dst: ScanFiles) -> list[Path]:
 
 
 def _match(
-    ctx: PatientContext, scan: ScanFiles, labels: np.ndarray, lesions: list[MeasuredLesion], image: sitk.Image
+    ctx: PatientContext,
+    scan: ScanFiles,
+    labels: np.ndarray,
+    lesions: list[MeasuredLesion],
+    image: sitk.Image,
+    min_lesion_mm3: float,
 ) -> tuple[Any, dict[int, int]]:
     """Match this follow-up's lesions against every open track, on this scan's grid."""
     import SimpleITK as sitk
 
     from registration import map_points, warp_image
-    from tracker.lesions import Geometry
+    from tracker.lesions import Geometry, label_lesions
     from tracker.matching import MatchConfig, TrackState, match_lesions
 
     warped: dict[int, np.ndarray] = {}
@@ -74,9 +79,17 @@ def _match(
     for t in sorted(ctx.open_tracks, key=lambda t: t.number):
         src = ctx.scans[t.last_scan_index]
         if t.last_scan_index not in warped:
-            src_labels = _read(src.mask) if src.mask else None
-            if src_labels is None:
+            src_mask = _read(src.mask) if src.mask else None
+            if src_mask is None:
                 raise MetatrackError(f"scan {src.scan_id}: track T{t.number} was seen there but the mask is gone")
+            # the track's label is a lesion label (label_lesions numbers a binary mask's components), not a value
+            # of the stored mask: label the source mask as its own processing did
+            src_labels = sitk.GetImageFromArray(
+                label_lesions(
+                    sitk.GetArrayFromImage(src_mask), Geometry.from_image(src_mask), min_volume_mm3=min_lesion_mm3
+                )
+            )
+            src_labels.CopyInformation(src_mask)
             # resampling takes this scan's points to the source scan: scan -> baseline -> source. Nearest
             # neighbour: the matching dilates masks anyway, and label-Gaussian resampling costs seconds per scan.
             out = warp_image(
@@ -115,39 +128,59 @@ def _recist_baseline(lesions: list[MeasuredLesion], lesion_track: dict[int, int]
     from tracker.recist import RecistLesion, select_targets
 
     selection = select_targets(
-        [
-            RecistLesion(lesion_track[les.label], les.organ, les.long_axis_mm, les.short_axis_mm)
-            for les in lesions
-            if les.label in lesion_track
-        ]
+        [RecistLesion.from_lesion(lesion_track[les.label], les) for les in lesions if les.label in lesion_track]
     )
-    roles = {t.track_id: "target" for t in selection.targets}
-    roles.update({t.track_id: "non-target" for t in selection.non_targets})
-    return selection, roles
+    return selection, {number: str(role) for number, role in selection.roles().items()}
 
 
 def _recist_follow_up(
-    ctx: PatientContext, lesions: list[MeasuredLesion], links: list[LinkOut], new_lesion: bool
-) -> Any:
-    from tracker.recist import Measurement, RecistLesion, TargetSelection, VisitMeasurements, assess
-
-    if ctx.baseline_sum_mm is None:
-        return None
-    targets = tuple(
-        RecistLesion(number, organ, long_ax, short_ax) for number, (organ, long_ax, short_ax) in ctx.targets.items()
+    ctx: PatientContext,
+    scan: ScanFiles,
+    lesions: list[MeasuredLesion],
+    links: list[LinkOut],
+    new_tracks: dict[int, int | None],
+    new_lesion: bool,
+    settings: Settings,
+) -> tuple[Any, dict[int, str]]:
+    """The follow-up's RECIST assessment (None without a baseline assessment) and its new tracks' roles: a
+    fragment split from a track takes its role (its diameter joins the target's sum), any other is new."""
+    from tracker.recist import (
+        Measurement,
+        NonTargetRule,
+        RecistLesion,
+        RecistRole,
+        TargetSelection,
+        VisitMeasurements,
+        assess,
+        lineage_labels,
     )
-    selection = TargetSelection(targets=targets, non_targets=(), baseline_sum_mm=ctx.baseline_sum_mm)
-    by_label = {les.label: les for les in lesions}
-    diameters: dict[int, Measurement | None] = {}
-    for link in links:
-        if link.track_number in ctx.targets:
-            les = by_label.get(link.lesion_label) if link.lesion_label is not None else None
-            if link.change == ChangeClass.MERGED:
-                # a target merged into another lesion: RECIST measures the merged lesion once, on the survivor
-                les = None
-            diameters[link.track_number] = Measurement(les.long_axis_mm, les.short_axis_mm) if les else None
+
+    roles = {
+        number: ctx.recist_roles.get(parent, str(RecistRole.NEW)) if parent is not None else str(RecistRole.NEW)
+        for number, parent in new_tracks.items()
+    }
+    if ctx.baseline_sum_mm is None:
+        return None, roles
+    selection = TargetSelection(
+        targets=tuple(RecistLesion(n, *measured) for n, measured in ctx.targets.items()),
+        non_targets=tuple(RecistLesion(n, *measured) for n, measured in ctx.non_targets.items()),
+        baseline_sum_mm=ctx.baseline_sum_mm,
+    )
+    tracks: dict[int, tuple[int, ...]] = {}  # no lesion mask: nothing could be measured (NE)
+    if scan.mask is not None:
+        labels: dict[int, list[int]] = {}
+        for link in links:
+            if link.lesion_label is not None:
+                labels.setdefault(link.track_number, []).append(link.lesion_label)
+        successors = {number: list(after) for number, after in ctx.successors.items()}
+        for number, parent in new_tracks.items():
+            if parent is not None:
+                successors.setdefault(parent, []).append(number)
+        tracks = lineage_labels([*ctx.targets, *ctx.non_targets], labels, successors)
+    visit = VisitMeasurements({les.label: Measurement.from_lesion(les) for les in lesions}, tracks, new_lesion)
+    rule = NonTargetRule(settings.recist_non_target_volume_ratio, settings.recist_non_target_min_increase_mm3)
     nadir = ctx.nadir_mm if ctx.nadir_mm is not None else ctx.baseline_sum_mm
-    return assess(selection, VisitMeasurements(diameters=diameters, new_lesion=new_lesion), nadir)
+    return assess(selection, visit, nadir, ctx.non_target_nadir_mm3, rule), roles
 
 
 def _body_mask(arr: np.ndarray, organ_map: np.ndarray | None, modality: str) -> np.ndarray | None:
@@ -254,7 +287,7 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
             links.append(LinkOut(lesion_track[les.label], les.label, ChangeClass.NEW, 0.0))
             new_tracks[lesion_track[les.label]] = None
     else:
-        result, lesion_track = _match(ctx, scan, labels, lesions, image)
+        result, lesion_track = _match(ctx, scan, labels, lesions, image, settings.min_lesion_mm3)
         known = {t.number for t in ctx.open_tracks}
         for link in result.links:
             number = link.track_id if link.track_id is not None else lesion_track[link.lesion_label]
@@ -265,12 +298,12 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
     timings["matching_s"] = time.perf_counter() - t0
 
     roles: dict[int, str]
-    recist, roles, baseline_sum = None, {}, ctx.baseline_sum_mm
+    recist, selection, baseline_sum = None, None, ctx.baseline_sum_mm
     if is_baseline:
         selection, roles = _recist_baseline(lesions, lesion_track)
         baseline_sum = selection.baseline_sum_mm
     else:
-        recist = _recist_follow_up(ctx, lesions, links, new_lesion)
+        recist, roles = _recist_follow_up(ctx, scan, lesions, links, new_tracks, new_lesion, settings)
 
     t0 = time.perf_counter()
     features: dict[int, dict[str, dict[str, float | None]]]
@@ -324,6 +357,7 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
         deltas=deltas,
         patient_features=pf,
         timings=timings,
+        recist_baseline=selection,
     )
 
 

@@ -12,11 +12,13 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tracker.recist import NON_TARGET_PD_MIN_INCREASE_MM3, NON_TARGET_PD_VOLUME_RATIO
+
 if TYPE_CHECKING:
     from registration import RegistrationResult
     from tracker.deltas import FeatureChange
     from tracker.lesions import MeasuredLesion
-    from tracker.recist import VisitAssessment
+    from tracker.recist import TargetSelection, VisitAssessment
 
 
 class ScanRole(enum.StrEnum):
@@ -51,6 +53,10 @@ class Settings:
     feature_config: str = "ct_default"
     shell_mm: float = 5.0  # peritumoral shell width; 0 disables shell features
     features: bool = True
+    # RECIST 1.1 unequivocal non-target progression (`tracker.recist.NonTargetRule`): the non-targets' total volume
+    # at least this many times its nadir and at least this many mm3 above it
+    recist_non_target_volume_ratio: float = NON_TARGET_PD_VOLUME_RATIO
+    recist_non_target_min_increase_mm3: float = NON_TARGET_PD_MIN_INCREASE_MM3
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -99,11 +105,16 @@ class PatientContext:
     open_tracks: list[OpenTrack]
     next_track_number: int
     targets: dict[int, tuple[str | None, float, float]]  # baseline target track -> (organ, long, short axis)
-    non_targets: list[int]
+    # baseline non-target track -> (organ, long axis, short axis, volume_mm3)
+    non_targets: dict[int, tuple[str | None, float, float, float]]
     nadir_mm: float | None
     baseline_sum_mm: float | None
     previous_patient_features: dict[str, float | None] | None
     baseline_patient_features: dict[str, float | None] | None
+    non_target_nadir_mm3: float | None = None  # smallest total non-target volume so far
+    recist_roles: dict[int, str] = field(default_factory=dict)  # every track's RECIST role
+    # where tracks went: track -> the tracks split from it and the track it merged into
+    successors: dict[int, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -126,7 +137,7 @@ class ScanOutcome:
     new_tracks: dict[int, int | None]  # track number -> parent track number (splits)
     lesion_track: dict[int, int]  # lesion label -> track number it belongs to
     recist: VisitAssessment | None
-    recist_roles: dict[int, str]  # baseline only: track number -> target | non-target
+    recist_roles: dict[int, str]  # new tracks' `tracker.recist.RecistRole` by track number
     baseline_sum_mm: float | None
     new_lesion: bool
     features: dict[int, dict[str, dict[str, float | None]]]  # lesion label -> region -> tag -> value
@@ -138,3 +149,4 @@ class ScanOutcome:
     deltas: list[tuple[int, int, str, dict[str, FeatureChange]]]
     patient_features: dict[str, float | None]
     timings: dict[str, float]
+    recist_baseline: TargetSelection | None = None  # baseline only

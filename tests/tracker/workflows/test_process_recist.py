@@ -1,0 +1,136 @@
+"""RECIST 1.1 and registration quality as the process workflow stores them, on a simulated patient with the hard
+cases (a lesion that splits, two that merge, one that vanishes and returns).
+
+The patient is processed once per module (affine registration, no features); the test that chooses other targets
+(and so changes the database) comes last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from db import migrate
+from db.models import LesionTrack, Registration
+from db.session import make_engine, session_scope
+from tracker.recist import TOO_SMALL_TO_MEASURE_MM, overall_response
+from tracker.records import Settings
+from tracker.simulator import SimulationConfig, simulate_cohort
+from tracker.store import FileStore
+from tracker.workflows.ingest import ingest_many, read_manifest
+from tracker.workflows.process import process_scans
+from tracker.workflows.recist_targets import set_targets
+from tracker.workflows.views import timeline
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("recist_cohort")]
+# seed 3 with every hard case: T3 (a liver target) splits into T3 + T8 at the third scan, where non-target T5
+# merges into non-target T2.
+SIMULATION = SimulationConfig(n_patients=1, seed=3, shape=(64, 64, 48), spacing=(4.0,) * 3, hard_case_prob=1.0)
+
+
+@dataclass
+class Processed:
+    engine: Engine
+    timeline: dict[str, Any]
+    parents: dict[int, int]  # split track -> the track it split from
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory: pytest.TempPathFactory) -> Processed:
+    cohort, root = tmp_path_factory.mktemp("cohort"), tmp_path_factory.mktemp("processed")
+    simulate_cohort(SIMULATION, cohort)
+    engine = make_engine(f"sqlite:///{root / 'mt.db'}")
+    migrate.upgrade(engine)
+    store = FileStore(root / "store")
+    _, failed = ingest_many(engine, store, read_manifest(cohort / "manifest.csv"))
+    assert not failed
+    report = process_scans(engine, store, Settings(preset="affine", features=False), root / "work")
+    assert not report.failed
+    with session_scope(engine) as s:
+        tracks = {t.id: t for t in s.scalars(select(LesionTrack))}
+        parents = {t.number: tracks[t.parent_track_id].number for t in tracks.values() if t.parent_track_id}
+    return Processed(engine, timeline(engine, "SIM001"), parents)
+
+
+def _diameter(les: dict[str, Any]) -> float:
+    value = les["short_axis_mm"] if les["organ"] == "lymph_node" else les["long_axis_mm"]
+    return max(value, TOO_SMALL_TO_MEASURE_MM)
+
+
+def test_registration_quality_comes_back(processed: Processed) -> None:
+    with session_scope(processed.engine) as s:
+        metrics = {r.moving_scan_id: r.metrics for r in s.scalars(select(Registration))}
+    follow_ups = processed.timeline["scans"][1:]
+    assert len(metrics) == len(follow_ups) >= 2
+    for scan in follow_ups:
+        shown, stored = scan["registration"], metrics[scan["id"]]
+        assert shown["similarity_before"] == pytest.approx(stored["ncc_before"])
+        assert shown["similarity_after"] == pytest.approx(stored["ncc_after"])
+        assert shown["folding_fraction"] == pytest.approx(stored["folding_share"])
+        assert 0.0 < shown["similarity_after"] <= 1.0 and shown["folding_fraction"] >= 0.0
+
+
+def test_split_target_fragments_are_summed(processed: Processed) -> None:
+    scans = processed.timeline["scans"]
+    roles = {les["track_id"]: les["recist_role"] for scan in scans for les in scan["lesions"]}
+    split = [t for t, parent in processed.parents.items() if roles[parent] == "target"]
+    assert split, processed.parents
+    checked = 0
+    for scan in scans[1:]:
+        for child in split:
+            pieces = [les for les in scan["lesions"] if les["track_id"] in (child, processed.parents[child])]
+            if any(les["track_id"] == child for les in pieces):
+                assert roles[child] == "target"  # the fragment keeps its target's role
+                expected = sum(_diameter(les) for les in pieces)
+                assert scan["recist"]["target_diameters_mm"][str(processed.parents[child])] == pytest.approx(expected)
+                checked += 1
+    assert checked >= 2
+    for scan in scans:
+        assert scan["recist"]["sum_mm"] == pytest.approx(sum(scan["recist"]["target_diameters_mm"].values()))
+
+
+def test_non_targets_are_assessed_at_every_follow_up(processed: Processed) -> None:
+    """Their total volume (the merged lesion once), the status by the default rule, and the overall response from
+    RECIST 1.1 Table 4."""
+    scans = processed.timeline["scans"]
+    assert {les["recist_role"] for les in scans[0]["lesions"]} == {"target", "non-target"}
+    for scan in scans[1:]:
+        rec = scan["recist"]
+        volume = sum(les["volume_mm3"] for les in scan["lesions"] if les["recist_role"] == "non-target")
+        assert rec["non_target_volume_mm3"] == pytest.approx(volume)
+        assert rec["non_target_response"] in ("CR", "Non-CR/Non-PD", "PD")
+        ratio = volume / rec["non_target_nadir_mm3"]
+        expected_pd = (
+            ratio >= Settings().recist_non_target_volume_ratio
+            and volume - rec["non_target_nadir_mm3"] >= Settings().recist_non_target_min_increase_mm3
+        )
+        assert (rec["non_target_response"] == "PD") == expected_pd
+        assert rec["response"] == overall_response(
+            rec["target_response"], rec["non_target_response"], rec["new_lesions"]
+        )
+        assert rec["reasons"]
+    merge_scan = next(scan for scan in scans if any(les["merged_from"] for les in scan["lesions"]))
+    merged = next(les for les in merge_scan["lesions"] if les["merged_from"])
+    assert merged["recist_role"] == "non-target" and merged["merged_from"] == [5]
+
+
+def test_merged_targets_count_the_merged_lesion_once(processed: Processed) -> None:
+    """The user makes the merging pair targets: the merged lesion counts on T2, T5 adds 0 mm from then on."""
+    scans = processed.timeline["scans"]
+    rows = set_targets(processed.engine, "SIM001", [2, 5])
+    merge_index = next(i for i, scan in enumerate(scans) if any(les["merged_from"] == [5] for les in scan["lesions"]))
+    for i, (scan, row) in enumerate(zip(scans, rows, strict=True)):
+        t2 = [les for les in scan["lesions"] if les["track_id"] == 2]
+        if i < merge_index:
+            t5 = [les for les in scan["lesions"] if les["track_id"] == 5]
+            assert row["target_diameters"] == {"2": _diameter(t2[0]), "5": _diameter(t5[0])}
+        else:
+            assert row["target_diameters"] == {"2": pytest.approx(_diameter(t2[0])), "5": 0.0}
+        assert row["sum_mm"] == pytest.approx(sum(row["target_diameters"].values()))
+    after = timeline(processed.engine, "SIM001")
+    roles = {les["track_id"]: les["recist_role"] for les in after["scans"][0]["lesions"]}
+    assert {t for t, role in roles.items() if role == "target"} == {2, 5}
+    assert [s["recist"]["target_diameters_mm"] for s in after["scans"]] == [r["target_diameters"] for r in rows]
