@@ -133,9 +133,26 @@ def _recist_baseline(lesions: list[MeasuredLesion], lesion_track: dict[int, int]
     return selection, {number: str(role) for number, role in selection.roles().items()}
 
 
+def _outside_image(ctx: PatientContext, scan: ScanFiles, image: sitk.Image, numbers: set[int]) -> set[int]:
+    """Those of these open tracks whose last centroid maps outside this scan's image: not imaged, so RECIST cannot
+    tell them gone (not evaluable)."""
+    from registration import map_points
+
+    out = set()
+    size = image.GetSize()
+    for t in ctx.open_tracks:
+        if t.number in numbers:
+            point = map_points(np.asarray([t.last_centroid]), _frame_transforms(ctx.scans[t.last_scan_index], scan))[0]
+            index = image.TransformPhysicalPointToContinuousIndex(tuple(float(v) for v in point))
+            if not all(-0.5 <= i <= n - 0.5 for i, n in zip(index, size, strict=True)):
+                out.add(t.number)
+    return out
+
+
 def _recist_follow_up(
     ctx: PatientContext,
     scan: ScanFiles,
+    image: sitk.Image,
     lesions: list[MeasuredLesion],
     links: list[LinkOut],
     new_tracks: dict[int, int | None],
@@ -143,7 +160,9 @@ def _recist_follow_up(
     settings: Settings,
 ) -> tuple[Any, dict[int, str]]:
     """The follow-up's RECIST assessment (None without a baseline assessment) and its new tracks' roles: a
-    fragment split from a track takes its role (its diameter joins the target's sum), any other is new."""
+    fragment split from a track takes its role (its diameter joins the target's sum), any other is new. Without a
+    lesion mask nothing was measured, and a lesion not found whose place lies outside the image was not imaged:
+    both are not evaluable rather than gone."""
     from tracker.recist import (
         Measurement,
         NonTargetRule,
@@ -166,7 +185,7 @@ def _recist_follow_up(
         non_targets=tuple(RecistLesion(n, *measured) for n, measured in ctx.non_targets.items()),
         baseline_sum_mm=ctx.baseline_sum_mm,
     )
-    tracks: dict[int, tuple[int, ...]] = {}  # no lesion mask: nothing could be measured (NE)
+    tracks: dict[int, tuple[int, ...]] = {}
     if scan.mask is not None:
         labels: dict[int, list[int]] = {}
         for link in links:
@@ -177,6 +196,8 @@ def _recist_follow_up(
             if parent is not None:
                 successors.setdefault(parent, []).append(number)
         tracks = lineage_labels([*ctx.targets, *ctx.non_targets], labels, successors)
+        outside = _outside_image(ctx, scan, image, {n for n, found in tracks.items() if not found})
+        tracks = {n: found for n, found in tracks.items() if n not in outside}
     visit = VisitMeasurements({les.label: Measurement.from_lesion(les) for les in lesions}, tracks, new_lesion)
     rule = NonTargetRule(settings.recist_non_target_volume_ratio, settings.recist_non_target_min_increase_mm3)
     nadir = ctx.nadir_mm if ctx.nadir_mm is not None else ctx.baseline_sum_mm
@@ -303,7 +324,7 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
         selection, roles = _recist_baseline(lesions, lesion_track)
         baseline_sum = selection.baseline_sum_mm
     else:
-        recist, roles = _recist_follow_up(ctx, scan, lesions, links, new_tracks, new_lesion, settings)
+        recist, roles = _recist_follow_up(ctx, scan, image, lesions, links, new_tracks, new_lesion, settings)
 
     t0 = time.perf_counter()
     features: dict[int, dict[str, dict[str, float | None]]]

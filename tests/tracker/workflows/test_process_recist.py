@@ -7,7 +7,9 @@ The patient is processed once per module (affine registration, no features); the
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +33,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("recist_cohort")]
 SIMULATION = SimulationConfig(n_patients=1, seed=3, shape=(64, 64, 48), spacing=(4.0,) * 3, hard_case_prob=1.0)
 
 
+CUT_TARGET = 6  # a lung target at x = +40 mm, gone at the first follow-up (it returns later)
+CUT_X_MM = 36.0  # the first follow-up cut there (affine registration copes with a small cut, not with half a body)
+
+
 @dataclass
 class Processed:
     engine: Engine
@@ -39,9 +45,13 @@ class Processed:
 
 
 @pytest.fixture(scope="module")
-def processed(tmp_path_factory: pytest.TempPathFactory) -> Processed:
-    cohort, root = tmp_path_factory.mktemp("cohort"), tmp_path_factory.mktemp("processed")
-    simulate_cohort(SIMULATION, cohort)
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cohort")
+    simulate_cohort(SIMULATION, out)
+    return out
+
+
+def _process(cohort: Path, root: Path) -> Engine:
     engine = make_engine(f"sqlite:///{root / 'mt.db'}")
     migrate.upgrade(engine)
     store = FileStore(root / "store")
@@ -49,6 +59,12 @@ def processed(tmp_path_factory: pytest.TempPathFactory) -> Processed:
     assert not failed
     report = process_scans(engine, store, Settings(preset="affine", features=False), root / "work")
     assert not report.failed
+    return engine
+
+
+@pytest.fixture(scope="module")
+def processed(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Processed:
+    engine = _process(cohort, tmp_path_factory.mktemp("processed"))
     with session_scope(engine) as s:
         tracks = {t.id: t for t in s.scalars(select(LesionTrack))}
         parents = {t.number: tracks[t.parent_track_id].number for t in tracks.values() if t.parent_track_id}
@@ -58,6 +74,31 @@ def processed(tmp_path_factory: pytest.TempPathFactory) -> Processed:
 def _diameter(les: dict[str, Any]) -> float:
     value = les["short_axis_mm"] if les["organ"] == "lymph_node" else les["long_axis_mm"]
     return max(value, TOO_SMALL_TO_MEASURE_MM)
+
+
+def test_a_target_outside_the_scan_is_not_evaluable(
+    processed: Processed, cohort: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The first follow-up cut to x <= 36 mm: the target that is gone there (0 mm in the whole scan) lies in the part
+    not imaged, so the targets are not evaluable (NE) instead of counting it 0 mm; the nadir ignores that scan."""
+    import SimpleITK as sitk
+
+    cut = tmp_path_factory.mktemp("cut")
+    shutil.copytree(cohort, cut, dirs_exist_ok=True)
+    follow_up = next(p for p in sorted((cut / "SIM001").iterdir()) if p.name > processed.timeline["scans"][0]["date"])
+    for name in ("image.nii.gz", "mask.nii.gz", "organs.nii.gz"):
+        image = sitk.ReadImage(str(follow_up / name))
+        kept = image.TransformPhysicalPointToIndex((CUT_X_MM, 0.0, 0.0))[0]
+        sitk.WriteImage(image[:kept, :, :], str(follow_up / name))
+    scans = timeline(_process(cut, tmp_path_factory.mktemp("cut_processed")), "SIM001")["scans"]
+    whole = processed.timeline["scans"][1]["recist"]
+    assert CUT_TARGET in processed.timeline["scans"][1]["vanished_tracks"] and whole["target_response"] != "NE"
+    assert whole["target_diameters_mm"][str(CUT_TARGET)] == 0.0
+    rec = scans[1]["recist"]
+    assert (rec["target_response"], rec["response"]) == ("NE", "NE")
+    assert f"targets [{CUT_TARGET}] could not be measured" in rec["reasons"]
+    assert str(CUT_TARGET) not in rec["target_diameters_mm"]
+    assert scans[2]["recist"]["nadir_mm"] == pytest.approx(scans[0]["recist"]["sum_mm"])
 
 
 def test_registration_quality_comes_back(processed: Processed) -> None:
