@@ -400,10 +400,9 @@ def _assess_non_targets(
     if not selection.non_targets:
         return None, None
     missing = [les.track_id for les in selection.non_targets if les.track_id not in visit.tracks]
-    volume = None
-    gone = True
+    volume, gone = None, True
     if not missing:
-        own: set[int] = set()
+        own: set[int] = set()  # labels not measured with a target
         for les in selection.non_targets:
             labels = [label for label in visit.tracks[les.track_id] if label not in counted]
             gone = gone and _is_gone(les, [_measurement(visit, les.track_id, label) for label in labels])
@@ -412,10 +411,9 @@ def _assess_non_targets(
     if visit.non_target_progression:
         reasons.append("non-targets: unequivocal progression (reader's call)")
         return "PD", volume
-    if missing:
+    if volume is None:
         reasons.append(f"non-targets {missing} could not be assessed")
         return "NE", None
-    assert volume is not None
     reference = selection.non_target_volume_mm3 if nadir_mm3 is None else nadir_mm3
     if visit.non_target_progression is None and rule.progressed(volume, reference):
         reasons.append(
