@@ -21,6 +21,7 @@ from db import migrate, repo
 from db.models import Lesion, Scan, ScanState
 from db.results import reset_from
 from db.session import make_engine, session_scope
+from tests.helpers import predicted_edges, truth_edges
 from tracker.deltas import GROWING_VOLUME_RATIO, GROWTH_VOLUME_EPS_MM3, RATE_PERIOD_DAYS
 from tracker.records import Settings
 from tracker.simulator import SimulationConfig, simulate_cohort
@@ -71,33 +72,6 @@ def processed(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Process
     return Processed(engine, store, root / "work", report, len(done), timeline(engine, "SIM001"), truth)
 
 
-def _truth_edges(truth_patient: dict) -> set[tuple[int, int, int, int]]:
-    """Consecutive sightings of the same true lesion: (scan j, label, scan k, label)."""
-    last: dict[str, tuple[int, int]] = {}
-    edges = set()
-    for k, scan in enumerate(truth_patient["scans"]):
-        for label, ids in sorted(scan["labels"].items(), key=lambda kv: int(kv[0])):
-            for true_id in ids:
-                if true_id in last:
-                    edges.add((*last[true_id], k, int(label)))
-        for label, ids in scan["labels"].items():
-            for true_id in ids:
-                last[true_id] = (k, int(label))
-    return edges
-
-
-def _predicted_edges(tl: dict) -> set[tuple[int, int, int, int]]:
-    last: dict[int, tuple[int, int]] = {}
-    edges = set()
-    for k, scan in enumerate(tl["scans"]):
-        for les in scan["lesions"]:
-            if les["track_id"] in last and les["change"] in ("persistent", "merged"):
-                edges.add((*last[les["track_id"]], k, les["label"]))
-        for les in scan["lesions"]:
-            last[les["track_id"]] = (k, les["label"])
-    return edges
-
-
 def test_every_scan_processed_once(processed: Processed) -> None:
     assert not processed.report.failed and len(processed.report.processed) == processed.n_scans
     scans = processed.timeline["scans"]
@@ -106,7 +80,7 @@ def test_every_scan_processed_once(processed: Processed) -> None:
 
 
 def test_tracks_link_the_true_lesions(processed: Processed) -> None:
-    true_edges, pred_edges = _truth_edges(processed.truth), _predicted_edges(processed.timeline)
+    true_edges, pred_edges = truth_edges(processed.truth), predicted_edges(processed.timeline)
     hits = len(true_edges & pred_edges)
     assert hits / max(len(pred_edges), 1) >= 0.9, (true_edges, pred_edges)
     assert hits / max(len(true_edges), 1) >= 0.9, (true_edges, pred_edges)
