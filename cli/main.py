@@ -145,10 +145,22 @@ def ingest(
     ctx: typer.Context,
     image: Annotated[Path | None, typer.Argument(help="NIfTI/NRRD/MHA file or DICOM series folder.")] = None,
     patient: Annotated[str | None, typer.Option("--patient", "-p", help="Patient pseudonym.")] = None,
-    scan_date: Annotated[str | None, typer.Option("--date", "-d", help="Scan date, YYYY-MM-DD.")] = None,
-    mask: Annotated[Path | None, typer.Option("--mask", "-m", help="Lesion mask (label or binary).")] = None,
+    scan_date: Annotated[
+        str | None,
+        typer.Option("--date", "-d", help="Scan date, YYYY-MM-DD (DICOM: StudyDate, SeriesDate, AcquisitionDate)."),
+    ] = None,
+    mask: Annotated[
+        Path | None, typer.Option("--mask", "-m", help="Lesion mask (label or binary volume, RTSTRUCT, DICOM SEG).")
+    ] = None,
+    roi: Annotated[
+        list[str] | None, typer.Option(help="RTSTRUCT ROI to take (name or regular expression; repeatable).")
+    ] = None,
+    segment: Annotated[
+        list[str] | None, typer.Option(help="DICOM SEG segment to take (number, label or regex; repeatable).")
+    ] = None,
+    recursive: Annotated[bool, typer.Option(help="Search the DICOM folder's subfolders too.")] = False,
     organs: Annotated[Path | None, typer.Option(help="Organ label map on the image's grid (optional).")] = None,
-    modality: Annotated[str, typer.Option(help="CT or MR.")] = "CT",
+    modality: Annotated[str | None, typer.Option(help="CT or MR (default: the DICOM Modality, else CT).")] = None,
     scanner: Annotated[str | None, typer.Option(help="Scanner name (site/vendor/model).")] = None,
     site: Annotated[str | None, typer.Option(help="Site name.")] = None,
     role: Annotated[
@@ -157,7 +169,7 @@ def ingest(
     series: Annotated[str | None, typer.Option(help="DICOM SeriesInstanceUID when a folder holds several.")] = None,
     manifest: Annotated[
         Path | None,
-        typer.Option("--manifest", help="CSV: patient_id,date,image[,mask,modality,scanner,role]."),
+        typer.Option("--manifest", help="CSV: patient_id,date,image[,mask,modality,scanner,role,roi,segment]."),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -171,22 +183,25 @@ def ingest(
             raise typer.BadParameter("give either IMAGE or --manifest, not both")
         requests = read_manifest(manifest)
     else:
-        if image is None or patient is None or scan_date is None:
-            raise typer.BadParameter("IMAGE, --patient and --date are required (or use --manifest)")
+        if image is None or patient is None:
+            raise typer.BadParameter("IMAGE and --patient are required, and --date unless DICOM (or use --manifest)")
         if role is not None and role not in {r.value for r in ScanRole}:
             raise typer.BadParameter(f"--role must be baseline or follow-up, not {role!r}")
         requests = [
             ScanRequest(
                 external_id=patient,
-                scan_date=_parse_day(scan_date),
+                scan_date=_parse_day(scan_date) if scan_date is not None else None,
                 image=image,
                 mask=mask,
-                modality=modality.upper(),
+                modality=modality.upper() if modality else None,
                 scanner=scanner,
                 site=site,
                 role=ScanRole(role) if role else None,
                 series_uid=series,
                 organs=organs,
+                rois=tuple(roi or ()),
+                segments=tuple(segment or ()),
+                recursive=recursive,
             )
         ]
     engine, store = state.engine(), state.store()
@@ -210,6 +225,8 @@ def ingest(
         }
         for r in done
     ]
+    for note in dict.fromkeys(n for r in done for n in r.notes):
+        output.log(note)
     if as_json:
         output.print_json({"ingested": rows, "failed": [{"image": str(q.image), "error": str(e)} for q, e in failed]})
     elif rows:
@@ -272,13 +289,27 @@ def process(
     reprocess_from: Annotated[
         str | None, typer.Option("--reprocess-from", help="With --patient: redo its scans from this date on.")
     ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Patients processed side by side by a local Dask cluster of N processes.")
+    ] = 1,
+    threads_per_worker: Annotated[
+        int, typer.Option(min=1, help="With --workers: patients each worker process runs at once.")
+    ] = 1,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="An existing Dask cluster: tcp://HOST:8786 or a scheduler file (see docs/scaling.md)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register, find lesions, track, assess RECIST and measure every unprocessed scan (one transaction each)."""
     from tracker.records import Settings
+    from tracker.workflows.distributed import ClusterSpec
     from tracker.workflows.process import reset_patient
 
     state = _state(ctx)
+    if scheduler is not None and (workers != 1 or threads_per_worker != 1):
+        raise typer.BadParameter("--scheduler uses the cluster's own workers: leave out --workers/--threads-per-worker")
+    cluster = ClusterSpec(workers=workers, threads_per_worker=threads_per_worker, scheduler=scheduler)
     if reprocess_from is not None:
         if patient is None:
             raise typer.BadParameter("--reprocess-from needs --patient")
@@ -290,7 +321,7 @@ def process(
     )
     from cli.processcmd import run_process
 
-    run_process(state, settings, patient=patient, as_json=as_json)
+    run_process(state, settings, patient=patient, as_json=as_json, cluster=cluster)
 
 
 @app.command()
@@ -340,6 +371,8 @@ def features(
     mask: Annotated[Path | None, typer.Argument(help="Mask on the image's grid.")] = None,
     config: Annotated[str, typer.Option("--config", "-c", help="Preset name or YAML config.")] = "ct_default",
     label: Annotated[int | None, typer.Option(help="Only this mask label (default: all non-zero voxels).")] = None,
+    roi: Annotated[list[str] | None, typer.Option(help="RTSTRUCT ROI (name or regex; repeatable).")] = None,
+    segment: Annotated[list[str] | None, typer.Option(help="DICOM SEG segment (number, label or regex).")] = None,
     batch: Annotated[
         Path | None,
         typer.Option(help="CSV of image,mask[,label][,body_mask] rows (paths relative to the CSV): a row each."),
@@ -358,7 +391,8 @@ def features(
     """IBSI radiomics of one image/mask pair (one record per feature), or of a batch (one row per pair)."""
     from cli.featurescmd import run_features
 
-    run_features(image, mask, config, label, batch, fmt, out, body_mask, jobs, progress=_state(ctx).progress)
+    choice = {"rois": tuple(roi or ()), "segments": tuple(segment or ())}
+    run_features(image, mask, config, label, batch, fmt, out, body_mask, jobs, progress=_state(ctx).progress, **choice)
 
 
 @harmonise_app.command("fit")

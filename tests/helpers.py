@@ -12,8 +12,10 @@ from tracker.survival.synthetic import SLOPE_FEATURES as FEATURES
 from tracker.survival.synthetic import slope_cohort as synthetic_tables
 
 __all__ = [
+    "DCIODVFY",
     "FEATURES",
     "VENDORED_IBSI",
+    "dciodvfy_errors",
     "fill_cohort",
     "gaussian_bump_field",
     "shared_ibsi",
@@ -21,6 +23,8 @@ __all__ = [
     "tiny_model",
     "tiny_model_bytes",
     "write_dicom_series",
+    "write_rtstruct",
+    "write_seg",
 ]
 
 VENDORED_IBSI = Path(__file__).resolve().parent / "data" / "ibsi"
@@ -151,3 +155,207 @@ def write_dicom_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+DCIODVFY = Path("/usr/bin/dciodvfy")
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The "Error" lines dicom3tools' `dciodvfy` reports for a DICOM file (warnings are allowed); the caller skips
+    when :data:`DCIODVFY` is absent."""
+    import subprocess
+
+    res = subprocess.run([str(DCIODVFY), str(path)], capture_output=True, text=True, check=False)
+    return [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("Error")]
+
+
+CHROMIUM = "/usr/bin/chromium"
+_IMAGE_PROBE = """<!DOCTYPE html><html><body><iframe id="r" src="{uri}" style="width:1280px;height:3000px"></iframe>
+<pre id="sizes">not loaded</pre><script>
+document.getElementById("r").addEventListener("load", () => {{
+  const images = [...document.getElementById("r").contentDocument.images];
+  document.getElementById("sizes").textContent = JSON.stringify(
+    images.map(i => [i.id, i.naturalWidth, i.naturalHeight, i.width, i.height]));
+}});
+</script></body></html>"""
+
+
+def browser_check(page: Path, folder: Path, height: int = 3000) -> dict[str, Any]:
+    """Open `page` in headless Chromium: its console messages, a screenshot, and every image's sizes.
+
+    Returns ``{"console": [lines], "screenshot": Path, "images": [[id, natural w, natural h, shown w, shown h]]}``.
+    The sizes come from a probe page that reads the page's images through an iframe (file pages may read each
+    other with ``--allow-file-access-from-files``); the page itself runs no script.
+    """
+    import json
+    import re
+    import subprocess
+
+    base = [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    shot = folder / f"{page.stem}-screenshot.png"
+    logging = ["--enable-logging=stderr", "--v=0"]
+    run = subprocess.run(
+        [*base, *logging, f"--window-size=1280,{height}", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    console = [ln for ln in run.stderr.splitlines() if ":CONSOLE" in ln]
+    probe = folder / f"{page.stem}-probe.html"
+    probe.write_text(_IMAGE_PROBE.format(uri=page.as_uri()))
+    dom = subprocess.run(
+        [*base, "--allow-file-access-from-files", "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    ).stdout
+    found = re.search(r'<pre id="sizes">(.*?)</pre>', dom, re.S)
+    text = found.group(1) if found else "null"
+    return {"console": console, "screenshot": shot, "images": json.loads(text) if text.startswith("[") else None}
+
+
+def write_rtstruct(
+    path: Path,
+    series: list[Path],
+    rois: dict[str, list[Any]],
+    *,
+    referenced_series_uid: str | None = None,
+    frame_of_reference_uid: str | None = None,
+) -> Path:
+    """Write an RTSTRUCT for the series `series` (files from `write_dicom_series`): ROI name -> closed planar
+    contours, each an (n, 3) array of LPS points in mm (an ROI with no contours is written empty). The referenced
+    series and frame of reference default to the series' own (override them to make a bad reference)."""
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    first = pydicom.dcmread(series[0], stop_before_pixels=True)
+    sop_class, uid = "1.2.840.10008.5.1.4.1.1.481.3", f"{first.StudyInstanceUID}.77"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop_class, uid, "RTSTRUCT"
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID", "StudyDate", "AccessionNumber"):
+        setattr(ds, keyword, first.get(keyword, ""))
+    ds.SeriesInstanceUID, ds.StructureSetLabel = f"{first.StudyInstanceUID}.78", "test"
+    frame = frame_of_reference_uid or str(first.FrameOfReferenceUID)
+    contour_images = []
+    for p in series:
+        item = Dataset()
+        item.ReferencedSOPClassUID = first.SOPClassUID
+        item.ReferencedSOPInstanceUID = pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
+        contour_images.append(item)
+    ref_series = Dataset()
+    ref_series.SeriesInstanceUID = referenced_series_uid or str(first.SeriesInstanceUID)
+    ref_series.ContourImageSequence = Sequence(contour_images)
+    ref_study = Dataset()
+    ref_study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    ref_study.ReferencedSOPInstanceUID = first.StudyInstanceUID
+    ref_study.RTReferencedSeriesSequence = Sequence([ref_series])
+    ref_frame = Dataset()
+    ref_frame.FrameOfReferenceUID = frame
+    ref_frame.RTReferencedStudySequence = Sequence([ref_study])
+    ds.ReferencedFrameOfReferenceSequence = Sequence([ref_frame])
+    structure, contours = [], []
+    for number, (name, polygons) in enumerate(rois.items(), start=1):
+        roi = Dataset()
+        roi.ROINumber, roi.ReferencedFrameOfReferenceUID, roi.ROIName = number, frame, name
+        roi.ROIGenerationAlgorithm = "MANUAL"
+        structure.append(roi)
+        rc = Dataset()
+        rc.ReferencedROINumber, rc.ROIDisplayColor = number, [255, 0, 0]
+        items = []
+        for points in polygons:
+            c = Dataset()
+            pts = np.asarray(points, dtype=float)
+            c.ContourGeometricType, c.NumberOfContourPoints = "CLOSED_PLANAR", len(pts)
+            c.ContourData = [f"{v:.6g}" for v in pts.ravel()]
+            items.append(c)
+        if items:
+            rc.ContourSequence = Sequence(items)
+        contours.append(rc)
+    ds.StructureSetROISequence, ds.ROIContourSequence = Sequence(structure), Sequence(contours)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_seg(
+    path: Path,
+    series: list[Path],
+    segments: dict[str, Any],
+    *,
+    fractional: bool = False,
+    frame_of_reference_uid: str | None = None,
+) -> Path:
+    """Write a DICOM SEG (highdicom) of the series `series` (files from `write_dicom_series`, in slice order):
+    segment label -> (z, y, x) array on the series' grid (bool, or floats in [0, 1] when `fractional`)."""
+    import highdicom as hd
+    import numpy as np
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    sources = [pydicom.dcmread(p) for p in series]
+    if frame_of_reference_uid is not None:
+        for ds in sources:
+            ds.FrameOfReferenceUID = frame_of_reference_uid
+    pixels = np.stack([np.asarray(v, dtype=np.float32 if fractional else bool) for v in segments.values()], axis=-1)
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=k,
+            segment_label=label,
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Neoplasm,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )
+        for k, label in enumerate(segments, start=1)
+    ]
+    kind = hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=pixels,
+        segmentation_type=kind,
+        segment_descriptions=descriptions,
+        series_instance_uid=f"{sources[0].StudyInstanceUID}.88",
+        series_number=88,
+        sop_instance_uid=f"{sources[0].StudyInstanceUID}.88.1",
+        instance_number=1,
+        manufacturer="metatrack tests",
+        manufacturer_model_name="write_seg",
+        software_versions="0",
+        device_serial_number="0",
+    )
+    seg.save_as(path)
+    return path
+
+
+def truth_edges(truth_patient: dict) -> set[tuple[int, int, int, int]]:
+    """Consecutive sightings of the same true lesion in a simulator truth.json patient: (scan j, label, scan k,
+    label)."""
+    last: dict[str, tuple[int, int]] = {}
+    edges = set()
+    for k, scan in enumerate(truth_patient["scans"]):
+        for label, ids in sorted(scan["labels"].items(), key=lambda kv: int(kv[0])):
+            for true_id in ids:
+                if true_id in last:
+                    edges.add((*last[true_id], k, int(label)))
+        for label, ids in scan["labels"].items():
+            for true_id in ids:
+                last[true_id] = (k, int(label))
+    return edges
+
+
+def predicted_edges(tl: dict) -> set[tuple[int, int, int, int]]:
+    """Consecutive sightings of one track in a timeline (persistent or merged links), as in ``truth_edges``."""
+    last: dict[int, tuple[int, int]] = {}
+    edges = set()
+    for k, scan in enumerate(tl["scans"]):
+        for les in scan["lesions"]:
+            if les["track_id"] in last and les["change"] in ("persistent", "merged"):
+                edges.add((*last[les["track_id"]], k, les["label"]))
+        for les in scan["lesions"]:
+            last[les["track_id"]] = (k, les["label"])
+    return edges
