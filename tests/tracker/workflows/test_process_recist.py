@@ -101,6 +101,27 @@ def test_a_target_outside_the_scan_is_not_evaluable(
     assert scans[2]["recist"]["nadir_mm"] == pytest.approx(scans[0]["recist"]["sum_mm"])
 
 
+def test_a_follow_up_without_lesion_mask_is_not_evaluable(
+    cohort: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Nothing was segmented on the first follow-up: no lesion is gone, none measured (NE, not CR)."""
+    unmasked = tmp_path_factory.mktemp("unmasked")
+    shutil.copytree(cohort, unmasked, dirs_exist_ok=True)
+    manifest = (unmasked / "manifest.csv").read_text().splitlines()
+    header = manifest[0].split(",")
+    row = manifest[2].split(",")
+    (unmasked / row[header.index("mask")]).unlink()
+    row[header.index("mask")] = ""
+    manifest[2] = ",".join(row)
+    (unmasked / "manifest.csv").write_text("\n".join(manifest) + "\n")
+    scans = timeline(_process(unmasked, tmp_path_factory.mktemp("unmasked_processed")), "SIM001")["scans"]
+    rec = scans[1]["recist"]
+    assert scans[1]["lesions"] == []
+    assert (rec["target_response"], rec["non_target_response"], rec["response"]) == ("NE", "NE", "NE")
+    assert rec["target_diameters_mm"] == {} and rec["non_target_volume_mm3"] is None
+    assert scans[2]["recist"]["nadir_mm"] == pytest.approx(scans[0]["recist"]["sum_mm"])
+
+
 def test_registration_quality_comes_back(processed: Processed) -> None:
     with session_scope(processed.engine) as s:
         metrics = {r.moving_scan_id: r.metrics for r in s.scalars(select(Registration))}
