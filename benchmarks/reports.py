@@ -62,11 +62,11 @@ def prepare_patient(work: Path, shape: tuple[int, int, int], spacing: float):
     work.mkdir(parents=True, exist_ok=True)
     engine = make_engine(f"sqlite:///{work / 'patient.db'}")
     store = FileStore(work / "store")
+    migrate.upgrade(engine)  # a patient processed by an earlier metatrack is reused at the current schema
     if (work / "ready").exists():
         return engine, store
     cfg = SimulationConfig(n_patients=1, seed=3, shape=shape, spacing=(spacing,) * 3, min_followups=5, max_followups=5)
     simulate_cohort(cfg, work / "sim")
-    migrate.upgrade(engine)
     ingest_many(engine, store, read_manifest(work / "sim" / "manifest.csv"))
     t = time.perf_counter()
     done = process_scans(engine, store, Settings(preset="fast", threads=2, shell_mm=3.0), work / "tmp")
