@@ -1,6 +1,7 @@
 """Seconds per lesion: metatrack's radiomics engine vs pyradiomics and MIRP on the same lesions.
 
 Run:  .venv/bin/python benchmarks/features.py [--repeats 5] [--batch 100] [--skip-mirp] [--mirp-repeats 3] [--jobs 2]
+      .venv/bin/python benchmarks/features.py --filters [--repeats 3] [--mirp-python PATH]   (the IBSI 2 filter table)
 
 The peers live in their own virtual environments (never in the project venv) and run in subprocesses:
   /work/bench-envs/pyradiomics  (pip install pyradiomics-bhklab SimpleITK)
@@ -94,6 +95,59 @@ for line in sys.stdin:
     print(json.dumps({"seconds": dt, "cpu_seconds": dc, "n_features": int(res[0].shape[1])}), flush=True)
 """
 
+# --filters: one filtered feature set (IBSI 2 phase-2 settings, 3D: cubic resampling to 1 mm, rounding,
+# re-segmentation [-1000, 400] HU, mirror boundary, the 18 intensity statistics of the response map) per request
+MIRP_FILTER_WORKER = r"""
+import json, sys, time, warnings
+warnings.filterwarnings("ignore")
+from importlib.metadata import version
+from mirp import extract_features
+print(json.dumps({"ready": True, "version": version("mirp")}), flush=True)
+for line in sys.stdin:
+    img, msk, kernel = json.loads(line)
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = extract_features(image=img, mask=msk, image_modality="CT", base_feature_families="none",
+                           response_map_feature_families="statistics", new_spacing=1.0, spline_order=3,
+                           resegmentation_intensity_range=[-1000.0, 400.0], export_features=True,
+                           write_features=False, num_cpus=None, **kernel)
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
+    n = sum(1 for c in res[0].columns if "_stat_" in c)
+    print(json.dumps({"seconds": dt, "cpu_seconds": dc, "n_features": n}), flush=True)
+"""
+#: phase-2 filter id (our preset ibsi2_p2_<id>B) -> the same filter in MIRP's settings
+MIRP_FILTERS: dict[str, tuple[str, dict]] = {
+    "2": ("mean 5", {"filter_kernels": "mean", "mean_filter_kernel_size": 5,
+                     "mean_filter_boundary_condition": "reflect"}),
+    "3": ("LoG 1.5 mm", {"filter_kernels": "laplacian_of_gaussian", "laplacian_of_gaussian_sigma": 1.5,
+                         "laplacian_of_gaussian_kernel_truncate": 4.0,
+                         "laplacian_of_gaussian_boundary_condition": "reflect"}),
+    "4": ("Laws L5E5E5 energy", {"filter_kernels": "laws", "laws_kernel": "L5E5E5", "laws_rotation_invariance": True,
+                                 "laws_pooling_method": "max", "laws_compute_energy": True, "laws_delta": 7,
+                                 "laws_boundary_condition": "reflect"}),
+    "5": ("Gabor 5 mm", {"filter_kernels": "gabor", "gabor_sigma": 5.0, "gabor_gamma": 1.5, "gabor_lambda": 2.0,
+                         "gabor_theta": 0.0, "gabor_theta_step": 22.5, "gabor_response": "modulus",
+                         "gabor_rotation_invariance": True, "gabor_pooling_method": "mean",
+                         "gabor_boundary_condition": "reflect"}),
+    "6": ("db3 LLH level 1", {"filter_kernels": "separable_wavelet", "separable_wavelet_families": "db3",
+                              "separable_wavelet_set": "LLH", "separable_wavelet_rotation_invariance": True,
+                              "separable_wavelet_pooling_method": "mean",
+                              "separable_wavelet_decomposition_level": 1,
+                              "separable_wavelet_boundary_condition": "reflect"}),
+    "7": ("db3 HHH level 2", {"filter_kernels": "separable_wavelet", "separable_wavelet_families": "db3",
+                              "separable_wavelet_set": "HHH", "separable_wavelet_rotation_invariance": True,
+                              "separable_wavelet_pooling_method": "mean",
+                              "separable_wavelet_decomposition_level": 2,
+                              "separable_wavelet_boundary_condition": "reflect"}),
+    "8": ("Simoncelli level 1", {"filter_kernels": "nonseparable_wavelet",
+                                 "nonseparable_wavelet_families": "simoncelli",
+                                 "nonseparable_wavelet_decomposition_level": 1,
+                                 "nonseparable_wavelet_boundary_condition": "reflect"}),
+    "9": ("Simoncelli level 2", {"filter_kernels": "nonseparable_wavelet",
+                                 "nonseparable_wavelet_families": "simoncelli",
+                                 "nonseparable_wavelet_decomposition_level": 2,
+                                 "nonseparable_wavelet_boundary_condition": "reflect"}),
+}  # fmt: skip
+
 
 class Peer:
     """A peer engine running in its own venv's python, timing one lesion per request."""
@@ -126,10 +180,10 @@ class Peer:
                 return json.loads(line)
         return None
 
-    def time(self, image: str, mask: str) -> dict | None:
+    def time(self, image: str, mask: str, *extra: object) -> dict | None:
         if self.proc is None:
             return None
-        self.proc.stdin.write(json.dumps([image, mask]) + "\n")
+        self.proc.stdin.write(json.dumps([image, mask, *extra]) + "\n")
         self.proc.stdin.flush()
         out = self._read()
         if out is None:
@@ -201,6 +255,60 @@ def print_ratios(header: str, lesions: dict, peers: list[Peer], ours: dict, thei
         print(line)
 
 
+def filter_table(args: argparse.Namespace) -> None:
+    """Seconds per filtered feature set, ours (one thread) and MIRP's, per filter: on the 15,000-voxel synthetic
+    lesion and, where the IBSI data are present, on the CT phantom's GTV; runs interleaved filter by filter."""
+    from tracker.radiomics import ENGINE_VERSION, extract, load_config
+
+    rng = np.random.default_rng(SEED)
+    make_lesion(LESION_VOXELS["small"], rng)  # the same medium lesion as the main table
+    cases = {"lesion": (*make_lesion(LESION_VOXELS["medium"], rng), SPACING)}
+    data = os.environ.get("METATRACK_IBSI_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data" / "ibsi"))
+    ct = Path(data) / "ibsi_1" / "ct_phantom" / "nifti"
+    tmp = Path(tempfile.mkdtemp(prefix="mt_bench_filters_"))
+    files = {"lesion": write_nifti(tmp, "lesion", *cases["lesion"][:2])}
+    if (ct / "image" / "phantom.nii.gz").is_file():
+        import SimpleITK as sitk
+
+        img = sitk.ReadImage(str(ct / "image" / "phantom.nii.gz"))
+        msk = sitk.GetArrayFromImage(sitk.ReadImage(str(ct / "mask" / "mask.nii.gz"))) > 0
+        spacing = tuple(float(v) for v in reversed(img.GetSpacing()))
+        cases["CT GTV"] = (np.round(sitk.GetArrayFromImage(img).astype(np.float64)), msk, spacing)
+        files["CT GTV"] = (str(ct / "image" / "phantom.nii.gz"), str(ct / "mask" / "mask.nii.gz"))
+    mirp = None if args.skip_mirp else Peer("MIRP", args.mirp_python, MIRP_FILTER_WORKER)
+    print(f"engines: metatrack {ENGINE_VERSION}" + (f", MIRP {mirp.version}" if mirp else ", MIRP skipped"))
+    print("ROI voxels (native grid): " + ", ".join(f"{k} {int(m.sum())}" for k, (_, m, _) in cases.items()))
+    print(
+        f"{'case':7s} {'filter':20s} {'ours s':>8s} {'ours cpu':>9s} {'MIRP s':>8s} {'MIRP cpu':>9s} {'MIRP/ours':>10s}"
+    )
+    for name, (image, mask, spacing) in cases.items():
+        for fid, (label, kernel) in MIRP_FILTERS.items():
+            cfg = load_config(f"ibsi2_p2_{fid}B")
+            extract(image, mask, spacing, cfg, threads=1)  # untimed run first, as in the main table
+            walls, cpus, theirs, theirs_cpu = [], [], [], []
+            for rep in range(args.repeats):
+                t0, c0 = time.perf_counter(), time.process_time()
+                extract(image, mask, spacing, cfg, threads=1)
+                walls.append(time.perf_counter() - t0)
+                cpus.append(time.process_time() - c0)
+                if mirp is not None and rep < args.mirp_repeats:
+                    out = mirp.time(*files[name], kernel)
+                    if out:
+                        theirs.append(out["seconds"])
+                        theirs_cpu.append(out["cpu_seconds"])
+            ours, ours_cpu = float(np.median(walls)), float(np.median(cpus))
+            line = f"{name:7s} {label:20s} {ours:8.3f} {ours_cpu:9.3f}"
+            if theirs:
+                t, c = float(np.median(theirs)), float(np.median(theirs_cpu))
+                line += f" {t:8.3f} {c:9.3f} {t / ours:9.1f}x (cpu {c / ours_cpu:.1f}x)"
+            print(line, flush=True)
+    if mirp is not None:
+        if mirp.reason:
+            print(f"MIRP: {mirp.reason}")
+        mirp.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     from tracker.radiomics import ENGINE_VERSION, extract, load_config
     from tracker.radiomics.extractor import default_threads
@@ -215,7 +323,11 @@ def main() -> None:
     )
     ap.add_argument("--pyradiomics-python", type=Path, default=DEFAULT_ENVS / "pyradiomics" / "bin" / "python")
     ap.add_argument("--mirp-python", type=Path, default=DEFAULT_ENVS / "mirp" / "bin" / "python")
+    ap.add_argument("--filters", action="store_true", help="only the IBSI 2 filter table (ours vs MIRP)")
     args = ap.parse_args()
+    if args.filters:
+        filter_table(args)
+        return
 
     rng = np.random.default_rng(SEED)
     lesions = {name: make_lesion(n, rng) for name, n in LESION_VOXELS.items()}

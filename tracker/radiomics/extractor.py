@@ -229,7 +229,8 @@ def _compute(
         spec = cfg.get("filter")
         filtered_futures = []
         if spec is not None:
-            filtered_futures = _submit_families(pool, filtered(prep, spec), set(spec["families"]), cfg)
+            response = filtered(prep, spec, spec["families"])
+            filtered_futures = _submit_families(pool, response, set(spec["families"]), cfg)
         for future in futures:
             found.update(future.result())
         for future in filtered_futures:

@@ -157,18 +157,26 @@ def prepare(
     return Prepared(grid_img, grid_mask, int_mask, out_spacing)
 
 
-def filtered(prep: Prepared, spec: dict[str, Any]) -> Prepared:
-    """``prep`` with its image replaced by the response map of the ``filter:`` section ``spec`` (IBSI 2 phase 2:
-    the filter runs on the interpolated, rounded image; the masks, re-segmented on the unfiltered intensities,
-    are kept).
+def filtered(prep: Prepared, spec: dict[str, Any], families: list[str] | None = None) -> Prepared:
+    """``prep`` cut to its ROI's box, its image replaced by the response map of the ``filter:`` section ``spec``
+    (IBSI 2 phase 2: the filter runs on the interpolated, rounded image; the masks, re-segmented on the
+    unfiltered intensities, are kept). With ``loc`` among the ``families`` the box keeps the local peak's margin.
 
     ``prepare`` kept the filter's reach of real neighbours around the ROI, so the response in the ROI is that of
     the whole image (see ``filters.response_in_box``), except near the image's edges with a periodic boundary
     (the crop wraps, not the image) or a wavelet of level >= 2.
     """
-    from tracker.radiomics.filters import apply_filter
+    from tracker.radiomics.filters import apply_filter, response_in_box
 
-    return Prepared(apply_filter(prep.image, prep.spacing, spec), prep.morph_mask, prep.int_mask, prep.spacing)
+    if not prep.morph_mask.any():
+        return Prepared(apply_filter(prep.image, prep.spacing, spec), prep.morph_mask, prep.int_mask, prep.spacing)
+    first, last = bounding_box(prep.morph_mask)
+    keep = [math.ceil(PEAK_RADIUS_MM / s) + 1 if families and "loc" in families else 1 for s in prep.spacing]
+    lo = tuple(max(0, int(a) - k) for a, k in zip(first, keep, strict=True))
+    hi = tuple(min(n, int(b) + 1 + k) for b, k, n in zip(last, keep, prep.image.shape, strict=True))
+    sl = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    response = response_in_box(prep.image, prep.spacing, spec, lo, hi)
+    return Prepared(response, prep.morph_mask[sl], prep.int_mask[sl], prep.spacing)
 
 
 def resegment(image: np.ndarray, mask: np.ndarray, reseg: dict[str, Any]) -> np.ndarray:

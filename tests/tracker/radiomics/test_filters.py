@@ -83,8 +83,8 @@ def test_gabor_half_turn_equals_full_turn() -> None:
 
     image = np.random.default_rng(2).normal(size=(3, 12, 12))
     spec = _spec(kind="gabor", sigma_mm=2.0, wavelength_mm=3.0, gamma=0.8, boundary="mirror")
-    half = _gabor_planes(image, (1.0, 1.0), spec, [k * math.pi / 4 for k in range(4)])
-    full = _gabor_planes(image, (1.0, 1.0), spec, [k * math.pi / 4 for k in range(8)])
+    half, _ = _gabor_planes(image, (1.0, 1.0), spec, [k * math.pi / 4 for k in range(4)], (0, 0))
+    full, _ = _gabor_planes(image, (1.0, 1.0), spec, [k * math.pi / 4 for k in range(8)], (0, 0))
     np.testing.assert_allclose(half, full, rtol=1e-10)
 
 
@@ -141,3 +141,39 @@ def test_a_tagged_filter_adds_its_features_to_the_unfiltered_ones() -> None:
     assert fs.values["mean3_stat_min"] == pytest.approx(2.0)  # x = 3: a third of its 3-wide window is 6
     assert fs.values["mean3_stat_max"] == pytest.approx(4.0)  # x = 4: two thirds
     assert fs.meta["mean3_stat_mean"][0].endswith("(mean 3 3D)")
+
+
+@pytest.mark.parametrize("kernel", ["E5L5S5", "E3W5R5", "L5E5E5"])
+@pytest.mark.parametrize("pooling", ["max", "average"])
+def test_laws_rotation_pooling_equals_pooling_over_rotated_images(kernel: str, pooling: str) -> None:
+    from scipy import ndimage
+
+    from tracker.radiomics.filters.rotations import pooled
+    from tracker.radiomics.filters.spatial import _rotated_kernel_sets, laws_kernels
+
+    image = np.random.default_rng(4).normal(size=(9, 10, 11))
+    spec = _spec(kind="laws", kernel=kernel, rotation_invariant=True, pooling=pooling, boundary="mirror")
+    kernels = laws_kernels(kernel, 3)
+
+    def plain(a: np.ndarray) -> np.ndarray:
+        for ax, k in zip((2, 1, 0), kernels, strict=True):
+            a = ndimage.convolve1d(a, k, axis=ax, mode="reflect")
+        return a
+
+    truth = pooled(image, plain, ROTATIONS_3D, pooling)
+    np.testing.assert_allclose(apply_filter(image, (1.0, 1.0, 1.0), spec), truth, atol=1e-12)
+    assert len(_rotated_kernel_sets(dict(zip((2, 1, 0), kernels, strict=True)), ROTATIONS_3D)) <= 6
+
+
+@pytest.mark.parametrize(("wavelet", "subband", "level"), [("db2", "LHL", 2), ("coif1", "HHL", 1), ("haar", "HHH", 3)])
+@pytest.mark.parametrize("pooling", ["max", "average"])
+def test_wavelet_rotation_pooling_equals_pooling_over_rotated_images(
+    wavelet: str, subband: str, level: int, pooling: str
+) -> None:
+    from tracker.radiomics.filters.rotations import pooled
+
+    image = np.random.default_rng(5).normal(size=(9, 10, 11))
+    fixed = _spec(kind="wavelet", wavelet=wavelet, subband=subband, level=level, boundary="mirror")
+    spec = {**fixed, "rotation_invariant": True, "pooling": pooling}
+    truth = pooled(image, lambda a: apply_filter(a, (1.0, 1.0, 1.0), fixed), ROTATIONS_3D, pooling)
+    np.testing.assert_allclose(apply_filter(image, (1.0, 1.0, 1.0), spec), truth, atol=1e-12)

@@ -28,6 +28,26 @@ def unrotate(a: np.ndarray, rotation: Rotation) -> np.ndarray:
     return a
 
 
+def axis_maps(rotations: list[Rotation]) -> list[dict[int, tuple[int, bool]]]:
+    """Each rotation as an axis map: array axis -> (the axis it takes its kernel from, whether reversed).
+
+    Filtering with a separable kernel so rearranged is filtering the rotated image with the original kernel and
+    rotating back; pooling over the whole group does not depend on which of the two directions is meant.
+    """
+    probe = np.indices((2, 2, 2))
+    out = []
+    for rotation in rotations:
+        turned = [rotate(p, rotation) for p in probe]
+        mapping = {}
+        for ax in range(3):
+            step = [0, 0, 0]
+            step[ax] = 1
+            src = next(d for d in range(3) if turned[d][tuple(step)] != turned[d][0, 0, 0])
+            mapping[ax] = (src, bool(turned[src][tuple(step)] < turned[src][0, 0, 0]))
+        out.append(mapping)
+    return out
+
+
 def pooled(
     image: np.ndarray, response: Callable[[np.ndarray], np.ndarray], rotations: list[Rotation], pooling: str
 ) -> np.ndarray:

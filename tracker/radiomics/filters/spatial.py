@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from tracker.radiomics.filters.boundary import SCIPY_MODE, pad
-from tracker.radiomics.filters.rotations import ROTATIONS_2D, ROTATIONS_3D, pooled
+from tracker.radiomics.filters.rotations import ROTATIONS_2D, ROTATIONS_3D, Rotation, axis_maps
 
 # Laws 1D kernels, normalised to unit length as in the IBSI 2 manual
 LAWS_KERNELS: dict[str, np.ndarray] = {
@@ -71,26 +71,57 @@ def laws_kernels(name: str, n_axes: int) -> list[np.ndarray]:
     return [LAWS_KERNELS[p] for p in parts]
 
 
+def _rotated_kernel_sets(kernels: dict[int, np.ndarray], rotations: list[Rotation]) -> list[tuple[dict, list[int]]]:
+    """The distinct separable kernels that the right-angle ``rotations`` of an odd-length separable kernel
+    (``kernels``: array axis -> 1D kernel) give, each with the signs it appears with.
+
+    A rotation permutes the axes and reverses some; a reversed symmetric kernel is itself, a reversed
+    antisymmetric one its negative. Pooling over these is pooling over the rotated images, at a fraction of
+    the cost (E5L5S5: 6 kernels instead of 24 rotations).
+    """
+    groups: dict[tuple, tuple[dict, list[int]]] = {}
+    for mapping in axis_maps(rotations):
+        placed: dict[int, np.ndarray] = {}
+        sign = 1
+        for ax in kernels:
+            src, reverse = mapping[ax]
+            k = kernels[src][::-1] if reverse else kernels[src]
+            if reverse and np.array_equal(k, -kernels[src]):
+                k, sign = kernels[src], -sign
+            placed[ax] = k
+        key = tuple((ax, placed[ax].tobytes()) for ax in sorted(placed))
+        groups.setdefault(key, (placed, []))[1].append(sign)
+    return list(groups.values())
+
+
 def laws_filter(image: np.ndarray, spacing: tuple[float, ...], spec: dict[str, Any]) -> np.ndarray:
     """Laws kernel response, optionally pooled over right-angle rotations, optionally as an energy map."""
     from scipy import ndimage
 
     axes = filter_axes(spec)
     mode = SCIPY_MODE[spec["boundary"]]
-    kernels = laws_kernels(spec["kernel"], len(axes))
     # kernel i runs along x, y, z: array axes 2, 1, 0
-    along = sorted(axes, reverse=True)
+    kernels = dict(zip(sorted(axes, reverse=True), laws_kernels(spec["kernel"], len(axes)), strict=True))
 
-    def response(a: np.ndarray) -> np.ndarray:
-        for ax, k in zip(along, kernels, strict=True):
+    def response(a: np.ndarray, placed: dict[int, np.ndarray]) -> np.ndarray:
+        for ax, k in placed.items():
             a = ndimage.convolve1d(a, k, axis=ax, mode=mode)
         return a
 
     if spec["rotation_invariant"]:
         rotations = ROTATIONS_2D if spec["mode"] == "2D" else ROTATIONS_3D
-        out = pooled(image, response, rotations, spec["pooling"])
+        out: np.ndarray | None = None
+        for placed, signs in _rotated_kernel_sets(kernels, rotations):
+            r = response(image, placed)
+            if spec["pooling"] == "max":
+                r = np.abs(r) if min(signs) < 0 < max(signs) else r * signs[0]
+                out = r if out is None else np.maximum(out, r)
+            else:
+                r *= sum(signs) / len(rotations)
+                out = r if out is None else out + r
+        assert out is not None
     else:
-        out = response(image)
+        out = response(image, kernels)
     if spec.get("energy_distance") is not None:
         size = [1, 1, 1]
         for ax in axes:
@@ -116,30 +147,39 @@ def gabor_kernel(
 
 
 def _gabor_planes(
-    image: np.ndarray, spacing: tuple[float, float], spec: dict[str, Any], thetas: list[float]
-) -> np.ndarray:
+    image: np.ndarray, spacing: tuple[float, float], spec: dict[str, Any], thetas: list[float], margin: tuple[int, int]
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Mean modulus over ``thetas`` of the Gabor response in every (axis 1, axis 2) plane of ``image``.
 
-    The kernel's extent does not depend on theta, so the padded image is transformed once for all orientations.
+    ``margin`` voxels at each in-plane edge are context only: the response is returned from the first voxel the
+    kernel can reach without more padding (its position in ``image`` is the second value returned). The kernel's
+    extent does not depend on theta, so the padded image is transformed once for all orientations.
     """
     from scipy import fft
 
     kernels = [gabor_kernel(spec["sigma_mm"], spec["wavelength_mm"], spec["gamma"], t, spacing) for t in thetas]
     ky, kx = kernels[0].shape
-    padded = pad(image, (0, ky // 2, kx // 2), spec["boundary"])
-    shape = (fft.next_fast_len(padded.shape[1] + ky - 1), fft.next_fast_len(padded.shape[2] + kx - 1))
+    py, px = max(0, ky // 2 - margin[0]), max(0, kx // 2 - margin[1])
+    padded = pad(image, (0, py, px), spec["boundary"])
+    ny, nx = padded.shape[1] - ky + 1, padded.shape[2] - kx + 1  # the "valid" part of the convolution
+    shape = (fft.next_fast_len(padded.shape[1]), fft.next_fast_len(padded.shape[2]))
     spectrum = fft.fft2(padded, s=shape, axes=(1, 2))
-    out = np.zeros(image.shape, dtype=np.float64)
+    out = np.zeros((image.shape[0], ny, nx), dtype=np.float64)
     for kernel in kernels:
+        # a circular convolution of the transform's size is exact on the valid part
         full = fft.ifft2(spectrum * fft.fft2(kernel, s=shape)[None], axes=(1, 2))
-        # "valid" part of the full convolution: the response at each voxel of ``image``
-        out += np.abs(full[:, ky - 1 : ky - 1 + image.shape[1], kx - 1 : kx - 1 + image.shape[2]])
-    return out / len(thetas)
+        out += np.abs(full[:, ky - 1 : ky - 1 + ny, kx - 1 : kx - 1 + nx])
+    return out / len(thetas), (ky // 2 - py, kx // 2 - px)
 
 
-def gabor_filter(image: np.ndarray, spacing: tuple[float, ...], spec: dict[str, Any]) -> np.ndarray:
+def gabor_filter(
+    image: np.ndarray, spacing: tuple[float, ...], spec: dict[str, Any], margin: tuple[int, int, int] = (0, 0, 0)
+) -> np.ndarray:
     """Modulus of the Gabor response in the axial plane; rotation invariant: averaged over ``theta_step_deg``
-    orientations and, with ``orthogonal_planes``, over the axial, coronal and sagittal planes."""
+    orientations and, with ``orthogonal_planes``, over the axial, coronal and sagittal planes.
+
+    Voxels within ``margin`` of the volume's edges are context only (their response is not computed).
+    """
     if spec["rotation_invariant"]:
         step = math.radians(spec["theta_step_deg"])
         # the modulus at theta + pi equals that at theta (the kernel is conjugated), so half a turn suffices
@@ -150,8 +190,13 @@ def gabor_filter(image: np.ndarray, spacing: tuple[float, ...], spec: dict[str, 
     if spec["mode"] == "3D" and spec["orthogonal_planes"]:
         planes += [(1, 0, 2), (2, 0, 1)]
     out = np.zeros(image.shape, dtype=np.float64)
-    for order in planes:
-        moved = np.transpose(image, order)
-        sp = (float(spacing[order[1]]), float(spacing[order[2]]))
-        out += np.transpose(_gabor_planes(np.ascontiguousarray(moved), sp, spec, thetas), np.argsort(order))
+    for normal, a, b in planes:
+        # only the slices inside the margin along the plane's normal are needed
+        moved = np.transpose(image, (normal, a, b))[margin[normal] : image.shape[normal] - margin[normal]]
+        sp = (float(spacing[a]), float(spacing[b]))
+        plane, (oa, ob) = _gabor_planes(np.ascontiguousarray(moved), sp, spec, thetas, (margin[a], margin[b]))
+        view = np.transpose(out, (normal, a, b))
+        view[
+            margin[normal] : image.shape[normal] - margin[normal], oa : oa + plane.shape[1], ob : ob + plane.shape[2]
+        ] += plane
     return out / len(planes)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from tracker.radiomics.filters.boundary import SCIPY_MODE, pad
-from tracker.radiomics.filters.rotations import ROTATIONS_2D, ROTATIONS_3D, pooled
+from tracker.radiomics.filters.rotations import ROTATIONS_2D, ROTATIONS_3D, axis_maps
 from tracker.radiomics.filters.spatial import filter_axes
 
 # decomposition low-pass filters (PyWavelets 1.9 ``dec_lo``); the high-pass is the quadrature mirror (``_high_pass``)
@@ -44,20 +44,24 @@ def _high_pass(low: np.ndarray) -> np.ndarray:
     return np.array([(-1) ** (k + 1) * low[n - 1 - k] for k in range(n)])
 
 
-def _convolve(a: np.ndarray, kernel: np.ndarray, factor: int, axis: int, mode: str) -> np.ndarray:
+def _convolve(a: np.ndarray, kernel: np.ndarray, factor: int, axis: int, mode: str, reverse: bool) -> np.ndarray:
     """``a`` convolved along ``axis`` with ``kernel`` dilated by ``factor`` (``factor - 1`` zeros between taps, a
-    trous), centred on tap ``n // 2`` of the ``n`` taps at every level, as the IBSI 2 consensus maps are."""
+    trous), centred on tap ``n // 2`` of the ``n`` taps at every level, as the IBSI 2 consensus maps are;
+    ``reverse``: the kernel mirrored about that centre (what filtering the axis-reversed image amounts to)."""
     from scipy import ndimage
 
     dilated = np.zeros((kernel.size - 1) * factor + 1)
     dilated[::factor] = kernel
-    origin = (kernel.size // 2) * factor - dilated.size // 2
-    return ndimage.convolve1d(a, dilated, axis=axis, mode=mode, origin=origin)
+    centre = (kernel.size // 2) * factor
+    if reverse:
+        dilated, centre = dilated[::-1], dilated.size - 1 - centre
+    return ndimage.convolve1d(a, dilated, axis=axis, mode=mode, origin=centre - dilated.size // 2)
 
 
 def separable_wavelet(image: np.ndarray, spacing: tuple[float, ...], spec: dict[str, Any]) -> np.ndarray:
     """Undecimated wavelet response of sub-band ``subband`` (letters for x, y[, z]) at ``level``; the levels
-    before it apply the low-pass filter on every axis."""
+    before it apply the low-pass filter on every axis. Rotation invariance pools over the right-angle rotations
+    as kernel rearrangements (axes permuted and mirrored), each distinct one filtered once."""
     axes = filter_axes(spec)
     mode = SCIPY_MODE[spec["boundary"]]
     low = WAVELET_LOW_PASS[spec["wavelet"]]
@@ -65,20 +69,39 @@ def separable_wavelet(image: np.ndarray, spacing: tuple[float, ...], spec: dict[
     bands = spec["subband"]
     if len(bands) != len(axes):
         raise ValueError(f"wavelet sub-band '{bands}': expected {len(axes)} letters of L and H")
-    along = sorted(axes, reverse=True)  # letters for x, y, z: array axes 2, 1, 0
+    band_of = dict(zip(sorted(axes, reverse=True), bands, strict=True))  # letters for x, y, z: axes 2, 1, 0
     level = int(spec["level"])
 
-    def response(a: np.ndarray) -> np.ndarray:
+    def response(mapping: dict[int, tuple[int, bool]]) -> np.ndarray:
+        a = image
         for j in range(1, level):
-            for ax in along:
-                a = _convolve(a, low, 2 ** (j - 1), ax, mode)
-        for ax, band in zip(along, bands, strict=True):
-            a = _convolve(a, low if band == "L" else high, 2 ** (level - 1), ax, mode)
+            for ax in axes:
+                a = _convolve(a, low, 2 ** (j - 1), ax, mode, mapping[ax][1])
+        for ax in axes:
+            src, reverse = mapping[ax]
+            a = _convolve(a, low if band_of[src] == "L" else high, 2 ** (level - 1), ax, mode, reverse)
         return a
 
-    if spec["rotation_invariant"]:
-        return pooled(image, response, ROTATIONS_2D if spec["mode"] == "2D" else ROTATIONS_3D, spec["pooling"])
-    return response(image)
+    if not spec["rotation_invariant"]:
+        return response({ax: (ax, False) for ax in axes})
+    maps = axis_maps(ROTATIONS_2D if spec["mode"] == "2D" else ROTATIONS_3D)
+    counts: dict[tuple, int] = {}
+    distinct: dict[tuple, dict[int, tuple[int, bool]]] = {}
+    for mapping in maps:
+        # what a rearrangement filters with: each axis's band and direction
+        key = tuple((ax, band_of[mapping[ax][0]], mapping[ax][1]) for ax in axes)
+        counts[key] = counts.get(key, 0) + 1
+        distinct.setdefault(key, mapping)
+    out: np.ndarray | None = None
+    for key, mapping in distinct.items():
+        r = response(mapping)
+        if spec["pooling"] == "max":
+            out = r if out is None else np.maximum(out, r)
+        else:
+            r = r * (counts[key] / len(maps))
+            out = r if out is None else out + r
+    assert out is not None
+    return out
 
 
 def _frequencies(shape: tuple[int, ...], axes: tuple[int, ...]) -> list[np.ndarray]:
