@@ -87,14 +87,16 @@ _RSS_RUNNER = (
 
 
 def cli(url: str, home: Path, *args: str) -> tuple[float, float]:
-    """Run the CLI in a subprocess: (wall s, its peak RSS in MiB)."""
+    """Run the CLI in a subprocess: (wall s, its peak RSS in MiB); NaNs when it fails (said on stderr), so that
+    one failed command does not lose the run's other figures."""
     env = dict(os.environ, METATRACK_HOME=str(home))
     argv = [sys.executable, "-c", _RSS_RUNNER, METATRACK, "--db", url, "--quiet", *args]
     t0 = time.perf_counter()
     proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode:
-        raise SystemExit(f"metatrack {' '.join(args)} failed: {proc.stderr.strip()}")
+        print(f"FAILED: metatrack {' '.join(args)}: {proc.stderr.strip()}", file=sys.stderr)
+        return float("nan"), float("nan")
     return wall, int(proc.stderr.split()[-1]) / 1024
 
 
