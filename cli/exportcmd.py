@@ -8,13 +8,14 @@ from typing import Annotated
 import typer
 
 from cli import output
+from cli.choices import FileFormat
 from cli.context import AppState
 
 export_app = typer.Typer(
     help="Export results: lesion tables, survival tables, masks, DICOM SEG + SR.", no_args_is_help=True
 )
 
-FormatOpt = Annotated[str, typer.Option("--format", "-f", help="csv or parquet.")]
+FormatOpt = Annotated[FileFormat, typer.Option("--format", "-f")]
 OutFileOpt = Annotated[Path, typer.Option("--output", "-o", help="File to write (a manifest JSON goes beside it).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
@@ -34,7 +35,7 @@ def _report(result: dict, as_json: bool, line: str) -> None:
 def lesions(
     ctx: typer.Context,
     out: OutFileOpt,
-    fmt: FormatOpt = "csv",
+    fmt: FormatOpt = FileFormat.CSV,
     patient: Annotated[str | None, typer.Option("--patient", "-p", help="Only this patient.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -42,7 +43,7 @@ def lesions(
     harmonised features, feature config and engine version. Streamed: memory stays flat for any cohort."""
     from tracker.workflows.exports import export_lesions
 
-    res = export_lesions(_state(ctx).engine(), out, fmt, patient)
+    res = export_lesions(_state(ctx).engine(), out, fmt.value, patient)
     _report(res, as_json, f"wrote {res['rows']} rows ({res['features']} features) to {res['file']}")
 
 
@@ -51,13 +52,13 @@ def survival(
     ctx: typer.Context,
     endpoint: Annotated[str, typer.Option("--endpoint", "-e", help="metastasis, progression or death.")],
     out: OutFileOpt,
-    fmt: FormatOpt = "csv",
+    fmt: FormatOpt = FileFormat.CSV,
     as_json: JsonOpt = False,
 ) -> None:
     """One row per patient: time_days, event, baseline and latest patient features (for R survival, lifelines)."""
     from tracker.workflows.exports import export_survival
 
-    res = export_survival(_state(ctx).engine(), endpoint, out, fmt)
+    res = export_survival(_state(ctx).engine(), endpoint, out, fmt.value)
     _report(res, as_json, f"wrote {res['patients']} patients ({res['events']} events) to {res['file']}")
 
 

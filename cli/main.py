@@ -15,6 +15,7 @@ from typer import _click as click
 from typer.core import TyperGroup
 
 from cli import output
+from cli.choices import Modality, Preset, RecordFormat, Role, TableFormat
 from cli.context import AppState
 from cli.exportcmd import export_app
 from cli.filtercmd import filter_image
@@ -160,12 +161,12 @@ def ingest(
     ] = None,
     recursive: Annotated[bool, typer.Option(help="Search the DICOM folder's subfolders too.")] = False,
     organs: Annotated[Path | None, typer.Option(help="Organ label map on the image's grid (optional).")] = None,
-    modality: Annotated[str | None, typer.Option(help="CT or MR (default: the DICOM Modality, else CT).")] = None,
+    modality: Annotated[
+        Modality | None, typer.Option(case_sensitive=False, help="Default: the DICOM Modality, else CT.")
+    ] = None,
     scanner: Annotated[str | None, typer.Option(help="Scanner name (site/vendor/model).")] = None,
     site: Annotated[str | None, typer.Option(help="Site name.")] = None,
-    role: Annotated[
-        str | None, typer.Option(help="baseline or follow-up (default: baseline for a new patient).")
-    ] = None,
+    role: Annotated[Role | None, typer.Option(help="Default: baseline for a new patient.")] = None,
     series: Annotated[str | None, typer.Option(help="DICOM SeriesInstanceUID when a folder holds several.")] = None,
     manifest: Annotated[
         Path | None,
@@ -185,18 +186,16 @@ def ingest(
     else:
         if image is None or patient is None:
             raise typer.BadParameter("IMAGE and --patient are required, and --date unless DICOM (or use --manifest)")
-        if role is not None and role not in {r.value for r in ScanRole}:
-            raise typer.BadParameter(f"--role must be baseline or follow-up, not {role!r}")
         requests = [
             ScanRequest(
                 external_id=patient,
                 scan_date=_parse_day(scan_date) if scan_date is not None else None,
                 image=image,
                 mask=mask,
-                modality=modality.upper() if modality else None,
+                modality=modality.value if modality else None,
                 scanner=scanner,
                 site=site,
-                role=ScanRole(role) if role else None,
+                role=ScanRole(role.value) if role else None,
                 series_uid=series,
                 organs=organs,
                 rois=tuple(roi or ()),
@@ -280,7 +279,7 @@ def _sim_grid(spacing: float) -> dict:
 def process(
     ctx: typer.Context,
     patient: Annotated[str | None, typer.Option("--patient", "-p", help="Only this patient.")] = None,
-    preset: Annotated[str, typer.Option(help="Registration preset: accurate, fast, demons, syn, affine.")] = "accurate",
+    preset: Annotated[Preset, typer.Option(help="Registration preset.")] = Preset.ACCURATE,
     threads: Annotated[int, typer.Option(min=1, help="Threads for registration (ITK/ANTs).")] = 2,
     seed: Annotated[int, typer.Option(help="Registration seed.")] = 0,
     features: Annotated[str, typer.Option(help="Radiomics preset or YAML config for lesion features.")] = "ct_default",
@@ -317,7 +316,12 @@ def process(
         n = reset_patient(state.engine(), patient, day)
         output.log(f"{n} scans of {patient} from {day} will be processed again")
     settings = Settings(
-        preset=preset, threads=threads, seed=seed, feature_config=features, shell_mm=shell_mm, features=not no_features
+        preset=preset.value,
+        threads=threads,
+        seed=seed,
+        feature_config=features,
+        shell_mm=shell_mm,
+        features=not no_features,
     )
     from cli.processcmd import run_process
 
@@ -377,7 +381,7 @@ def features(
         Path | None,
         typer.Option(help="CSV of image,mask[,label][,body_mask] rows (paths relative to the CSV): a row each."),
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="csv or json.")] = "csv",
+    fmt: Annotated[RecordFormat, typer.Option("--format")] = RecordFormat.CSV,
     out: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
     body_mask: Annotated[
         str | None,
@@ -392,7 +396,8 @@ def features(
     from cli.featurescmd import run_features
 
     choice = {"rois": tuple(roi or ()), "segments": tuple(segment or ())}
-    run_features(image, mask, config, label, batch, fmt, out, body_mask, jobs, progress=_state(ctx).progress, **choice)
+    progress = _state(ctx).progress
+    run_features(image, mask, config, label, batch, fmt.value, out, body_mask, jobs, progress=progress, **choice)
 
 
 @harmonise_app.command("fit")
@@ -472,7 +477,7 @@ def timeline(
 def cohort(
     ctx: typer.Context,
     as_json: JsonOpt = False,
-    fmt: Annotated[str, typer.Option("--format", help="table, csv or parquet.")] = "table",
+    fmt: Annotated[TableFormat, typer.Option("--format")] = TableFormat.TABLE,
     out: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file (parquet needs it).")] = None,
 ) -> None:
     """The cohort table: one row per scan of every patient."""
@@ -481,7 +486,7 @@ def cohort(
 
     rows = views.cohort(_state(ctx).engine())
 
-    write_cohort(rows, "json" if as_json else fmt, out)
+    write_cohort(rows, "json" if as_json else fmt.value, out)
 
 
 @app.command()
