@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -503,11 +503,19 @@ def scan_frame(session: Session, store: FileStore, external_id: str, day: date) 
     raise MetatrackError(f"patient {external_id!r} has no scan dated {day} (scans: {dates})")
 
 
-def recist_history(
-    session: Session, external_id: str
-) -> tuple[Patient, list[Scan], list[Lesion], dict[int, list], dict[int, int]]:
-    """A patient's processed scans, baseline lesions, per scan the (track number, lesion, change, number of the
-    lesion's track) links, and the parent of each track split from another (track number -> parent number)."""
+class RecistHistory(NamedTuple):
+    """What re-assessing a patient's RECIST needs (`recist_history`)."""
+
+    patient: Patient
+    scans: list[Scan]  # processed, in date order
+    baseline: list[Lesion]
+    links: dict[int, list]  # scan id -> (track number, lesion, change, number of the lesion's track)
+    parents: dict[int, int]  # track split from another -> that track (numbers)
+    unmasked: set[int]  # scans without a lesion mask: nothing on them was measured
+
+
+def recist_history(session: Session, external_id: str) -> RecistHistory:
+    """A patient's processed scans, baseline lesions, links and split parents, for re-assessing its RECIST."""
     patient = repo.get_patient(session, external_id)
     if patient is None:
         raise MetatrackError(f"unknown patient {external_id!r}")
@@ -526,7 +534,8 @@ def recist_history(
         owner = numbers.get(les.track_id) if les is not None and les.track_id is not None else None
         links[ln.scan_id].append((numbers[ln.track_id], les, ln.change.value, owner))
     baseline = [les for les in lesions.values() if les.scan_id == scans[0].id]
-    return patient, scans, baseline, links, parents
+    unmasked = {s.id for s in scans if repo.latest_mask(session, s) is None}
+    return RecistHistory(patient, scans, baseline, links, parents, unmasked)
 
 
 def write_recist(

@@ -46,10 +46,10 @@ def _roles(selection: TargetSelection, numbers: list[int], parents: dict[int, in
 
 
 def _visit(
-    selection: TargetSelection, links: list[tuple], parents: dict[int, int], merged: dict[int, list[int]]
+    selection: TargetSelection, links: list[tuple], parents: dict[int, int], merged: dict[int, list[int]], masked: bool
 ) -> VisitMeasurements:
     """One follow-up from its (track number, lesion, change, lesion's track number) links; `merged` collects
-    which track each one merged into, scan after scan."""
+    which track each one merged into, scan after scan. Without a lesion mask nothing was measured (NE)."""
     lesions: dict[int, Measurement] = {}
     labels: dict[int, list[int]] = {}
     for number, les, change, owner in links:
@@ -64,15 +64,17 @@ def _visit(
         successors.setdefault(parent, []).append(child)
     followed = [*selection.target_ids, *(les.track_id for les in selection.non_targets)]
     new = any(change == "new" for _, _, change, _ in links)
-    return VisitMeasurements(lesions, lineage_labels(followed, labels, successors), new)
+    tracks = lineage_labels(followed, labels, successors) if masked else {}
+    return VisitMeasurements(lesions, tracks, new)
 
 
 def set_targets(engine: Engine, external_id: str, track_numbers: list[int]) -> list[dict[str, Any]]:
     """Make these tracks the patient's targets (RECIST limits checked) and re-assess; one transaction."""
     with session_scope(engine) as s:
-        patient, scans, baseline, links, parents = recist_history(s, external_id)
+        history = recist_history(s, external_id)
+        scans, links, parents = history.scans, history.links, history.parents
         by_lesion = {les.id: n for n, les, _, _ in links[scans[0].id] if les is not None}
-        lesions = [_recist_lesion(by_lesion[les.id], les) for les in baseline if les.id in by_lesion]
+        lesions = [_recist_lesion(by_lesion[les.id], les) for les in history.baseline if les.id in by_lesion]
         selection = select_targets(lesions, override=track_numbers)
         rule = _rule(scans[-1])
         base = selection.baseline_sum_mm
@@ -80,11 +82,12 @@ def set_targets(engine: Engine, external_id: str, track_numbers: list[int]) -> l
         nadir, nt_nadir = base, None
         merged: dict[int, list[int]] = {}
         for scan in scans[1:]:
-            a = assess(selection, _visit(selection, links[scan.id], parents, merged), nadir, nt_nadir, rule)
+            visit = _visit(selection, links[scan.id], parents, merged, scan.id not in history.unmasked)
+            a = assess(selection, visit, nadir, nt_nadir, rule)
             nadir, nt_nadir = next_nadirs(a, nadir, nt_nadir)
             sums.append(recist_row(a, None, base))
         numbers = sorted({n for scan_links in links.values() for n, *_ in scan_links})
-        write_recist(s, patient, scans, _roles(selection, numbers, parents), sums)
+        write_recist(s, history.patient, scans, _roles(selection, numbers, parents), sums)
     return [{"date": sc.scan_date.isoformat(), **v} for sc, v in zip(scans, sums, strict=True)]
 
 

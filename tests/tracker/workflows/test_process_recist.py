@@ -114,12 +114,15 @@ def test_a_follow_up_without_lesion_mask_is_not_evaluable(
     row[header.index("mask")] = ""
     manifest[2] = ",".join(row)
     (unmasked / "manifest.csv").write_text("\n".join(manifest) + "\n")
-    scans = timeline(_process(unmasked, tmp_path_factory.mktemp("unmasked_processed")), "SIM001")["scans"]
+    engine = _process(unmasked, tmp_path_factory.mktemp("unmasked_processed"))
+    scans = timeline(engine, "SIM001")["scans"]
     rec = scans[1]["recist"]
     assert scans[1]["lesions"] == []
     assert (rec["target_response"], rec["non_target_response"], rec["response"]) == ("NE", "NE", "NE")
     assert rec["target_diameters_mm"] == {} and rec["non_target_volume_mm3"] is None
     assert scans[2]["recist"]["nadir_mm"] == pytest.approx(scans[0]["recist"]["sum_mm"])
+    rows = set_targets(engine, "SIM001", [3, 4])  # the user's own targets: that scan stays not evaluable
+    assert (rows[1]["target_response"], rows[1]["response"]) == ("NE", "NE")
 
 
 def test_registration_quality_comes_back(processed: Processed) -> None:
