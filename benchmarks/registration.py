@@ -1,17 +1,22 @@
-"""Registration benchmark: TRE, folding and time of our presets against ANTs SyN and SimpleITK demons.
+"""Registration benchmark: TRE, folding, time and memory of our presets against ANTs SyN, per image size.
 
 Cases come from the cohort simulator (``tracker.simulator``: baseline + one follow-up per patient, scanner
 differences in noise, HU offset and slice spacing, known landmark pairs); ``--source phantom`` uses the small
 built-in phantom instead. Every method runs on the same cases with the same thread count, in this process
-(but for the ANTs stage of our ``syn`` preset, in a child process; its CPU time is counted).
-TRE is |map(p_baseline, forward) - q_followup| over the simulator's landmarks (baseline -> follow-up frame).
+(but for the ANTs stage of our ``syn`` preset, in a child process; its CPU time and memory are counted).
+TRE is |map(p_baseline, forward) - q_followup| over the simulator's landmarks (baseline -> follow-up frame),
+i.e. against the simulator's true deformation. Sizes (``SIZES``): small 112x128x64 at 3 mm (0.9 M voxels),
+medium 192x192x128 at 1.5 mm (4.7 M), full 512x512x200 at 0.8x0.8x1.5 mm (52 M). Wall and CPU time are of the
+call alone (torch and antspyx are imported before any clock starts); memory is the peak resident memory of the
+process and its children above what it held when the call started (sampled every 50 ms).
 
 Usage::
 
-    python benchmarks/registration.py --cases 6 --shape 192,192,128 --spacing 1.5 --presets accurate,fast,syn,demons
+    python benchmarks/registration.py --sizes small,medium --cases 2 --presets accurate --peers syn
+    nice -n 5 python benchmarks/registration.py --sizes full --cases 1
 
 Any preset of ``registration.engine.PRESETS`` may be named; ``syn`` is ours (MI affine, then ANTs SyN through
-antspyx), ``ants:SyN`` the plain antspyx peer.
+antspyx), ``ants:SyN`` the plain antspyx peer (``ants.registration(type_of_transform="SyN")``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +39,13 @@ PEER_DEMONS_SHRINK = (4, 2)
 PEER_DEMONS_SMOOTHING_MM = (8.0, 4.0)
 PEER_DEMONS_ITERATIONS = 20
 PEER_DEMONS_SIGMA = 2.0
+MEMORY_SAMPLE_S = 0.05
+# The issue's image sizes: x,y,z voxels and mm.
+SIZES: dict[str, tuple[tuple[int, int, int], tuple[float, float, float]]] = {
+    "small": ((112, 128, 64), (3.0, 3.0, 3.0)),  # 0.92 M voxels
+    "medium": ((192, 192, 128), (1.5, 1.5, 1.5)),  # 4.72 M voxels
+    "full": ((512, 512, 200), (0.8, 0.8, 1.5)),  # 52.4 M voxels
+}
 
 
 def cpu_seconds() -> float:
@@ -41,7 +54,9 @@ def cpu_seconds() -> float:
     return sum(u.ru_utime + u.ru_stime for u in usage)
 
 
-def simulator_cases(n: int, shape: tuple[int, int, int], spacing: float, seed: int, cache: Path) -> list[dict]:
+def simulator_cases(
+    n: int, shape: tuple[int, int, int], spacing: tuple[float, float, float], seed: int, cache: Path
+) -> list[dict]:
     """Baseline/follow-up pairs with landmarks from the cohort simulator (cached under ``cache``)."""
     from tracker.simulator import SimulationConfig, load_truth, simulate_cohort
 
@@ -49,12 +64,12 @@ def simulator_cases(n: int, shape: tuple[int, int, int], spacing: float, seed: i
         n_patients=n,
         seed=seed,
         shape=shape,
-        spacing=(spacing, spacing, spacing),
+        spacing=spacing,
         min_followups=1,
         max_followups=1,
         workers=1,
     )
-    tag = cache / f"sim_n{n}_s{seed}_{'x'.join(map(str, shape))}_{spacing}"
+    tag = cache / f"sim_n{n}_s{seed}_{'x'.join(map(str, shape))}_{'x'.join(map(str, spacing))}"
     if not (tag / "truth.json").exists():
         simulate_cohort(cfg, tag)
     truth = load_truth(tag / "truth.json")
@@ -191,28 +206,68 @@ def run_sitk_demons(case: dict, threads: int, workdir: Path) -> dict:
     }
 
 
-def main() -> None:
-    # This script is called registration.py: keep its folder off the path so `import registration` finds the package.
-    here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=6)
-    parser.add_argument("--shape", default="192,192,128", help="x,y,z voxels")
-    parser.add_argument("--spacing", type=float, default=1.5, help="isotropic baseline spacing, mm")
-    parser.add_argument("--presets", default="accurate,fast")
-    parser.add_argument("--peers", default="syn,demons", help="comma list of syn, demons, or none")
-    parser.add_argument("--source", choices=("simulator", "phantom"), default="simulator")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "metatrack-bench-registration")
-    args = parser.parse_args()
-    shape = tuple(int(v) for v in args.shape.split(","))
-    args.cache.mkdir(parents=True, exist_ok=True)
-    if args.source == "simulator":
-        cases = simulator_cases(args.cases, shape, args.spacing, args.seed, args.cache)
-    else:
-        cases = phantom_cases(args.cases, shape, args.spacing, args.seed)
+def _size(text: str) -> tuple[str, tuple[int, int, int], tuple[float, float, float]]:
+    """A named size of ``SIZES`` or ``X,Y,Z@S`` / ``X,Y,Z@SX,SY,SZ`` (voxels @ mm)."""
+    if text in SIZES:
+        return (text, *SIZES[text])
+    if "@" not in text:
+        raise SystemExit(f"--sizes: {text!r} is neither one of {', '.join(SIZES)} nor X,Y,Z@SPACING")
+    shape_text, spacing_text = text.split("@")
+    shape = tuple(int(v) for v in shape_text.split(","))
+    spacing = tuple(float(v) for v in spacing_text.split(","))
+    spacing = spacing * 3 if len(spacing) == 1 else spacing
+    if len(shape) != 3 or len(spacing) != 3:
+        raise SystemExit(f"--sizes: {text!r} needs three sizes and one or three spacings")
+    return text, shape, spacing  # type: ignore[return-value]
 
+
+class PeakMemory:
+    """Highest resident memory of this process and its child processes while the block runs, sampled."""
+
+    def __init__(self, interval_s: float = MEMORY_SAMPLE_S) -> None:
+        self.interval_s = interval_s
+        self.start = self.peak = 0
+
+    @staticmethod
+    def resident() -> int:
+        pids = [os.getpid()]
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                pids += [int(p) for p in (task / "children").read_text().split()]
+            except OSError:  # the thread ended meanwhile
+                continue
+        total = 0
+        for pid in pids:
+            try:
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:  # the child ended meanwhile
+                continue
+            total += next((int(line.split()[1]) * 1024 for line in lines if line.startswith("VmRSS:")), 0)
+        return total
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, self.resident())
+
+    def __enter__(self) -> PeakMemory:
+        self.start = self.peak = self.resident()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.resident())
+
+
+def run_size(args: argparse.Namespace, size: str, shape: tuple[int, int, int], spacing: tuple[float, float, float]):
+    """All methods on the cases of one image size; rows per method."""
+    if args.source == "simulator":
+        cases = simulator_cases(args.cases, shape, spacing, args.seed, args.cache)
+    else:
+        cases = phantom_cases(args.cases, shape, spacing[0], args.seed)
     methods: list[tuple[str, object]] = [(f"ours:{p}", p) for p in args.presets.split(",") if p]
     peers = [p for p in args.peers.split(",") if p and p != "none"]
     methods += [("ants:SyN", "syn")] * ("syn" in peers) + [("sitk:affine+demons", "demons")] * ("demons" in peers)
@@ -221,6 +276,8 @@ def main() -> None:
     old_tmp = os.environ.get("TMPDIR")
     os.environ["TMPDIR"] = str(workroot)  # antspyx temp files stay in here and go with it
     tempfile.tempdir = None
+    voxels = int(np.prod(shape))
+    print(f"== {size}: {'x'.join(map(str, shape))} at {'x'.join(map(str, spacing))} mm, {voxels / 1e6:.2f} M voxels")
     try:
         for ci, case in enumerate(cases):
             init = np.linalg.norm(case["p"] - case["q"], axis=1)
@@ -228,16 +285,19 @@ def main() -> None:
             for name, what in methods:
                 wd = workroot / f"c{ci}_{name.replace(':', '_')}"
                 wd.mkdir()
-                if name.startswith("ours:"):
-                    out = run_ours(case, str(what), args.threads, wd)
-                elif what == "syn":
-                    out = run_ants_syn(case, args.threads, wd)
-                else:
-                    out = run_sitk_demons(case, args.threads, wd)
+                with PeakMemory() as memory:
+                    if name.startswith("ours:"):
+                        out = run_ours(case, str(what), args.threads, wd)
+                    elif what == "syn":
+                        out = run_ants_syn(case, args.threads, wd)
+                    else:
+                        out = run_sitk_demons(case, args.threads, wd)
+                out["memory"] = (memory.peak - memory.start) / 2**30
                 rows[name].append(out)
                 print(
                     f"  {name:20s} TRE {out['tre'].mean():.3f} mm (p95 {np.percentile(out['tre'], 95):.3f})"
-                    f"  fold {100 * out['fold']:.4f}%  {out['wall']:.1f} s  cpu {out['cpu']:.1f} s",
+                    f"  fold {100 * out['fold']:.4f}%  {out['wall']:.1f} s  cpu {out['cpu']:.1f} s"
+                    f"  mem +{out['memory']:.2f} GB",
                     flush=True,
                 )
     finally:
@@ -246,24 +306,64 @@ def main() -> None:
             os.environ.pop("TMPDIR", None)
         else:
             os.environ["TMPDIR"] = old_tmp
+    return len(cases), rows
 
-    ref = rows.get("ants:SyN")
-    print(f"\n{len(cases)} case(s), {args.source}, shape {args.shape} at {args.spacing} mm, {args.threads} threads")
-    header = f"{'method':20s} {'TRE mean':>9s} {'TRE p95':>8s} {'fold %':>8s} {'wall s':>7s} {'cpu s':>7s}"
-    if ref:
-        header += f" {'TRE/SyN':>8s} {'wall/SyN':>9s} {'cpu/SyN':>8s}"
+
+def main() -> None:
+    # This script is called registration.py: keep its folder off the path so `import registration` finds the package.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=2)
+    parser.add_argument(
+        "--sizes",
+        default="small,medium",
+        help=f"comma list of {', '.join(SIZES)}; or a ;-list that may hold X,Y,Z@SPACING (mm, 1 or 3 values)",
+    )
+    parser.add_argument("--presets", default="accurate")
+    parser.add_argument("--peers", default="syn", help="comma list of syn, demons, or none")
+    parser.add_argument("--source", choices=("simulator", "phantom"), default="simulator")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "metatrack-bench-registration")
+    args = parser.parse_args()
+    sizes = [_size(s) for s in args.sizes.split(";" if "@" in args.sizes else ",") if s]
+    args.cache.mkdir(parents=True, exist_ok=True)
+    _warm_up(args.threads)
+
+    table = []
+    for size, shape, spacing in sizes:
+        n_cases, rows = run_size(args, size, shape, spacing)
+        table.append((size, shape, spacing, n_cases, rows))
+
+    print(f"\n{args.source}, {args.threads} threads; mem = peak resident memory above the start of the call")
+    header = f"{'size':8s} {'Mvox':>6s} {'method':20s} {'TRE mean':>9s} {'TRE p95':>8s} {'fold %':>8s}"
+    header += f" {'wall s':>7s} {'cpu s':>7s} {'mem GB':>7s} {'TRE/SyN':>8s} {'wall/SyN':>9s} {'cpu/SyN':>8s}"
     print(header)
-    for name, outs in rows.items():
-        tre = np.concatenate([o["tre"] for o in outs])
-        wall = np.mean([o["wall"] for o in outs])
-        cpu = np.mean([o["cpu"] for o in outs])
-        fold = np.max([o["fold"] for o in outs])
-        line = f"{name:20s} {tre.mean():9.3f} {np.percentile(tre, 95):8.3f} {100 * fold:8.4f} {wall:7.1f} {cpu:7.1f}"
-        if ref:
-            rt = np.concatenate([o["tre"] for o in ref])
-            rw, rc = np.mean([o["wall"] for o in ref]), np.mean([o["cpu"] for o in ref])
-            line += f" {tre.mean() / rt.mean():8.2f} {wall / rw:9.2f} {cpu / rc:8.2f}"
-        print(line)
+    for size, shape, _, _, rows in table:
+        ref = rows.get("ants:SyN")
+        for name, outs in rows.items():
+            tre = np.concatenate([o["tre"] for o in outs])
+            wall = np.mean([o["wall"] for o in outs])
+            cpu = np.mean([o["cpu"] for o in outs])
+            fold = np.max([o["fold"] for o in outs])
+            memory = np.max([o["memory"] for o in outs])
+            line = f"{size:8s} {np.prod(shape) / 1e6:6.2f} {name:20s} {tre.mean():9.3f} {np.percentile(tre, 95):8.3f}"
+            line += f" {100 * fold:8.4f} {wall:7.1f} {cpu:7.1f} {memory:7.2f}"
+            if ref:
+                rt = np.concatenate([o["tre"] for o in ref])
+                rw, rc = np.mean([o["wall"] for o in ref]), np.mean([o["cpu"] for o in ref])
+                line += f" {tre.mean() / rt.mean():8.2f} {wall / rw:9.2f} {cpu / rc:8.2f}"
+            print(line)
+
+
+def _warm_up(threads: int) -> None:
+    """Import torch and antspyx before any timing: each method's clock then holds its own work only."""
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
+    import ants  # noqa: F401
+    import torch
+
+    torch.use_deterministic_algorithms(torch.are_deterministic_algorithms_enabled())  # imports torch._inductor
 
 
 if __name__ == "__main__":

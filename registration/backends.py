@@ -97,7 +97,7 @@ class BSplineBackend:
         ones.CopyInformation(inputs.moving)
         covered = sitk.Resample(ones, inputs.fixed, inputs.affine, sitk.sitkNearestNeighbor, 0)
         fit_mask = sitk.And(inputs.mask, sitk.BinaryErode(covered, [FOV_ERODE_VOXELS] * 3))
-        return bspline.fit(inputs.fixed, inputs.moved, fit_mask, preset.bspline, inputs.store_grid, threads, seed)
+        return bspline.fit(inputs.fixed, inputs.moved, fit_mask, preset.bspline, inputs.store_grid, seed)
 
 
 def _level(image: sitk.Image, shrink: int, presmooth: float) -> sitk.Image:
