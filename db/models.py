@@ -188,14 +188,19 @@ class LesionTrack(Base):
     """A lesion's identity over time within one patient; `number` is the stable ID users see (T1, T2, ...)."""
 
     __tablename__ = "lesion_tracks"
-    __table_args__ = (UniqueConstraint("patient_id", "number"),)
+    # first_scan_id, parent_track_id: process --from deletes tracks by first scan, and deleting one checks children
+    __table_args__ = (
+        UniqueConstraint("patient_id", "number"),
+        Index(None, "first_scan_id"),
+        Index(None, "parent_track_id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"))
     number: Mapped[int] = mapped_column(Integer)
     first_scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"))
     parent_track_id: Mapped[int | None] = mapped_column(ForeignKey("lesion_tracks.id", ondelete="SET NULL"))
-    recist_role: Mapped[str | None] = mapped_column(String(16))  # target | non-target
+    recist_role: Mapped[str | None] = mapped_column(String(16))  # tracker.recist.RecistRole
     recist_override: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -229,7 +234,13 @@ class TrackLink(Base):
     """What happened to a track at a scan: the lesion it continues in (none when vanished) and the change."""
 
     __tablename__ = "track_links"
-    __table_args__ = (UniqueConstraint("track_id", "scan_id"), Index(None, "scan_id"))
+    # lesion_id, related_track_id: deleting a lesion or track (process --from) looks its links up by these
+    __table_args__ = (
+        UniqueConstraint("track_id", "scan_id"),
+        Index(None, "scan_id"),
+        Index(None, "lesion_id"),
+        Index(None, "related_track_id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     track_id: Mapped[int] = mapped_column(ForeignKey("lesion_tracks.id", ondelete="CASCADE"))
@@ -253,7 +264,14 @@ class RecistAssessment(Base):
     change_from_baseline_pct: Mapped[float | None] = mapped_column(Float)
     change_from_nadir_pct: Mapped[float | None] = mapped_column(Float)
     new_lesions: Mapped[bool] = mapped_column(Boolean, default=False)
-    response: Mapped[str] = mapped_column(String(4))  # CR | PR | SD | PD | NE (baseline: "BL")
+    response: Mapped[str] = mapped_column(String(16))  # CR | PR | SD | PD | NE | Non-CR/Non-PD (baseline: "BL")
+    # RECIST 1.1 in full (`tracker.recist.VisitAssessment`); None on rows written before migration 0003
+    target_response: Mapped[str | None] = mapped_column(String(16))  # None: no target lesions
+    non_target_response: Mapped[str | None] = mapped_column(String(16))  # None: no non-target lesions
+    non_target_volume_mm3: Mapped[float | None] = mapped_column(Float)  # None: not every non-target assessed
+    non_target_nadir_mm3: Mapped[float | None] = mapped_column(Float)
+    target_diameters: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # track number -> mm in the sum
+    reasons: Mapped[list[Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -308,7 +326,11 @@ class TrackDelta(Base):
     """Delta-radiomics along a track: change of a feature at a scan against a reference scan."""
 
     __tablename__ = "track_deltas"
-    __table_args__ = (UniqueConstraint("track_id", "scan_id", "config_id", "reference", "tag"),)
+    # (scan_id, tag): the timeline reads a patient's deltas by scan and tag (a full scan without it)
+    __table_args__ = (
+        UniqueConstraint("track_id", "scan_id", "config_id", "reference", "tag"),
+        Index(None, "scan_id", "tag"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     track_id: Mapped[int] = mapped_column(ForeignKey("lesion_tracks.id", ondelete="CASCADE"))
