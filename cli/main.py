@@ -6,6 +6,7 @@ Heavy libraries (SimpleITK, ants, torch, monai) are imported inside the commands
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,7 @@ from typer import _click as click
 from typer.core import TyperGroup
 
 from cli import output
+from cli.alertscmd import alerts
 from cli.choices import Modality, Preset, RecordFormat, Role, TableFormat
 from cli.context import AppState
 from cli.exportcmd import export_app
@@ -288,6 +290,21 @@ def process(
     reprocess_from: Annotated[
         str | None, typer.Option("--reprocess-from", help="With --patient: redo its scans from this date on.")
     ] = None,
+    non_target_ratio: Annotated[
+        float | None,
+        typer.Option(
+            "--non-target-pd-ratio",
+            min=1.0,
+            help="RECIST unequivocal non-target progression: total non-target volume at least this times its nadir "
+            "[default: 2.0] ...",
+        ),
+    ] = None,
+    non_target_min_mm3: Annotated[
+        float | None,
+        typer.Option(
+            "--non-target-pd-min-mm3", min=0.0, help="... and at least this many mm³ above it [default: 500]."
+        ),
+    ] = None,
     workers: Annotated[
         int, typer.Option(min=1, help="Patients processed side by side by a local Dask cluster of N processes.")
     ] = 1,
@@ -323,6 +340,10 @@ def process(
         shell_mm=shell_mm,
         features=not no_features,
     )
+    if non_target_ratio is not None:
+        settings = dataclasses.replace(settings, recist_non_target_volume_ratio=non_target_ratio)
+    if non_target_min_mm3 is not None:
+        settings = dataclasses.replace(settings, recist_non_target_min_increase_mm3=non_target_min_mm3)
     from cli.processcmd import run_process
 
     run_process(state, settings, patient=patient, as_json=as_json, cluster=cluster)
@@ -506,6 +527,7 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(events_app, name="events")
 app.command("train")(train)
 app.command("rescore")(rescore)
+app.command("alerts")(alerts)
 app.add_typer(export_app, name="export")
 app.command("report")(report)
 app.command("filter")(filter_image)
