@@ -296,14 +296,12 @@ def process(
             "--non-target-pd-ratio",
             min=1.0,
             help="RECIST unequivocal non-target progression: total non-target volume at least this times its nadir "
-            "[default: 2.0] ...",
+            "(default 2) ...",
         ),
     ] = None,
     non_target_min_mm3: Annotated[
         float | None,
-        typer.Option(
-            "--non-target-pd-min-mm3", min=0.0, help="... and at least this many mm³ above it [default: 500]."
-        ),
+        typer.Option("--non-target-pd-min-mm3", min=0.0, help="... and at least this many mm³ above it (default 500)."),
     ] = None,
     workers: Annotated[
         int, typer.Option(min=1, help="Patients processed side by side by a local Dask cluster of N processes.")
