@@ -276,6 +276,8 @@ def filter_table(args: argparse.Namespace) -> None:
         cases["CT GTV"] = (np.round(sitk.GetArrayFromImage(img).astype(np.float64)), msk, spacing)
         files["CT GTV"] = (str(ct / "image" / "phantom.nii.gz"), str(ct / "mask" / "mask.nii.gz"))
     mirp = None if args.skip_mirp else Peer("MIRP", args.mirp_python, MIRP_FILTER_WORKER)
+    if mirp is not None:
+        mirp.time(*files["lesion"], MIRP_FILTERS["2"][1])  # warm-up: MIRP's first run pays for its imports
     print(f"engines: metatrack {ENGINE_VERSION}" + (f", MIRP {mirp.version}" if mirp else ", MIRP skipped"))
     print("ROI voxels (native grid): " + ", ".join(f"{k} {int(m.sum())}" for k, (_, m, _) in cases.items()))
     print(

@@ -177,3 +177,15 @@ def test_wavelet_rotation_pooling_equals_pooling_over_rotated_images(
     spec = {**fixed, "rotation_invariant": True, "pooling": pooling}
     truth = pooled(image, lambda a: apply_filter(a, (1.0, 1.0, 1.0), fixed), ROTATIONS_3D, pooling)
     np.testing.assert_allclose(apply_filter(image, (1.0, 1.0, 1.0), spec), truth, atol=1e-12)
+
+
+def test_half_spectrum_filtering_is_the_real_part_of_the_full_one() -> None:
+    from tracker.radiomics.filters.wavelets import fourier_filter, half_spectrum, riesz_transfer, simoncelli_transfer
+
+    image = np.random.default_rng(6).normal(size=(7, 10, 9))
+    spec = _spec(kind="simoncelli", boundary="periodic")
+    for transfer in (simoncelli_transfer(image.shape, (0, 1, 2), 1), riesz_transfer(image.shape, (0, 1, 2), (1, 1, 0))):
+        truth = np.fft.ifftn(np.fft.fftn(image) * transfer).real
+        np.testing.assert_allclose(
+            fourier_filter(image, spec, half_spectrum(transfer, (0, 1, 2)), 0), truth, atol=1e-12
+        )

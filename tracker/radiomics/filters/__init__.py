@@ -26,14 +26,15 @@ from tracker.radiomics.filters.spatial import (
 from tracker.radiomics.filters.wavelets import (
     WAVELET_LOW_PASS,
     fourier_filter,
-    riesz_transfer,
+    riesz_half,
     separable_wavelet,
-    simoncelli_transfer,
+    simoncelli_half,
 )
 
 FilterFunction = Callable[[np.ndarray, tuple[float, ...], dict[str, Any]], np.ndarray]
-#: padding (voxels, per level for Simoncelli) around a volume before a Fourier-domain filter with a non-periodic
-#: boundary (without it the consensus Riesz maps 9.b.1 and 10.b.1 are missed by up to 2 % of their range)
+#: padding (voxels) around a volume before a Fourier-domain filter with a non-periodic boundary, half of it for a
+#: 3D Simoncelli filter (without it the consensus Riesz maps 9.b.1 and 10.b.1 are missed by up to 2 % of their
+#: range; phase-2 id 8.A's quartile coefficient of dispersion, whose denominator is near 0, needs the 32 voxels)
 FOURIER_PAD = 32
 #: a margin that reaches every image's edge (callers clip it to the image)
 WHOLE_IMAGE = 1 << 30
@@ -50,7 +51,7 @@ def _with_riesz(image: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
         return image
     axes = filter_axes(spec)
     margin = 0 if spec["boundary"] == "periodic" else FOURIER_PAD
-    transfer = riesz_transfer(_padded_shape(image.shape, axes, margin), axes, list(order))
+    transfer = riesz_half(_padded_shape(image.shape, axes, margin), axes, tuple(order))
     return fourier_filter(image, spec, transfer, margin)
 
 
@@ -62,7 +63,7 @@ def _simoncelli(image: np.ndarray, spacing: tuple[float, ...], spec: dict[str, A
     # 3D volumes are padded half as much: the FFT's size is most of the cost, and phase 2 (8.B, 9.B) holds
     margin = 0 if spec["boundary"] == "periodic" else FOURIER_PAD // (1 if spec["mode"] == "2D" else 2)
     axes = filter_axes(spec)
-    transfer = simoncelli_transfer(_padded_shape(image.shape, axes, margin), axes, int(spec["level"]))
+    transfer = simoncelli_half(_padded_shape(image.shape, axes, margin), axes, int(spec["level"]))
     return _with_riesz(fourier_filter(image, spec, transfer, margin), spec)
 
 

@@ -3,6 +3,7 @@ wavelet, with an optional Riesz transform; same calling convention as ``spatial`
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -125,11 +126,12 @@ def simoncelli_transfer(shape: tuple[int, ...], axes: tuple[int, ...], level: in
     freqs = _frequencies(shape, axes)
     radius = np.sqrt(sum(w**2 for w in freqs)) * 2 ** (level - 1)
     band = (radius > math.pi / 4.0) & (radius <= math.pi)
-    with np.errstate(divide="ignore"):
-        return np.where(band, np.cos(math.pi / 2.0 * np.log2(2.0 * radius / math.pi)), 0.0)
+    out = np.zeros(radius.shape)
+    out[band] = np.cos(math.pi / 2.0 * np.log2(2.0 * radius[band] / math.pi))
+    return out
 
 
-def riesz_transfer(shape: tuple[int, ...], axes: tuple[int, ...], order: list[int]) -> np.ndarray:
+def riesz_transfer(shape: tuple[int, ...], axes: tuple[int, ...], order: tuple[int, ...]) -> np.ndarray:
     """Fourier transfer function of the Riesz transform of ``order`` (one integer per axis, for x, y[, z])."""
     freqs = _frequencies(shape, tuple(sorted(axes, reverse=True)))
     norm = np.sqrt(sum(w**2 for w in freqs))
@@ -143,10 +145,39 @@ def riesz_transfer(shape: tuple[int, ...], axes: tuple[int, ...], order: list[in
     return out
 
 
-def fourier_filter(image: np.ndarray, spec: dict[str, Any], transfer: np.ndarray, margin: int) -> np.ndarray:
-    """Real part of ``image`` filtered by ``transfer`` (built for the padded shape) after padding ``margin``."""
+@functools.lru_cache(maxsize=8)
+def simoncelli_half(shape: tuple[int, ...], axes: tuple[int, ...], level: int) -> np.ndarray:
+    """``half_spectrum`` of ``simoncelli_transfer``, cached per shape (read-only)."""
+    return half_spectrum(simoncelli_transfer(shape, axes, level), axes)
+
+
+@functools.lru_cache(maxsize=8)
+def riesz_half(shape: tuple[int, ...], axes: tuple[int, ...], order: tuple[int, ...]) -> np.ndarray:
+    """``half_spectrum`` of ``riesz_transfer``, cached per shape (read-only)."""
+    return half_spectrum(riesz_transfer(shape, axes, order), axes)
+
+
+def half_spectrum(transfer: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """The part of ``transfer`` that the real part of a real image's filtering sees, (T(w) + conj T(-w)) / 2, on
+    ``rfftn``'s half grid: the real part of ``ifftn(fftn(x) * T)`` is ``irfftn(rfftn(x) * half)``, at half the
+    cost. (The IBSI 2 frequency grid is not symmetric, so T itself is not Hermitian.)"""
+    mirrored = np.roll(np.flip(transfer, axes), 1, axes)
+    half = (transfer + np.conj(mirrored)) / 2.0
+    keep = [slice(None)] * transfer.ndim
+    keep[axes[-1]] = slice(0, transfer.shape[axes[-1]] // 2 + 1)
+    out = np.ascontiguousarray(half[tuple(keep)])
+    out.flags.writeable = False
+    return out
+
+
+def fourier_filter(image: np.ndarray, spec: dict[str, Any], half: np.ndarray, margin: int) -> np.ndarray:
+    """Real part of ``image`` filtered by a transfer function (``half``: its ``half_spectrum`` for the padded
+    shape) after padding ``margin``."""
+    from scipy import fft
+
     axes = filter_axes(spec)
     widths = tuple(margin if ax in axes else 0 for ax in range(image.ndim))
     padded = pad(image, widths, spec["boundary"]) if margin else image
-    out = np.fft.ifftn(np.fft.fftn(padded, axes=axes) * transfer, axes=axes).real
+    shape = tuple(padded.shape[ax] for ax in axes)
+    out = fft.irfftn(fft.rfftn(padded, axes=axes) * half, s=shape, axes=axes)
     return out[tuple(slice(w, w + n) for w, n in zip(widths, image.shape, strict=True))]
