@@ -66,41 +66,53 @@ def separable_wavelet(image: np.ndarray, spacing: tuple[float, ...], spec: dict[
     axes = filter_axes(spec)
     mode = SCIPY_MODE[spec["boundary"]]
     low = WAVELET_LOW_PASS[spec["wavelet"]]
-    high = _high_pass(low)
     bands = spec["subband"]
     if len(bands) != len(axes):
         raise ValueError(f"wavelet sub-band '{bands}': expected {len(axes)} letters of L and H")
     band_of = dict(zip(sorted(axes, reverse=True), bands, strict=True))  # letters for x, y, z: axes 2, 1, 0
     level = int(spec["level"])
 
-    def response(mapping: dict[int, tuple[int, bool]]) -> np.ndarray:
-        a = image
+    def along(a: np.ndarray, ax: int, band: str, reverse: bool) -> np.ndarray:
+        # one axis's part of the separable filter: the earlier levels' low-pass, then the band at this level
         for j in range(1, level):
-            for ax in axes:
-                a = _convolve(a, low, 2 ** (j - 1), ax, mode, mapping[ax][1])
-        for ax in axes:
-            src, reverse = mapping[ax]
-            a = _convolve(a, low if band_of[src] == "L" else high, 2 ** (level - 1), ax, mode, reverse)
-        return a
+            a = _convolve(a, low, 2 ** (j - 1), ax, mode, reverse)
+        return _convolve(a, low if band == "L" else _high_pass(low), 2 ** (level - 1), ax, mode, reverse)
 
     if not spec["rotation_invariant"]:
-        return response({ax: (ax, False) for ax in axes})
+        out = image
+        for ax in axes:
+            out = along(out, ax, band_of[ax], False)
+        return out
     maps = axis_maps(ROTATIONS_2D if spec["mode"] == "2D" else ROTATIONS_3D)
-    counts: dict[tuple, int] = {}
-    distinct: dict[tuple, dict[int, tuple[int, bool]]] = {}
+    # what a rearrangement filters with: each axis's band and direction; grouped by the bands' placement
+    groups: dict[tuple[str, ...], dict[tuple[bool, ...], int]] = {}
     for mapping in maps:
-        # what a rearrangement filters with: each axis's band and direction
-        key = tuple((ax, band_of[mapping[ax][0]], mapping[ax][1]) for ax in axes)
-        counts[key] = counts.get(key, 0) + 1
-        distinct.setdefault(key, mapping)
+        placement = tuple(band_of[mapping[ax][0]] for ax in axes)
+        flips = tuple(mapping[ax][1] for ax in axes)
+        group = groups.setdefault(placement, {})
+        group[flips] = group.get(flips, 0) + 1
     out: np.ndarray | None = None
-    for key, mapping in distinct.items():
-        r = response(mapping)
-        if spec["pooling"] == "max":
-            out = r if out is None else np.maximum(out, r)
+    for placement, flips in groups.items():
+        if spec["pooling"] == "average" and len(flips) == 2 ** len(axes) and len(set(flips.values())) == 1:
+            # every direction combination equally often: the mean factorises over the axes (the 1D filters along
+            # different axes commute), one mean of two directions per axis instead of 2 ** n volumes
+            r = image
+            for ax, band in zip(axes, placement, strict=True):
+                r = (along(r, ax, band, False) + along(r, ax, band, True)) / 2.0
+            parts = [(r, sum(flips.values()))]
         else:
-            r = r * (counts[key] / len(maps))
-            out = r if out is None else out + r
+            parts = []
+            for flip, count in flips.items():
+                r = image
+                for ax, band, reverse in zip(axes, placement, flip, strict=True):
+                    r = along(r, ax, band, reverse)
+                parts.append((r, count))
+        for r, count in parts:
+            if spec["pooling"] == "max":
+                out = r if out is None else np.maximum(out, r)
+            else:
+                r = r * (count / len(maps))
+                out = r if out is None else out + r
     assert out is not None
     return out
 
