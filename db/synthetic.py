@@ -16,6 +16,7 @@ from db.models import Blob, ClinicalEvent, EventKind, Patient, PatientFeature, S
 from db.session import session_scope
 from db.types import table_of, utcnow
 from db.views import TIMELINE_DELTA_TAGS
+from tracker.scoring import DEFAULT_HORIZONS, curve_row_horizon
 
 INSERT_CHUNK = 5000
 
@@ -97,9 +98,7 @@ def _analyze(engine: Engine) -> None:
 
 # Lesion feature tags the results loader writes: the timeline's delta tags, so timeline reads find their rows.
 RESULT_TAGS = TIMELINE_DELTA_TAGS
-RESULT_HORIZONS = (6, 12, 24)
-CURVE_HORIZON = 12
-CURVE_POINTS = 37  # monthly survival curve 0..36 months on the 12-month row, as rescore stores it
+CURVE_POINTS = 37  # a monthly survival curve, 0..36 months
 ORGANS = ("liver", "lung", "bone", "brain", "lymph_node")
 
 
@@ -136,14 +135,14 @@ def _sha(kind: str, i: int) -> str:
 
 
 def fill_results(engine: Engine, seed: int = 0, mean_tracks: float = 3.0) -> dict[str, int]:
-    """Processing results (rows, no files) for every scan already loaded by :func:`fill_cohort`; returns row counts.
+    """Processing results (rows, no files) for the scans :func:`fill_cohort` loaded (call once); returns row counts.
 
     Per scan: a lesion mask, a registration to the baseline (follow-ups), a RECIST assessment and risk scores
-    (`RESULT_HORIZONS`, a survival curve on the 12-month row, from one promoted model on the visit table's feature
-    columns, with a fingerprint that matches no plan, so every patient is stale). Per patient 1 + Poisson(
-    mean_tracks - 1) tracks (at most 8), most starting at baseline, some new at a follow-up, one in ten vanishing
-    later; each sighting a lesion with `RESULT_TAGS` feature values, and track deltas against the previous and
-    the first sighting. Values follow no model: they exist to be read back at scale.
+    (`DEFAULT_HORIZONS`, a survival curve on the curve horizon's row as rescore stores it, from one promoted model
+    on the visit table's feature columns, with a fingerprint that matches no plan, so every patient is stale).
+    Per patient 1 + Poisson(mean_tracks - 1) tracks (at most 8), most starting at baseline, some new at a
+    follow-up, one in ten vanishing later; each sighting a lesion with `RESULT_TAGS` feature values, and track
+    deltas against the previous and the first sighting. Values follow no model: they exist to be read back at scale.
     """
     rng = np.random.default_rng(seed)
     with session_scope(engine) as s:
@@ -168,6 +167,7 @@ def fill_results(engine: Engine, seed: int = 0, mean_tracks: float = 3.0) -> dic
         config_id, mv_id = ids["feature_configs"], ids["model_versions"]
         model_sha = _sha(f"model-{mv_id}", seed)
         fingerprint = _sha("stale", seed)
+        curve_horizon = curve_row_horizon(DEFAULT_HORIZONS)
         curve = json.dumps([round(float(v), 6) for v in np.exp(-0.02 * np.arange(CURVE_POINTS))])
         for a, b in zip(starts, ends, strict=True):
             pid, base_id = int(pids[a]), int(scans[a][1])
@@ -323,7 +323,7 @@ def fill_results(engine: Engine, seed: int = 0, mean_tracks: float = 3.0) -> dic
                         now,
                     )
                 )
-                for h in RESULT_HORIZONS:
+                for h in DEFAULT_HORIZONS:
                     risks.append(
                         (
                             pid,
@@ -332,7 +332,7 @@ def fill_results(engine: Engine, seed: int = 0, mean_tracks: float = 3.0) -> dic
                             mv_id,
                             h,
                             float(rng.random()),
-                            curve if h == CURVE_HORIZON else None,
+                            curve if h == curve_horizon else None,
                             fingerprint,
                             now,
                         )
