@@ -273,12 +273,16 @@ Notify = Callable[[str], None]
 
 
 def _write_batch(engine: Engine, worker: str, rows: pd.DataFrame, done: list[int], failed: dict[int, str]) -> None:
-    """One transaction: the batch's score rows, its jobs done, its failed jobs with their errors."""
+    """One transaction: the batch's score rows (and the history of those they replace), its jobs done, its failed
+    jobs with their errors."""
     from db import jobs, scores
+    from db.alerts import record_score_changes
     from db.session import session_scope
 
+    now = datetime.now(UTC)
     with session_scope(engine) as s:
-        scores.upsert_scores(s, rows, datetime.now(UTC))
+        record_score_changes(s, rows, now)  # before the upsert replaces them: old value, new value, reason
+        scores.upsert_scores(s, rows, now)
         jobs.complete(s, done, worker)
         for job_id, error in failed.items():
             jobs.fail(s, job_id, worker, error)
