@@ -26,6 +26,7 @@ from tracker.radiomics.filters.spatial import (
 from tracker.radiomics.filters.wavelets import (
     WAVELET_LOW_PASS,
     fourier_filter,
+    padded_size,
     riesz_half,
     separable_wavelet,
     simoncelli_half,
@@ -41,7 +42,9 @@ WHOLE_IMAGE = 1 << 30
 
 
 def _padded_shape(shape: tuple[int, ...], axes: tuple[int, ...], margin: int) -> tuple[int, ...]:
-    return tuple(n + 2 * margin if ax in axes else n for ax, n in enumerate(shape))
+    if not margin:
+        return shape
+    return tuple(padded_size(n, margin) if ax in axes else n for ax, n in enumerate(shape))
 
 
 def _with_riesz(image: np.ndarray, spec: dict[str, Any]) -> np.ndarray:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from tracker.radiomics.filters.boundary import SCIPY_MODE, pad
+from tracker.radiomics.filters.boundary import SCIPY_MODE, padded_box
 from tracker.radiomics.filters.rotations import ROTATIONS_2D, ROTATIONS_3D, axis_maps
 from tracker.radiomics.filters.spatial import filter_axes
 
@@ -188,8 +188,20 @@ def fourier_filter(image: np.ndarray, spec: dict[str, Any], half: np.ndarray, ma
     from scipy import fft
 
     axes = filter_axes(spec)
-    widths = tuple(margin if ax in axes else 0 for ax in range(image.ndim))
-    padded = pad(image, widths, spec["boundary"]) if margin else image
+    lo = [margin if ax in axes else 0 for ax in range(image.ndim)]
+    padded = image
+    if margin:
+        hi = [padded_size(n, margin) - n - margin if ax in axes else 0 for ax, n in enumerate(image.shape)]
+        padded = padded_box(image, tuple(-w for w in lo), tuple(n + w for n, w in zip(image.shape, hi, strict=True)),
+                            spec["boundary"])  # fmt: skip
     shape = tuple(padded.shape[ax] for ax in axes)
     out = fft.irfftn(fft.rfftn(padded, axes=axes) * half, s=shape, axes=axes)
-    return out[tuple(slice(w, w + n) for w, n in zip(widths, image.shape, strict=True))]
+    return out[tuple(slice(w, w + n) for w, n in zip(lo, image.shape, strict=True))]
+
+
+def padded_size(n: int, margin: int) -> int:
+    """Length of an axis of ``n`` voxels padded by at least ``margin`` on both sides, rounded up to a size the FFT
+    is fast for (the extra voxels go to the far side)."""
+    from scipy import fft
+
+    return int(fft.next_fast_len(n + 2 * margin, real=True))
