@@ -79,18 +79,18 @@ def separable_wavelet(image: np.ndarray, spacing: tuple[float, ...], spec: dict[
         return _convolve(a, low if band == "L" else _high_pass(low), 2 ** (level - 1), ax, mode, reverse)
 
     if not spec["rotation_invariant"]:
-        out = image
+        plain = image
         for ax in axes:
-            out = along(out, ax, band_of[ax], False)
-        return out
+            plain = along(plain, ax, band_of[ax], False)
+        return plain
     maps = axis_maps(ROTATIONS_2D if spec["mode"] == "2D" else ROTATIONS_3D)
     # what a rearrangement filters with: each axis's band and direction; grouped by the bands' placement
     groups: dict[tuple[str, ...], dict[tuple[bool, ...], int]] = {}
     for mapping in maps:
         placement = tuple(band_of[mapping[ax][0]] for ax in axes)
-        flips = tuple(mapping[ax][1] for ax in axes)
+        directions = tuple(mapping[ax][1] for ax in axes)
         group = groups.setdefault(placement, {})
-        group[flips] = group.get(flips, 0) + 1
+        group[directions] = group.get(directions, 0) + 1
     out: np.ndarray | None = None
     for placement, flips in groups.items():
         if spec["pooling"] == "average" and len(flips) == 2 ** len(axes) and len(set(flips.values())) == 1:
