@@ -15,6 +15,7 @@ postgres@127.0.0.1:5432), dropped after; SQLite: a temporary file.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -27,6 +28,8 @@ from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import Engine
 
 from db.migrate import upgrade
 from db.session import make_engine, scratch_database
@@ -63,10 +66,15 @@ def fill(url: str, n: int) -> dict[str, Any]:
     visits, events = slope_cohort(n, seed=SEED, mean_scans=MEAN_SCANS)
     t0 = time.perf_counter()
     fill_cohort(engine, visits, events)
-    counts = fill_results(engine, seed=SEED)
+    counts: dict[str, Any] = dict(fill_results(engine, seed=SEED))
     counts["fill_s"] = time.perf_counter() - t0
     engine.dispose()
     return counts
+
+
+def timeline_json(engine: Engine, name: str) -> str:
+    """What `timeline NAME --json` prints."""
+    return json.dumps(views.timeline(engine, name))
 
 
 def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
@@ -109,7 +117,7 @@ def measure(backend: str, url: str, small_url: str, home: Path, counts: dict[str
     picks = names[:: max(1, len(names) // TIMELINE_PATIENTS)][:TIMELINE_PATIENTS]
     times = []
     for name in picks:
-        t, _ = timed(lambda name=name: json.dumps(views.timeline(engine, name)), repeat=3)
+        t, _ = timed(functools.partial(timeline_json, engine, name), repeat=3)
         times.append(t * 1000)
     out["timeline_ms"] = statistics.median(times)
     out["timeline_worst_ms"] = max(times)
