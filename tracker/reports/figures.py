@@ -231,13 +231,13 @@ def swimmer(patients: Sequence[CohortPatient]) -> Figure:
         ax.scatter([d for d, _, _ in scans], [y for _, y, _ in scans], c=[c for _, _, c in scans], s=18, zorder=3)
     new = [(d, y + 0.35) for y, p in enumerate(order) for d in p.new_lesion_days]
     if new:
-        ax.scatter(*zip(*new, strict=True), marker="v", color="black", s=14, zorder=4)
+        ax.scatter([d for d, _ in new], [y for _, y in new], marker="v", color="black", s=14, zorder=4)
     for event, marker, colour, size in ((True, "X", "#D55E00", 40), (False, ">", "#555555", 22)):
         ends_at = [
             (p.followup_days, y) for y, p in enumerate(order) if p.followup_days is not None and p.event == event
         ]
         if ends_at:
-            ax.scatter(*zip(*ends_at, strict=True), marker=marker, color=colour, s=size, zorder=5)
+            ax.scatter([d for d, _ in ends_at], [y for _, y in ends_at], marker=marker, color=colour, s=size, zorder=5)
     ax.set_yticks(range(n))
     ax.set_yticklabels([p.patient_id for p in order], fontsize=6 if n > 40 else 8)
     ax.set_ylim(-0.8, n - 0.2)
@@ -258,10 +258,12 @@ def km_groups(
     groups: Mapping[str, tuple[Sequence[float], Sequence[int | bool]]], title: str, colours: Mapping[str, str] | None
 ) -> Figure:
     """Kaplan-Meier curves per group (days) with censoring ticks and a numbers-at-risk table below."""
+    from matplotlib.ticker import MaxNLocator
+
     fig = _figure((9.0, 4.8))
     ax, table = fig.subplots(2, 1, height_ratios=[4, 1 + 0.25 * len(groups)], sharex=True)
     horizon = max((max(t) for t, _ in groups.values() if len(t)), default=1.0)
-    ticks = np.linspace(0.0, horizon, AT_RISK_TICKS)
+    ticks = [t for t in MaxNLocator(AT_RISK_TICKS).tick_values(0.0, horizon) if 0.0 <= t <= horizon]
     for k, (name, (t, e)) in enumerate(groups.items()):
         if len(t) == 0:
             continue
