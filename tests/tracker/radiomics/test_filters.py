@@ -189,3 +189,12 @@ def test_half_spectrum_filtering_is_the_real_part_of_the_full_one() -> None:
         np.testing.assert_allclose(
             fourier_filter(image, spec, half_spectrum(transfer, (0, 1, 2)), 0), truth, atol=1e-12
         )
+
+
+@pytest.mark.parametrize(("shape", "axes"), [((7, 10, 9), (0, 1, 2)), ((8, 11, 12), (0, 1, 2)), ((3, 10, 9), (1, 2))])
+def test_simoncelli_half_grid_equals_the_half_of_the_full_transfer(shape: tuple, axes: tuple) -> None:
+    from tracker.radiomics.filters.wavelets import half_spectrum, simoncelli_half, simoncelli_transfer
+
+    for level in (1, 2):
+        full = half_spectrum(simoncelli_transfer(shape, axes, level), axes)
+        np.testing.assert_array_equal(simoncelli_half(shape, axes, level), full)

@@ -117,8 +117,11 @@ def separable_wavelet(image: np.ndarray, spacing: tuple[float, ...], spec: dict[
     return out
 
 
-def _frequencies(shape: tuple[int, ...], axes: tuple[int, ...]) -> list[np.ndarray]:
-    """Angular frequencies along ``axes`` in FFT order, broadcastable to ``shape``.
+def _frequencies(
+    shape: tuple[int, ...], axes: tuple[int, ...], mirrored: bool = False, half: int | None = None
+) -> list[np.ndarray]:
+    """Angular frequencies along ``axes`` in FFT order, broadcastable to ``shape``; ``mirrored``: at index -k
+    (mod n) instead of k; ``half``: only the first ``n // 2 + 1`` indices along axis ``half`` (rfftn's grid).
 
     The IBSI 2 consensus maps sample [-pi, pi] at n evenly spaced points, both ends included (the usual FFT grid,
     2 pi k / n, misses the level-2 and level-3 Simoncelli maps by 3 % and 8 % of their range).
@@ -127,20 +130,27 @@ def _frequencies(shape: tuple[int, ...], axes: tuple[int, ...]) -> list[np.ndarr
     for ax in axes:
         n = shape[ax]
         w = np.fft.ifftshift(np.linspace(-math.pi, math.pi, n)) if n > 1 else np.zeros(1)
+        if mirrored:
+            w = w[(-np.arange(n)) % n]
+        if ax == half:
+            w = w[: n // 2 + 1]
         view = [1] * len(shape)
-        view[ax] = shape[ax]
+        view[ax] = w.size
         out.append(w.reshape(view))
     return out
 
 
-def simoncelli_transfer(shape: tuple[int, ...], axes: tuple[int, ...], level: int) -> np.ndarray:
-    """Fourier transfer function of the Simoncelli band-pass wavelet at ``level`` (IBSI 2)."""
-    freqs = _frequencies(shape, axes)
+def _simoncelli(freqs: list[np.ndarray], level: int) -> np.ndarray:
     radius = np.sqrt(sum(w**2 for w in freqs)) * 2 ** (level - 1)
     band = (radius > math.pi / 4.0) & (radius <= math.pi)
     out = np.zeros(radius.shape)
     out[band] = np.cos(math.pi / 2.0 * np.log2(2.0 * radius[band] / math.pi))
     return out
+
+
+def simoncelli_transfer(shape: tuple[int, ...], axes: tuple[int, ...], level: int) -> np.ndarray:
+    """Fourier transfer function of the Simoncelli band-pass wavelet at ``level`` (IBSI 2)."""
+    return _simoncelli(_frequencies(shape, axes), level)
 
 
 def riesz_transfer(shape: tuple[int, ...], axes: tuple[int, ...], order: tuple[int, ...]) -> np.ndarray:
@@ -159,8 +169,14 @@ def riesz_transfer(shape: tuple[int, ...], axes: tuple[int, ...], order: tuple[i
 
 @functools.lru_cache(maxsize=8)
 def simoncelli_half(shape: tuple[int, ...], axes: tuple[int, ...], level: int) -> np.ndarray:
-    """``half_spectrum`` of ``simoncelli_transfer``, cached per shape (read-only)."""
-    return half_spectrum(simoncelli_transfer(shape, axes, level), axes)
+    """``half_spectrum`` of ``simoncelli_transfer``, evaluated on the half grid only; cached per shape
+    (read-only)."""
+    last = axes[-1]
+    out = _simoncelli(_frequencies(shape, axes, half=last), level)
+    out += _simoncelli(_frequencies(shape, axes, mirrored=True, half=last), level)
+    out /= 2.0
+    out.flags.writeable = False
+    return out
 
 
 @functools.lru_cache(maxsize=8)
