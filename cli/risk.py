@@ -83,11 +83,13 @@ def _train_and_register(
     as_json: bool,
     kind: str,
 ) -> None:
+    from tracker.survival.data import refuse_uninformative_features
     from tracker.survival.kinds import model_kind
     from tracker.workflows import models
 
     model_kind(kind)  # an unknown kind fails before any training
     cfg = _config(epochs)
+    refuse_uninformative_features(visits, cfg)
     steps = cfg.n_ensemble * cfg.max_epochs if kind == "rnn" else 0
     with output.progress("train", steps, state.progress and steps > 0) as advance:
         info = models.train(
@@ -244,6 +246,9 @@ def model_evaluate(
         from tracker.workflows import models
 
         v, e = models.database_tables(_state(ctx).engine(), endpoint)
+    from tracker.survival.data import refuse_uninformative_features
+
+    refuse_uninformative_features(v, _config(epochs))
     table = evaluate_models(
         v, e, _config(epochs), folds=folds, seed=seed, n_bootstrap=bootstrap, progress=lambda msg: output.log(msg)
     )

@@ -17,6 +17,7 @@ from db.registry import promote, register_model
 from db.session import session_scope
 from tests.helpers import FEATURES, fill_cohort, synthetic_tables
 from tracker.store import FileStore
+from tracker.workflows.alerts import list_alerts
 
 AS_OF = date(2024, 6, 1)  # after every synthetic scan
 
@@ -88,6 +89,8 @@ def test_new_model_keeps_old_and_new_risk(engine: Engine, scored) -> None:
     assert _scores(engine, v1) == before  # the old model's rows stay
     rescore.rescore_all(engine, store, as_of=AS_OF)
     assert len(_history(engine)) == len(hist)  # nothing replaced: nothing recorded
+    rises = list_alerts(engine, rise_above=0.0)  # every rise between scans under v2, each known through v2
+    assert rises and {(a.reason, a.endpoint) for a in rises} == {("new-model", "metastasis")}
 
 
 def test_reprocessing_records_only_the_changed_risks(engine: Engine, scored) -> None:

@@ -20,6 +20,32 @@ MIN_RATE_YEARS = 1.0 / 24.0  # no rate of change over less than about two weeks
 RESERVED_COLUMNS = ("visit_index", "visit")  # visit counters are not features
 
 
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value it holds (its repr is what the user wrote, not np.float64(...))."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) else value
+
+
+def _refuse_rows(table: str, bad: pd.Series | np.ndarray, column: str, problem: str, values: pd.Series) -> None:
+    """Raise naming the first bad row as its line in the CSV file (line 1 is the header), its value and the count."""
+    hits = np.flatnonzero(np.asarray(bad, dtype=bool))
+    if len(hits):
+        i = int(hits[0])
+        more = f" ({len(hits) - 1} more rows like it)" if len(hits) > 1 else ""
+        raise MetatrackError(f"{table} row {i + 2}: column {column!r} {problem}, got {_plain(values.iloc[i])!r}{more}")
+
+
+def _refuse_duplicates(table: str, frame: pd.DataFrame, keys: list[str], what: str) -> None:
+    """Raise naming the first row whose `keys` repeat an earlier row's (both as CSV lines)."""
+    dup = frame.duplicated(keys).to_numpy()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        same = (frame[keys] == frame[keys].iloc[i]).all(axis=1).to_numpy()
+        first = int(np.flatnonzero(same)[0])
+        shown = ", ".join(f"{k}={_plain(frame[k].iloc[i])!r}" for k in keys)
+        raise MetatrackError(f"{table} row {i + 2}: {what} ({shown}) already given in row {first + 2}")
+
+
 def prepare_visits(visits: pd.DataFrame, cfg: SurvivalModelConfig) -> pd.DataFrame:
     """Check a visit table, derive ``time_days`` from the date column if needed, sort by patient and time.
 
@@ -39,19 +65,13 @@ def prepare_visits(visits: pd.DataFrame, cfg: SurvivalModelConfig) -> pd.DataFra
             raise MetatrackError(f"visits: column {cfg.date_col!r} has an unreadable date {bad!r}")
         first = dates.groupby(out[pid]).transform("min")
         out[tcol] = (dates - first).dt.total_seconds() / 86400.0
+    given = out[tcol]
     out[tcol] = pd.to_numeric(out[tcol], errors="coerce").astype(float)
-    if out[tcol].isna().any():
-        raise MetatrackError(
-            f"visits: column {tcol!r} has missing or non-numeric values; every visit needs a time. "
-            f"Try visits[visits[{tcol!r}].isna()] to find them."
-        )
-    if out[pid].isna().any():
-        raise MetatrackError(f"visits: column {pid!r} has missing patient ids")
+    _refuse_rows("visits", out[tcol].isna(), tcol, "is missing or not a number (every visit needs a time)", given)
+    _refuse_rows("visits", out[tcol] < 0, tcol, "is negative (days since the patient's baseline)", given)
+    _refuse_rows("visits", out[pid].isna(), pid, "is empty (every visit needs a patient)", out[pid])
+    _refuse_duplicates("visits", out, [pid, tcol], "a second visit of the same patient at the same time")
     out = out.sort_values([pid, tcol], kind="stable").reset_index(drop=True)
-    dup = out.duplicated([pid, tcol])
-    if dup.any():
-        row = out.loc[dup].iloc[0]
-        raise MetatrackError(f"visits: patient {row[pid]!r} has two visits at {tcol}={row[tcol]}")
     out["visit_index"] = out.groupby(pid).cumcount()
     return out
 
@@ -63,15 +83,14 @@ def prepare_events(events: pd.DataFrame, cfg: SurvivalModelConfig) -> pd.DataFra
         if col not in events.columns:
             raise MetatrackError(f"events: missing column {col!r} (have {list(events.columns)})")
     out = events[[pid, tcol, ecol]].copy()
+    given = out[tcol]
     out[tcol] = pd.to_numeric(out[tcol], errors="coerce").astype(float)
-    if out[tcol].isna().any() or (out[tcol] < 0).any():
-        raise MetatrackError(f"events: column {tcol!r} must be non-negative numbers without gaps")
-    if not out[ecol].isin([0, 1, True, False]).all():
-        bad = out.loc[~out[ecol].isin([0, 1, True, False]), ecol].iloc[0]
-        raise MetatrackError(f"events: column {ecol!r} must be 0 or 1, got {bad!r}")
+    _refuse_rows("events", out[tcol].isna(), tcol, "is missing or not a number", given)
+    _refuse_rows("events", out[tcol] < 0, tcol, "is before the patient's first visit (day 0)", given)
+    _refuse_rows("events", ~out[ecol].isin([0, 1, True, False]), ecol, "must be 0 or 1", out[ecol])
     out[ecol] = out[ecol].astype(int)
-    if out[pid].duplicated().any():
-        raise MetatrackError(f"events: patient {out.loc[out[pid].duplicated(), pid].iloc[0]!r} has two rows")
+    _refuse_rows("events", out[pid].isna(), pid, "is empty (every row needs a patient)", out[pid])
+    _refuse_duplicates("events", out, [pid], "a second row for the same patient")
     return out.reset_index(drop=True)
 
 
@@ -86,13 +105,37 @@ def infer_feature_columns(visits: pd.DataFrame, cfg: SurvivalModelConfig) -> lis
     return [c for c in visits.columns if c not in skip and pd.api.types.is_numeric_dtype(visits[c])]
 
 
+def refuse_uninformative_features(visits: pd.DataFrame, cfg: SurvivalModelConfig) -> None:
+    """Raise naming the first feature column that is empty in every row or constant: a user's table with one is
+    a mistake (the commands call this; a constant column given on purpose, e.g. a no-feature model, trains)."""
+    for c in infer_feature_columns(visits, cfg):
+        values = visits[c].to_numpy(dtype=np.float64)
+        seen = values[np.isfinite(values)]
+        if not len(seen):
+            raise MetatrackError(f"visits: feature column {c!r} has no values (empty in every row); drop it")
+        if np.all(seen == seen[0]):
+            raise MetatrackError(f"visits: feature column {c!r} is constant ({seen[0]:g} in every row); drop it")
+
+
 def drop_visits_after_outcome(visits: pd.DataFrame, events: pd.DataFrame, cfg: SurvivalModelConfig) -> pd.DataFrame:
     """Keep visits strictly before the patient's event/censoring time; patients without an event row raise."""
     pid, tcol = cfg.patient_col, cfg.time_col
     end = visits[pid].map(events.set_index(pid)[tcol])
     if end.isna().any():
-        missing = visits.loc[end.isna(), pid].iloc[0]
-        raise MetatrackError(f"events: no row for patient {missing!r} that has visits")
+        missing = visits.loc[end.isna(), pid]
+        raise MetatrackError(
+            f"visits: patient {missing.iloc[0]!r} is unknown: the events table has no row for it "
+            f"({missing.nunique()} patient(s) without one)"
+        )
+    first = visits.groupby(pid, sort=False)[tcol].min()
+    before = (events[tcol] < events[pid].map(first)).to_numpy()  # NaN (no visits): False
+    if before.any():
+        i = int(np.flatnonzero(before)[0])
+        name = events[pid].iloc[i]
+        raise MetatrackError(
+            f"events row {i + 2}: column {tcol!r} is before the first visit of patient {name!r} "
+            f"({events[tcol].iloc[i]:g} < {first[name]:g})"
+        )
     kept = visits.loc[visits[tcol].to_numpy() < end.to_numpy()].reset_index(drop=True)
     kept["visit_index"] = kept.groupby(pid).cumcount()
     return kept
