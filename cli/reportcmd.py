@@ -32,8 +32,8 @@ def report(
     """Write a patient's or the cohort's report: one HTML file that opens offline (figures embedded), or each
     figure as PNG/PDF for papers.
 
-    Examples: ``metatrack report P001 -o P001.html``, ``metatrack report --cohort -o cohort.html``,
-    ``metatrack report P001 --figures figs --format pdf``.
+    Examples: metatrack report P001 -o P001.html; metatrack report --cohort -o cohort.html;
+    metatrack report P001 --figures figs --format pdf.
     """
     if cohort == (patient is not None):
         raise typer.BadParameter("give a PATIENT or --cohort (one of them)", param_hint="PATIENT")
