@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import date
 from typing import Any
 
 from sqlalchemy import case, func, select
@@ -204,6 +205,13 @@ def timeline(session: Session, external_id: str) -> dict[str, Any]:
                     "change_from_nadir_pct": rec.change_from_nadir_pct,
                     "new_lesions": rec.new_lesions,
                     "response": rec.response,
+                    "nadir_mm": rec.nadir_mm,
+                    "target_response": rec.target_response,
+                    "non_target_response": rec.non_target_response,
+                    "non_target_volume_mm3": rec.non_target_volume_mm3,
+                    "non_target_nadir_mm3": rec.non_target_nadir_mm3,
+                    "target_diameters_mm": rec.target_diameters,
+                    "reasons": rec.reasons,
                 },
                 "patient_features": pfeat.get(s.id, {}),
                 "risk": risks.get(s.id, []),
@@ -222,56 +230,80 @@ def timeline(session: Session, external_id: str) -> dict[str, Any]:
 
 
 def cohort(session: Session) -> list[dict[str, Any]]:
-    """One row per scan of every patient: dates, state, lesion burden, RECIST, latest risk, patient features."""
+    """One row per scan of every patient: dates, state, lesion burden, RECIST, latest risk, patient features.
+
+    Plain column tuples from a handful of whole-table reads: no per-patient query and no ORM objects, which at
+    50,000 scans cost seconds each (benchmarks/scale.py).
+    """
     rows: list[dict[str, Any]] = []
-    patients = list(session.scalars(select(Patient).order_by(Patient.external_id)))
+    conn = session.connection()  # Core rows: the ORM session's result processing costs a quarter more here
+    scans = conn.execute(
+        select(
+            Patient.external_id,
+            Scan.patient_id,
+            Scan.id,
+            Scan.scan_date,
+            Scan.role,
+            Scan.modality,
+            Scan.scanner,
+            Scan.state,
+        )
+        .join(Patient, Patient.id == Scan.patient_id)
+        .order_by(Patient.external_id, Scan.scan_date)
+    ).all()
     burden = {
         sid: (int(n), float(v or 0.0))
-        for sid, n, v in session.execute(
+        for sid, n, v in conn.execute(
             select(Lesion.scan_id, func.count(Lesion.id), func.sum(Lesion.volume_mm3)).group_by(Lesion.scan_id)
         )
     }
     new_counts = {
         sid: int(n)
-        for sid, n in session.execute(
+        for sid, n in conn.execute(
             select(TrackLink.scan_id, func.count(TrackLink.id))
             .where(TrackLink.change == "new")
             .group_by(TrackLink.scan_id)
         )
     }
-    recist = {r.scan_id: r for r in session.scalars(select(RecistAssessment))}
-    regs = {r.moving_scan_id: r for r in session.scalars(select(Registration))}
-    risk12: dict[int, float] = {}
-    for rs in session.scalars(select(RiskScore).where(RiskScore.horizon_months == 12).order_by(RiskScore.computed_at)):
-        if rs.scan_id is not None:
-            risk12[rs.scan_id] = rs.risk
+    recist = {
+        sid: (total, response)
+        for sid, total, response in conn.execute(
+            select(RecistAssessment.scan_id, RecistAssessment.sum_mm, RecistAssessment.response)
+        )
+    }
+    review = dict(conn.execute(select(Registration.moving_scan_id, Registration.needs_review)).all())
+    risk12: dict[int | None, float] = {}
+    for sid, risk in conn.execute(
+        select(RiskScore.scan_id, RiskScore.risk)
+        .where(RiskScore.horizon_months == 12, RiskScore.scan_id.is_not(None))
+        .order_by(RiskScore.computed_at)
+    ):
+        risk12[sid] = risk
     pfeat: dict[int, dict[str, float | None]] = defaultdict(dict)
-    for pf in session.scalars(select(PatientFeature)):
-        pfeat[pf.scan_id][pf.tag] = pf.value
-    for p in patients:
-        scans = list(session.scalars(select(Scan).where(Scan.patient_id == p.id).order_by(Scan.scan_date)))
-        base = scans[0].scan_date if scans else None
-        for s in scans:
-            n, vol = burden.get(s.id, (0, 0.0))
-            rec = recist.get(s.id)
-            reg = regs.get(s.id)
-            row = {
-                "patient_id": p.external_id,
-                "scan_id": s.id,
-                "date": s.scan_date.isoformat(),
-                "days_from_baseline": (s.scan_date - base).days if base else 0,
-                "role": s.role.value,
-                "modality": s.modality,
-                "scanner": s.scanner,
-                "state": s.state.value,
-                "lesions": n,
-                "new_lesions": new_counts.get(s.id, 0) if s.role == ScanRole.FOLLOW_UP else 0,
-                "total_volume_mm3": round(vol, 3),
-                "recist_sum_mm": rec.sum_mm if rec else None,
-                "recist_response": rec.response if rec else None,
-                "needs_review": reg.needs_review if reg else None,
-                "risk_12m": risk12.get(s.id),
-            }
-            row.update(pfeat.get(s.id, {}))
-            rows.append(row)
+    for sid, tag, value in conn.execute(select(PatientFeature.scan_id, PatientFeature.tag, PatientFeature.value)):
+        pfeat[sid][tag] = value
+    baseline: dict[int, date] = {}
+    for external_id, pid, sid, day, role, modality, scanner, state in scans:
+        base = baseline.setdefault(pid, day)  # rows come by patient and date: the first is the baseline
+        n, vol = burden.get(sid, (0, 0.0))
+        rec = recist.get(sid)
+        row = {
+            "patient_id": external_id,
+            "scan_id": sid,
+            "date": day.isoformat(),
+            "days_from_baseline": (day - base).days,
+            "role": role.value,
+            "modality": modality,
+            "scanner": scanner,
+            "state": state.value,
+            "lesions": n,
+            "new_lesions": new_counts.get(sid, 0) if role == ScanRole.FOLLOW_UP else 0,
+            "total_volume_mm3": round(vol, 3),
+            "recist_sum_mm": rec[0] if rec else None,
+            "recist_response": rec[1] if rec else None,
+            "needs_review": review.get(sid),
+            "risk_12m": risk12.get(sid),
+        }
+        row.update(pfeat.get(sid, {}))
+        rows.append(row)
     return rows
