@@ -280,9 +280,11 @@ def km_groups(
     ax.set_title(title, fontsize=10)
     if ax.lines:
         ax.legend(fontsize=8, loc="lower left")
+    else:
+        ax.text(0.5, 0.5, "no patients in these groups", transform=ax.transAxes, ha="center")
     table.set_yticks(range(len(groups)))
     table.set_yticklabels(list(groups), fontsize=8)
-    table.set_ylim(len(groups) - 0.5, -0.5)
+    table.set_ylim(max(len(groups), 1) - 0.5, -0.5)
     table.set_xticks(ticks)
     table.set_xlabel("days from baseline; numbers at risk")
     for side in ("top", "right", "left"):

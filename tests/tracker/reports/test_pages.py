@@ -195,3 +195,8 @@ def test_stored_intervals_are_drawn_as_bands(patient: PatientReportData) -> None
     assert sum(isinstance(c, PolyCollection) for c in risk.axes[0].collections) == 3
     _, no_bands = pages.risk_series(patient.timeline["scans"])
     assert all(b is None for b in no_bands[12])
+
+
+def test_km_without_groups_says_so() -> None:
+    fig = figures.km_groups({}, "nothing", None)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["no patients in these groups"]
