@@ -3,11 +3,15 @@ and its summary."""
 
 from __future__ import annotations
 
+import typer
+
 from cli import output
 from cli.context import AppState
 from tracker.errors import MetatrackError
 from tracker.records import Settings
 from tracker.workflows.distributed import ClusterSpec
+
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
 def run_process(
@@ -39,17 +43,24 @@ def run_process(
         if cluster is None or cluster.in_process:
             report = process(engine, store, settings, workroot, patient=patient, on_scan=on_scan, on_wait=on_wait)
         else:
-            report = process_on_cluster(
-                engine,
-                store,
-                settings,
-                workroot,
-                cluster,
-                patient=patient,
-                on_scan=on_scan,
-                on_wait=on_wait,
-                on_start=on_start,
-            )
+            try:
+                report = process_on_cluster(
+                    engine,
+                    store,
+                    settings,
+                    workroot,
+                    cluster,
+                    patient=patient,
+                    on_scan=on_scan,
+                    on_wait=on_wait,
+                    on_start=on_start,
+                )
+            except KeyboardInterrupt:
+                output.error(
+                    "interrupted: no patient was started after it and no scan is half-written; "
+                    "run `metatrack process` again to do what is left"
+                )
+                raise typer.Exit(INTERRUPTED_EXIT) from None
     if report.swept:
         output.log("cleaned up after interrupted runs: " + ", ".join(f"{n} {what}" for what, n in report.swept.items()))
     if report.store_busy:

@@ -140,7 +140,8 @@ def test_ctrl_c_leaves_no_scan_half_written_and_a_rerun_finishes(
         assert proc.poll() is None, proc.communicate()[1]
         os.killpg(proc.pid, signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
-        assert proc.returncode != 0, stderr
+        assert proc.returncode == 130, stderr
+        assert stderr.strip().splitlines()[-1].startswith("error: interrupted: no patient was started after it")
         states = {s["state"] for tl in _timelines(url).values() for s in tl["scans"]}
         assert states <= {"processed", "ingested"} and "processed" in states, stderr
     finally:
