@@ -113,7 +113,8 @@ def timeline(session: Session, external_id: str) -> dict[str, Any]:
     links: dict[int, list[TrackLink]] = defaultdict(list)
     for link in session.scalars(select(TrackLink).where(TrackLink.scan_id.in_(scan_ids))):
         links[link.scan_id].append(link)
-    masks = {m.scan_id: m for m in session.scalars(select(Mask).where(Mask.scan_id.in_(scan_ids)).order_by(Mask.id))}
+    lesion_masks = select(Mask).where(Mask.scan_id.in_(scan_ids), Mask.kind == "lesions").order_by(Mask.id)
+    masks = {m.scan_id: m for m in session.scalars(lesion_masks)}  # not an organ map
     regs = {
         r.moving_scan_id: r
         for r in session.scalars(select(Registration).where(Registration.moving_scan_id.in_(scan_ids)))
@@ -304,6 +305,7 @@ def cohort(session: Session) -> list[dict[str, Any]]:
             "needs_review": review.get(sid),
             "risk_12m": risk12.get(sid),
         }
-        row.update(pfeat.get(sid, {}))
+        for tag, value in pfeat.get(sid, {}).items():
+            row.setdefault(tag, value)  # the table's own columns win over a patient feature of the same name
         rows.append(row)
     return rows

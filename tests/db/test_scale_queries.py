@@ -46,7 +46,7 @@ def test_cohort_rows_match_the_timelines(engine: Engine) -> None:
                 "needs_review": s["registration"]["needs_review"] if s["registration"] else None,
                 "risk_12m": next(x["risk"] for x in s["risk"] if x["horizon_months"] == 12),
             }
-            expected.update(s["patient_features"])  # a patient feature of a column's name wins, as in the table
+            expected = {**s["patient_features"], **expected}  # the table's own columns win over a feature's name
             assert {k: r[k] for k in expected} == expected
 
 

@@ -53,3 +53,35 @@ def test_calendar_date_risk_is_shown(tmp_path: Path, capsys: pytest.CaptureFixtu
     table = capsys.readouterr().out
     assert "risk by calendar date" in table
     assert all(f"{risk:.4g}" in table for _, _, risk in stored)
+
+
+def test_timeline_mask_is_the_lesion_mask_not_an_organ_map(tmp_path: Path) -> None:
+    import numpy as np
+    import SimpleITK as sitk
+
+    from tracker.workflows.ingest import ScanRequest, ingest_many
+
+    def write(arr: np.ndarray, name: str) -> Path:
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing((2.0, 2.0, 2.0))
+        path = tmp_path / name
+        sitk.WriteImage(img, str(path))
+        return path
+
+    rng = np.random.default_rng(0)
+    organs = np.zeros((16, 16, 16), np.uint8)
+    organs[2:14, 2:14, 2:14] = 1
+    lesion = np.zeros((16, 16, 16), np.uint8)
+    lesion[5:9, 5:9, 5:9] = 1
+    engine = make_engine(f"sqlite:///{tmp_path / 'mt.db'}")
+    upgrade(engine)
+    requests = [
+        ScanRequest("P1", date(2024, 1, day), write(rng.normal(0, 10, (16, 16, 16)).astype(np.int16), f"{day}.nii.gz"),
+                    mask=write(lesion, "lesion.nii.gz") if day == 1 else None, organs=write(organs, "organs.nii.gz"))
+        for day in (1, 2)
+    ]  # fmt: skip
+    _, failed = ingest_many(engine, FileStore(tmp_path / "store"), requests)
+    assert not failed
+    scans = timeline(engine, "P1")["scans"]
+    assert scans[0]["mask"] == {"labels": 1, "empty": False}
+    assert scans[1]["mask"] is None  # only an organ map: no lesion mask
