@@ -17,11 +17,16 @@ import pandas as pd
 from sqlalchemy import and_, func, insert, select
 from sqlalchemy.orm import Session
 
+from db.jobs import db_timestamp, executemany
 from db.models import ModelVersion, Patient, RecistAssessment, RecistSeen, RiskScore, RiskScoreChange, Scan
 from db.registry import promoted_models
 from db.types import table_of
 from db.visits import SQL_IN_CHUNK
 
+INSERT_HISTORY = (
+    "INSERT INTO risk_score_history (patient_id, scan_id, as_of_date, horizon_months, old_model_version_id, "
+    "new_model_version_id, old_risk, new_risk, reason, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 # Re-scoring the same inputs in another batch moves a float32 model's risks by ~1e-7: not a change.
 RISK_TOLERANCE = 1e-6
 
@@ -34,27 +39,29 @@ class ScoreChangeReason(enum.StrEnum):
     REPROCESSING = "re-processing"  # the same model, other inputs: features re-computed, harmonised or corrected
 
 
-def _existing_scores(session: Session, patient_ids: list[int], endpoints: list[str]) -> pd.DataFrame:
-    """Stored score rows of these patients under every model version of these endpoints."""
-    cols = ["patient_id", "as_of_date", "horizon_months", "model_version_id", "endpoint", "risk", "fp", "computed_at"]
+def _existing_scores(session: Session, patient_ids: list[int], mv_ids: list[int]) -> pd.DataFrame:
+    """Stored score rows of these patients under these model versions (plain columns: no timestamps to parse)."""
+    cols = ["patient_id", "as_of_date", "horizon_months", "model_version_id", "risk", "fp"]
     parts = []
     for i in range(0, len(patient_ids), SQL_IN_CHUNK):
-        q = (
-            select(
-                RiskScore.patient_id,
-                RiskScore.as_of_date,
-                RiskScore.horizon_months,
-                RiskScore.model_version_id,
-                ModelVersion.endpoint,
-                RiskScore.risk,
-                RiskScore.input_fingerprint,
-                RiskScore.computed_at,
-            )
-            .join(ModelVersion, ModelVersion.id == RiskScore.model_version_id)
-            .where(RiskScore.patient_id.in_(patient_ids[i : i + SQL_IN_CHUNK]), ModelVersion.endpoint.in_(endpoints))
-        )
+        q = select(
+            RiskScore.patient_id,
+            RiskScore.as_of_date,
+            RiskScore.horizon_months,
+            RiskScore.model_version_id,
+            RiskScore.risk,
+            RiskScore.input_fingerprint,
+        ).where(RiskScore.patient_id.in_(patient_ids[i : i + SQL_IN_CHUNK]), RiskScore.model_version_id.in_(mv_ids))
         parts.append(pd.DataFrame(session.execute(q).all(), columns=cols))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+
+
+def _tick_computed(session: Session, mv_id: int, patient_ids: list[int]) -> pd.DataFrame:
+    """(patient_id, as_of_date, computed_at) of these patients' stored calendar ticks under one model version."""
+    q = select(RiskScore.patient_id, RiskScore.as_of_date, RiskScore.computed_at).where(
+        RiskScore.model_version_id == mv_id, RiskScore.scan_id.is_(None), RiskScore.patient_id.in_(patient_ids)
+    )
+    return pd.DataFrame(session.execute(q.distinct()).all(), columns=["patient_id", "as_of_date", "computed_at"])
 
 
 def _scan_ingests(session: Session, patient_ids: list[int]) -> pd.DataFrame:
@@ -84,52 +91,60 @@ def record_score_changes(session: Session, rows: pd.DataFrame, changed_at: datet
     endpoint_of = dict(
         session.execute(select(ModelVersion.id, ModelVersion.endpoint).where(ModelVersion.id.in_(mv_ids))).all()
     )
+    versions = dict(
+        session.execute(
+            select(ModelVersion.id, ModelVersion.endpoint).where(ModelVersion.endpoint.in_(set(endpoint_of.values())))
+        ).all()
+    )
     patients = sorted({int(p) for p in rows["patient_id"]})
-    old = _existing_scores(session, patients, sorted(set(endpoint_of.values())))
+    old = _existing_scores(session, patients, sorted(versions))
     if old.empty:
         return 0
-    new = rows[
-        ["patient_id", "scan_id", "as_of_date", "horizon_months", "model_version_id", "risk", "input_fingerprint"]
-    ]
-    new = new.assign(endpoint=[endpoint_of[int(m)] for m in new["model_version_id"]])
+    old["endpoint"] = old["model_version_id"].map(versions)
+    cols = ["patient_id", "scan_id", "as_of_date", "horizon_months", "model_version_id", "risk", "input_fingerprint"]
+    new = rows[cols].assign(endpoint=rows["model_version_id"].map(endpoint_of))
     key = ["patient_id", "as_of_date", "horizon_months"]
-    same = new.merge(old, on=[*key, "model_version_id"], suffixes=("", "_old"))
-    same = same[(same["fp"] != same["input_fingerprint"]) & ((same["risk"] - same["risk_old"]).abs() > RISK_TOLERANCE)]
-    same = same.assign(old_model_version_id=same["model_version_id"])
-    same["reason"] = ScoreChangeReason.REPROCESSING.value
+    same = new.merge(old.drop(columns="endpoint"), on=[*key, "model_version_id"], how="left", suffixes=("", "_old"))
+    first = new[same["fp"].isna().to_numpy()]  # no row of this version yet: a newly promoted model's first score
+    same = same[same["fp"].notna() & (same["fp"] != same["input_fingerprint"])]
+    same = same[(same["risk"] - same["risk_old"]).abs() > RISK_TOLERANCE]
+    same = same.assign(old_model_version_id=same["model_version_id"], reason=ScoreChangeReason.REPROCESSING.value)
     ticks = same[same["scan_id"].isna()]
-    if len(ticks):
-        scans = _scan_ingests(session, sorted({int(p) for p in ticks["patient_id"]}))
-        hit = ticks.reset_index().merge(scans, on="patient_id")
+    for mv_id, group in ticks.groupby("model_version_id"):
+        pids = sorted({int(p) for p in group["patient_id"]})
+        hit = group.reset_index().merge(_tick_computed(session, int(mv_id), pids), on=["patient_id", "as_of_date"])
+        hit = hit.merge(_scan_ingests(session, pids), on="patient_id")
         hit = hit[(hit["scan_date"] < hit["as_of_date"]) & (hit["ingested_at"] > hit["computed_at"])]
         same.loc[sorted(set(hit["index"])), "reason"] = ScoreChangeReason.NEW_SCAN.value
-    stored_here = new.merge(old[[*key, "model_version_id"]], on=[*key, "model_version_id"], how="left", indicator=True)
-    first = new[(stored_here["_merge"] == "left_only").to_numpy()]
+    # the newest other version (highest id) that scored the key is the one replaced
     others = old.rename(columns={"model_version_id": "old_model_version_id", "risk": "risk_old"})
-    others = others.sort_values("computed_at").drop_duplicates([*key, "endpoint", "old_model_version_id"], keep="last")
     moved = first.merge(others, on=[*key, "endpoint"])
     moved = moved[moved["old_model_version_id"] != moved["model_version_id"]]
-    moved = moved.sort_values("computed_at").drop_duplicates(key, keep="last")
+    moved = moved.sort_values("old_model_version_id", kind="stable").drop_duplicates(key, keep="last")
     moved = moved.assign(reason=ScoreChangeReason.NEW_MODEL.value)
     out = pd.concat([same, moved], ignore_index=True)
     if out.empty:
         return 0
-    records = [
-        {
-            "patient_id": int(r.patient_id),
-            "scan_id": None if pd.isna(r.scan_id) else int(r.scan_id),
-            "as_of_date": r.as_of_date,
-            "horizon_months": int(r.horizon_months),
-            "old_model_version_id": int(r.old_model_version_id),
-            "new_model_version_id": int(r.model_version_id),
-            "old_risk": float(r.risk_old),
-            "new_risk": float(r.risk),
-            "reason": str(r.reason),
-            "changed_at": changed_at,
-        }
-        for r in out.itertuples(index=False)
-    ]
-    session.execute(insert(table_of(RiskScoreChange)), records)
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    days = [d.isoformat() for d in out["as_of_date"]] if sqlite else out["as_of_date"].tolist()
+    when = db_timestamp(session, changed_at)
+    scans = [None if pd.isna(v) else int(v) for v in out["scan_id"]]
+    records = list(
+        zip(
+            out["patient_id"].astype(int).tolist(),
+            scans,
+            days,
+            out["horizon_months"].astype(int).tolist(),
+            out["old_model_version_id"].astype(int).tolist(),
+            out["model_version_id"].astype(int).tolist(),
+            out["risk_old"].astype(float).tolist(),
+            out["risk"].astype(float).tolist(),
+            out["reason"].astype(str).tolist(),
+            [when] * len(out),
+            strict=True,
+        )
+    )
+    executemany(session, INSERT_HISTORY, records)  # raw driver rows: Core's per-row processing costs seconds
     return len(records)
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, select, update
 
 import tracker.workflows.rescore as rescore
 from db.alerts import ScoreChangeReason, score_changes
-from db.models import PatientFeature, RiskScore, Scan
+from db.models import Blob, PatientFeature, RiskScore, Scan, ScanRole, ScanState
 from db.registry import promote, register_model
 from db.session import session_scope
 from tests.helpers import FEATURES, fill_cohort, synthetic_tables
@@ -120,3 +120,40 @@ def test_reprocessing_records_only_the_changed_risks(engine: Engine, scored) -> 
         key = (r.patient_id, r.as_of_date, r.horizon_months)
         assert (r.old_risk, r.new_risk) == (before[key], after[key])
         assert r.old_model_version_id == r.new_model_version_id == v1
+
+
+def test_new_scan_moves_the_tick(engine: Engine, scored) -> None:
+    store, ids, visits, v1 = scored
+    before = _scores(engine, v1)
+    ticked = {p for p, d, _ in before if d == AS_OF}
+    name = next(n for n in visits["patient_id"] if ids[n] in ticked)
+    day = date(2024, 5, 2)  # a month before the tick: the tick is now seen from this scan
+    last = visits[visits["patient_id"] == name].iloc[-1]
+    with session_scope(engine) as s:
+        sha = "f" * 64
+        s.add(Blob(sha256=sha, kind="image", suffix=".nii.gz", size_bytes=1))
+        scan = Scan(
+            patient_id=ids[name],
+            scan_date=day,
+            role=ScanRole.FOLLOW_UP,
+            modality="CT",
+            image_sha256=sha,
+            source_format="nifti",
+            source_name=f"sha256:{sha[:16]}",
+            size_xyz=[1, 1, 1],
+            spacing_xyz=[1.0, 1.0, 1.0],
+            origin_xyz=[0.0, 0.0, 0.0],
+            direction=[1, 0, 0, 0, 1, 0, 0, 0, 1],
+            state=ScanState.PROCESSED,
+        )
+        s.add(scan)
+        s.flush()
+        s.add_all(PatientFeature(patient_id=ids[name], scan_id=scan.id, tag=f, value=float(last[f])) for f in FEATURES)
+    rescore.rescore_all(engine, store, as_of=AS_OF)
+    after = _scores(engine, v1)
+    hist = _history(engine)
+    changed = {k for k in before if abs(after[k] - before[k]) > 1e-6}
+    assert changed and {d for _, d, _ in changed} == {AS_OF}  # earlier scans' risks do not look ahead
+    assert set(zip(hist["patient_id"], hist["as_of_date"], hist["horizon_months"], strict=True)) == changed
+    assert set(hist["reason"]) == {ScoreChangeReason.NEW_SCAN.value} and set(hist["scan_id"].isna()) == {True}
+    assert {(ids[name], day)} == {(p, d) for p, d, _ in after if (p, d, 12) not in before and d != AS_OF}
