@@ -306,11 +306,12 @@ def _affine_stage(
 def invert_field(disp: sitk.Image) -> sitk.Image:
     """Inverse v of a displacement field d on its own grid: v(y) = -d(y + v(y)), by fixed-point iteration.
 
-    Runs in torch (trilinear ``grid_sample``, float64, the field held constant beyond its border) on
-    ``bspline.device()``, until the residual |v + d(y + v)| is below ``INVERSE_MAX_TOLERANCE_MM`` everywhere
-    and ``INVERSE_MEAN_TOLERANCE_MM`` on average, or after ``INVERSE_ITERATIONS``. It replaced ITK's
-    ``InvertDisplacementField`` (same iteration and tolerances), which took 1.8 CPU-s on a 0.9 M voxel field,
-    a third of a small scan's registration, against about 0.2 s here.
+    Runs in torch (trilinear ``grid_sample`` in float32, as the field is stored; the field held constant beyond
+    its border) on ``bspline.device()``, until the residual |v + d(y + v)| is below ``INVERSE_MAX_TOLERANCE_MM``
+    everywhere and ``INVERSE_MEAN_TOLERANCE_MM`` on average, or after ``INVERSE_ITERATIONS``. It replaced ITK's
+    ``InvertDisplacementField`` (the same iteration; ITK stops when either tolerance holds), which took 1.8 CPU-s
+    on a 0.9 M voxel field, a third of a small scan's registration, against 0.25 CPU-s here (the same round
+    trip, 0.003 mm mean).
     """
     import torch
     import torch.nn.functional as F
@@ -323,10 +324,10 @@ def invert_field(disp: sitk.Image) -> sitk.Image:
         size_xyz = np.asarray(disp.GetSize())
         # mm along the grid's index axes -> grid_sample's normalised (x, y, z) units (align_corners=True)
         to_norm = 2.0 / (np.asarray(disp.GetSpacing()) * np.maximum(size_xyz - 1, 1))
-        index_mm = sitk.GetArrayFromImage(disp).astype(np.float64) @ direction  # (Z, Y, X, 3)
+        index_mm = (sitk.GetArrayFromImage(disp) @ direction).astype(np.float32)  # (Z, Y, X, 3)
         field = torch.from_numpy(index_mm).to(dev).permute(3, 0, 1, 2).contiguous()  # (3, Z, Y, X)
-        scale = torch.from_numpy(to_norm).to(dev)
-        axes = [torch.linspace(-1.0, 1.0, int(n), dtype=torch.float64, device=dev) for n in size_xyz[::-1]]
+        scale = torch.from_numpy(to_norm.astype(np.float32)).to(dev)
+        axes = [torch.linspace(-1.0, 1.0, int(n), dtype=torch.float32, device=dev) for n in size_xyz[::-1]]
         gz, gy, gx = torch.meshgrid(*axes, indexing="ij")
         identity = torch.stack((gx, gy, gz), dim=-1)[None]
         inverse = -field
@@ -339,7 +340,7 @@ def invert_field(disp: sitk.Image) -> sitk.Image:
                 inverse = update
                 if residual.max() <= INVERSE_MAX_TOLERANCE_MM and residual.mean() <= INVERSE_MEAN_TOLERANCE_MM:
                     break
-        lps = inverse.permute(1, 2, 3, 0).cpu().numpy() @ direction.T
+        lps = inverse.permute(1, 2, 3, 0).cpu().numpy().astype(np.float64) @ direction.T
     finally:
         torch.set_num_threads(previous_threads)
     out = sitk.GetImageFromArray(lps, isVector=True)
@@ -356,8 +357,9 @@ def _write_transforms(
     if disp is None:
         return forward, inverse, None
     disp_inv = invert_field(disp)
-    forward.insert(0, write_field(disp, workdir / "warp.nii.gz"))
-    inverse.append(write_field(disp_inv, workdir / "warp_inverse.nii.gz"))
+    # Uncompressed: gzip took 0.33 CPU-s per 0.9 M voxel field and saved 9 % of its size (float noise).
+    forward.insert(0, write_field(disp, workdir / "warp.nii"))
+    inverse.append(write_field(disp_inv, workdir / "warp_inverse.nii"))
     # Quality is evaluated on the field as stored, so metrics describe the files.
     return forward, inverse, sitk.Cast(sitk.Cast(disp, sitk.sitkVectorFloat32), sitk.sitkVectorFloat64)
 

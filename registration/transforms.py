@@ -37,8 +37,8 @@ def write_affine(transform: sitk.Transform, path: Path) -> Path:
 
 
 def write_field(field: sitk.Image, path: Path) -> Path:
-    """Write a displacement field (vector image, mm) as float32 to keep the file small."""
-    sitk.WriteImage(sitk.Cast(field, sitk.sitkVectorFloat32), str(path), useCompression=True)
+    """Write a displacement field (vector image, mm) as float32 to keep the file small (gzipped for .nii.gz)."""
+    sitk.WriteImage(sitk.Cast(field, sitk.sitkVectorFloat32), str(path), useCompression=str(path).endswith(".gz"))
     return Path(path)
 
 
