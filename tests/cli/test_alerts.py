@@ -120,3 +120,27 @@ def test_recist_change_fires_once(cli, tmp_path: Path) -> None:
     assert len(json.loads(run(*ALERT_ARGS).stdout)) == 3  # with A's two risk alerts
     text = run("alerts").stdout
     assert "recist" in text and "SD" in text and "PD" in text
+
+
+def test_since_file_lists_each_alert_once(cli, tmp_path: Path) -> None:
+    run, engine = cli
+    ids = _cohort(run, engine, tmp_path)
+    state = tmp_path / "alerts.since"
+    every = json.loads(run(*ALERT_ARGS).stdout)
+    assert json.loads(run(*ALERT_ARGS, "--since-file", str(state)).stdout) == every  # no file yet: everything
+    assert oct(state.stat().st_mode & 0o777) == "0o600"
+    assert json.loads(run(*ALERT_ARGS, "--since-file", str(state)).stdout) == []  # shown already
+    assert json.loads(run(*ALERT_ARGS, "--since", "2000-01-01T00:00:00Z").stdout) == every
+    with session_scope(engine) as s:
+        scan = s.scalar(select(Scan.id).where(Scan.patient_id == ids["B"], Scan.scan_date == DAYS[-1]))
+        s.add(RecistAssessment(scan_id=scan, sum_mm=50.0, baseline_sum_mm=50.0, nadir_mm=50.0, response="SD"))
+    assert json.loads(run(*ALERT_ARGS, "--since-file", str(state)).stdout) == []  # first response seen
+    with session_scope(engine) as s:
+        s.execute(update(RecistAssessment).where(RecistAssessment.scan_id == scan).values(response="PR"))
+    got = json.loads(run(*ALERT_ARGS, "--since-file", str(state)).stdout)
+    assert [(a["patient"], a["kind"], a["old"], a["new"]) for a in got] == [("B", "recist", "SD", "PR")]
+    assert json.loads(run(*ALERT_ARGS, "--since-file", str(state)).stdout) == []
+    run("alerts", "--since", "2024-01-01", "--since-file", str(state), code=2)
+    state.write_text("yesterday\n")
+    err = run("alerts", "--since-file", str(state), code=1).stderr
+    assert err.strip() == f"error: --since-file {state}: holds 'yesterday', not an ISO time written by alerts"

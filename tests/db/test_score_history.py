@@ -89,7 +89,7 @@ def test_new_model_keeps_old_and_new_risk(engine: Engine, scored) -> None:
     assert _scores(engine, v1) == before  # the old model's rows stay
     rescore.rescore_all(engine, store, as_of=AS_OF)
     assert len(_history(engine)) == len(hist)  # nothing replaced: nothing recorded
-    rises = list_alerts(engine, rise_above=0.0)  # every rise between scans under v2, each known through v2
+    rises, _ = list_alerts(engine, rise_above=0.0)  # every rise between scans under v2, each known through v2
     assert rises and {(a.reason, a.endpoint) for a in rises} == {("new-model", "metastasis")}
 
 

@@ -5,15 +5,17 @@ Risk alerts are a pure query over the stored scores of the promoted models: an a
 moment its risk became what it is (the scan's processing, or the newest recorded change of that score:
 `db.alerts.scan_risks`), and `since` keeps those known on or after that day. RECIST changes need a memory: each
 call first notes the responses it has not seen (`recist_history`), and a response that replaced another one is an
-alert from the moment it was first seen. So the same call twice lists the same alerts, and a daily job with
-`--since` yesterday lists each alert in one day's output.
+alert from the moment it was first seen. So the same call twice lists the same alerts. A scheduled job that must
+list each alert once passes `--since-file`: the check time of each run is the next run's `since`.
 """
 
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -100,13 +102,15 @@ def risk_alerts(
 
 def list_alerts(
     engine: Engine,
-    since: date | None = None,
+    since: date | datetime | None = None,
     risk_above: float | None = None,
     rise_above: float | None = None,
     endpoint: str | None = None,
     horizon_months: int = DEFAULT_HORIZON_MONTHS,
-) -> list[Alert]:
-    """Note the RECIST responses not seen before, then list the alerts known on or after `since` (UTC day).
+) -> tuple[list[Alert], datetime]:
+    """Note the RECIST responses not seen before, then list the alerts known on or after `since` (a UTC day, or
+    a time) and before this call's check time; returns them and that time (the next call's `since` for a job
+    that lists each alert once: :func:`read_since_file`).
 
     Sorted by patient, scan date and kind. `endpoint` restricts the risk alerts to that endpoint's model.
     """
@@ -117,9 +121,14 @@ def list_alerts(
         raise MetatrackError(f"--risk-above {risk_above}: a risk between 0 and 1 is expected")
     if rise_above is not None and not 0.0 <= rise_above < 1.0:
         raise MetatrackError(f"--rise-above {rise_above}: a risk difference between 0 and 1 is expected")
-    start = datetime.combine(since, time.min, tzinfo=UTC) if since is not None else None
+    if isinstance(since, datetime):
+        start: datetime | None = _as_utc(since)
+    else:
+        start = datetime.combine(since, time.min, tzinfo=UTC) if since is not None else None
     with session_scope(engine) as s:
         record_recist(s, datetime.now(UTC))
+    checked_at = datetime.now(UTC)  # after the responses just noted, before the reads
+    with session_scope(engine) as s:
         table = scan_risks(s, endpoint, horizon_months)
         recist = recist_changes(s, start)
     if endpoint is not None and table.empty:
@@ -143,7 +152,33 @@ def list_alerts(
         )
         for r in recist.itertuples(index=False)
     ]
-    if start is not None:
-        alerts = [a for a in alerts if _as_utc(a.known_at) >= start]
+    alerts = [a for a in alerts if (start is None or a.known_at >= start) and a.known_at < checked_at]
     order = {k: i for i, k in enumerate(AlertKind)}
-    return sorted(alerts, key=lambda a: (a.patient, a.scan_date, order[a.kind], a.endpoint or ""))
+    return sorted(alerts, key=lambda a: (a.patient, a.scan_date, order[a.kind], a.endpoint or "")), checked_at
+
+
+def read_since_file(path: Path) -> datetime | None:
+    """The check time a previous run wrote to `path` (:func:`write_since_file`); None when there is no file yet."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise MetatrackError(f"--since-file {path}: cannot be read ({exc.strerror})") from exc
+    try:
+        return _as_utc(datetime.fromisoformat(text))
+    except ValueError:
+        raise MetatrackError(f"--since-file {path}: holds {text[:40]!r}, not an ISO time written by alerts") from None
+
+
+def write_since_file(path: Path, checked_at: datetime) -> None:
+    """Write the check time to `path` (private, replaced whole: a killed run leaves the previous time)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(checked_at.isoformat() + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise MetatrackError(f"--since-file {path}: cannot be written ({exc.strerror})") from exc
