@@ -63,21 +63,33 @@ def _recist_bands(ax: Axes) -> None:
     ax.axhline(0.0, color="black", lw=0.8)
 
 
-def spider(days: Sequence[int], change_pct: Sequence[float | None], responses: Sequence[str | None]) -> Figure:
-    """Target-sum % change from baseline against days, markers coloured by response, +20 % / -30 % bands."""
+def spider(
+    days: Sequence[int],
+    change_pct: Sequence[float | None],
+    responses: Sequence[str | None],
+    targets: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+) -> Figure:
+    """Target-sum % change from baseline against days, markers coloured by response, +20 % / -30 % bands; thin
+    grey lines: each target's own diameter change, ``targets[name]`` = (day, % change) per scan, when given."""
     fig = _figure()
     ax = fig.add_subplot()
     pts = [(d, p, r) for d, p, r in zip(days, change_pct, responses, strict=True) if p is not None]
+    per_target = [v for series in (targets or {}).values() for _, v in series]
     if pts:
         x, y, r = zip(*pts, strict=True)
-        ax.plot(x, y, color="#333333", lw=1.5, zorder=2)
+        ax.plot(x, y, color="#333333", lw=1.5, zorder=2, label="target sum")
         ax.scatter(x, y, c=[response.colour(v) for v in r], s=60, zorder=3, edgecolors="black", linewidths=0.5)
-        lo, hi = min(min(y), PR_THRESHOLD_PCT), max(max(y), PD_THRESHOLD_PCT)
+        lo, hi = min(*y, *per_target, PR_THRESHOLD_PCT), max(*y, *per_target, PD_THRESHOLD_PCT)
         ax.set_ylim(lo - 10, hi + 10)
     else:
         ax.set_ylim(-50, 40)
         ax.text(0.5, 0.5, "no RECIST target sum", transform=ax.transAxes, ha="center")
     _recist_bands(ax)
+    for name, series in (targets or {}).items():
+        if series:
+            tx, ty = zip(*series, strict=True)
+            ax.plot(tx, ty, color="#999999", lw=0.8, zorder=1)
+            ax.annotate(name, (tx[-1], ty[-1]), fontsize=7, color="#666666", xytext=(3, 0), textcoords="offset points")
     ax.set_xlabel("days from baseline")
     ax.set_ylabel("target sum, % change from baseline")
     _response_legend(ax, response.categories(responses), loc="upper left", bbox_to_anchor=(1.01, 1.0))

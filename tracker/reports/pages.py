@@ -102,14 +102,33 @@ def _track_points(scans: Sequence[dict[str, Any]]) -> dict[int, list[tuple[int, 
     return tracks
 
 
+def target_changes(
+    days: Sequence[int], diameters: Sequence[dict[str, float] | None]
+) -> dict[str, list[tuple[int, float]]]:
+    """Each baseline target's % change of its diameter from baseline per scan (``T<number>``), from the RECIST
+    rows' ``target_diameters_mm`` (track number -> mm); targets without a positive baseline diameter are left out."""
+    base = (diameters[0] or {}) if diameters else {}
+    out: dict[str, list[tuple[int, float]]] = {}
+    for track, d0 in base.items():
+        if d0 is None or d0 <= 0:
+            continue
+        out[f"T{track}"] = [
+            (day, 100.0 * (float(d[track]) - d0) / d0)
+            for day, d in zip(days, diameters, strict=True)
+            if d and d.get(track) is not None
+        ]
+    return out
+
+
 def patient_figures(data: PatientReportData) -> dict[str, FigureMaker]:
     """The patient's figures by file name, each made on demand."""
     scans = [s for s in data.timeline["scans"] if s["state"] == "processed"]
     days = [s["days_from_baseline"] for s in scans]
     rec = [s["recist"] or {} for s in scans]
     change = [0.0 if r.get("response") == response.BASELINE else r.get("change_from_baseline_pct") for r in rec]
+    targets = target_changes(days, [r.get("target_diameters_mm") for r in rec])
     out: dict[str, FigureMaker] = {
-        "spider": lambda: figures.spider(days, change, [r.get("response") for r in rec]),
+        "spider": lambda: figures.spider(days, change, [r.get("response") for r in rec], targets),
         "volumes": lambda: figures.volume_trajectories(_track_points(scans)),
     }
     risks, bands = risk_series(scans)
@@ -198,6 +217,7 @@ def patient_html(data: PatientReportData) -> str:
         '<p class="meta">Sum of target diameters, % change from baseline; dashed: +20 % (progression, against the '
         "nadir) and −30 % (partial response).</p>",
         _img(figs["spider"](), "spider"),
+        _recist_table(scans),
         "<h2>Lesion volumes by track</h2>",
         _img(figs["volumes"](), "volumes"),
         "<h2>Lesion snapshots</h2>",
@@ -218,6 +238,35 @@ def patient_html(data: PatientReportData) -> str:
     parts += ["<h2>Registration quality</h2>", _registration_table(scans), "<h2>Provenance</h2>"]
     parts.append(_provenance(data))
     return _page(f"metatrack report {tl['patient_id']}", "\n".join(parts))
+
+
+def _recist_table(scans: Sequence[dict[str, Any]]) -> str:
+    """Each assessment: sums, target and non-target responses, new lesions, the overall response and its reasons."""
+    rows = []
+    for s in scans:
+        rec = s["recist"]
+        if rec is None:
+            continue
+        rows.append(
+            [
+                s["date"],
+                rec.get("sum_mm"),
+                rec.get("change_from_baseline_pct"),
+                rec.get("change_from_nadir_pct"),
+                rec.get("target_response"),
+                rec.get("non_target_response"),
+                "yes" if rec.get("new_lesions") else "no",
+                rec.get("response"),
+                "; ".join(str(r) for r in rec.get("reasons") or []) or None,
+            ]
+        )
+    if not rows:
+        return "<p>No RECIST assessments.</p>"
+    return _table(
+        ["scan", "sum (mm)", "from baseline (%)", "from nadir (%)", "targets", "non-targets", "new", "overall", "why"],
+        rows,
+        text_cols=(0, 4, 5, 6, 7, 8),
+    )
 
 
 def _registration_table(scans: Sequence[dict[str, Any]]) -> str:

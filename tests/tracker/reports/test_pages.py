@@ -43,7 +43,15 @@ def _scan(day: int, response: str, pct: float | None, risk12: float, lesions: li
             "needs_review": day == 60,
             "review_reasons": ["similarity decreased <x>"] if day == 60 else [],
         },
-        "recist": {"sum_mm": 50.0, "change_from_baseline_pct": pct, "response": response},
+        "recist": {
+            "sum_mm": 50.0,
+            "change_from_baseline_pct": pct,
+            "response": response,
+            "target_response": response,
+            "non_target_response": "Non-CR/Non-PD" if day else None,
+            "target_diameters_mm": {"1": 20.0 * (1 + (pct or 0.0) / 100.0)},
+            "reasons": ["sum +10 % from nadir <&>"] if response == "PD" else [],
+        },
         "risk": [
             {"horizon_months": 6, "risk": risk12 / 2, "model": "m:1"},
             {"horizon_months": 12, "risk": risk12, "model": "m:1"},
@@ -200,3 +208,18 @@ def test_stored_intervals_are_drawn_as_bands(patient: PatientReportData) -> None
 def test_km_without_groups_says_so() -> None:
     fig = figures.km_groups({}, "nothing", None)
     assert [t.get_text() for t in fig.axes[0].texts] == ["no patients in these groups"]
+
+
+def test_target_changes_per_target() -> None:
+    diameters = [{"1": 20.0, "2": 10.0, "3": 0.0}, {"1": 10.0, "2": 12.0}, None, {"1": 30.0, "2": 5.0}]
+    out = pages.target_changes([0, 50, 90, 120], diameters)
+    assert out == {"T1": [(0, 0.0), (50, -50.0), (120, 50.0)], "T2": [(0, 0.0), (50, 20.0), (120, -50.0)]}
+    assert pages.target_changes([], []) == {}
+
+
+def test_spider_draws_each_target_and_the_recist_table(patient: PatientReportData) -> None:
+    fig = pages.patient_figures(patient)["spider"]()
+    target = [ln for ln in fig.axes[0].lines if ln.get_color() == "#999999"]
+    assert len(target) == 1 and target[0].get_ydata() == pytest.approx([0.0, -35.0, 10.0])
+    page = pages.patient_html(patient)
+    assert "sum +10 % from nadir &lt;&amp;&gt;" in page and '<td class="text">Non-CR/Non-PD</td>' in page
