@@ -83,13 +83,13 @@ def _train_and_register(
     as_json: bool,
     kind: str,
 ) -> None:
-    from tracker.survival.data import refuse_uninformative_features
+    from tracker.survival.data import check_user_tables
     from tracker.survival.kinds import model_kind
     from tracker.workflows import models
 
     model_kind(kind)  # an unknown kind fails before any training
     cfg = _config(epochs)
-    refuse_uninformative_features(visits, cfg)
+    check_user_tables(visits, events, cfg)
     steps = cfg.n_ensemble * cfg.max_epochs if kind == "rnn" else 0
     with output.progress("train", steps, state.progress and steps > 0) as advance:
         info = models.train(
@@ -246,9 +246,9 @@ def model_evaluate(
         from tracker.workflows import models
 
         v, e = models.database_tables(_state(ctx).engine(), endpoint)
-    from tracker.survival.data import refuse_uninformative_features
+    from tracker.survival.data import check_user_tables
 
-    refuse_uninformative_features(v, _config(epochs))
+    check_user_tables(v, e, _config(epochs))
     table = evaluate_models(
         v, e, _config(epochs), folds=folds, seed=seed, n_bootstrap=bootstrap, progress=lambda msg: output.log(msg)
     )

@@ -63,7 +63,8 @@ def test_unknown_patient(cli, tmp_path: Path, tables) -> None:
     ghost = visits.iloc[[0]].assign(patient_id="GHOST")
     err = _refused(cli, tmp_path, pd.concat([visits, ghost], ignore_index=True), events)
     assert err == (
-        "error: visits: patient 'GHOST' is unknown: the events table has no row for it (1 patient(s) without one)"
+        f"error: visits row {len(visits) + 2}: column 'patient_id' names a patient without a row in the events table "
+        "(1 such patient(s)), got 'GHOST'"
     )
 
 

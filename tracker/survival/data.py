@@ -105,9 +105,23 @@ def infer_feature_columns(visits: pd.DataFrame, cfg: SurvivalModelConfig) -> lis
     return [c for c in visits.columns if c not in skip and pd.api.types.is_numeric_dtype(visits[c])]
 
 
-def refuse_uninformative_features(visits: pd.DataFrame, cfg: SurvivalModelConfig) -> None:
-    """Raise naming the first feature column that is empty in every row or constant: a user's table with one is
-    a mistake (the commands call this; a constant column given on purpose, e.g. a no-feature model, trains)."""
+def check_user_tables(visits: pd.DataFrame, events: pd.DataFrame, cfg: SurvivalModelConfig) -> None:
+    """What the commands refuse in a user's tables beyond the model's own checks, naming the row or column: a visit
+    of a patient the events table does not know, a feature column empty in every row or constant (a constant
+    column given on purpose, e.g. a no-feature model, still trains through the library)."""
+    pid = cfg.patient_col
+    if pid in visits.columns and pid in events.columns:
+        known = set(events[pid].astype(str))
+        unknown = visits[pid].notna() & ~visits[pid].astype(str).isin(known)  # empty ids: prepare_visits says so
+        if unknown.any():
+            n = visits.loc[unknown, pid].nunique()
+            _refuse_rows(
+                "visits",
+                unknown,
+                pid,
+                f"names a patient without a row in the events table ({n} such patient(s))",
+                visits[pid],
+            )
     for c in infer_feature_columns(visits, cfg):
         values = visits[c].to_numpy(dtype=np.float64)
         seen = values[np.isfinite(values)]
