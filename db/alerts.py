@@ -27,6 +27,7 @@ INSERT_HISTORY = (
     "INSERT INTO risk_score_history (patient_id, scan_id, as_of_date, horizon_months, old_model_version_id, "
     "new_model_version_id, old_risk, new_risk, reason, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+SCAN_PROCESSED = "scan-processed"  # an alert's reason when no change of its score is recorded: the scan's own score
 # Re-scoring the same inputs in another batch moves a float32 model's risks by ~1e-7: not a change.
 RISK_TOLERANCE = 1e-6
 
@@ -178,7 +179,7 @@ def scan_risks(session: Session, endpoint: str | None, horizon_months: int) -> p
 
     Columns: endpoint, model_version_id, external_id, patient_id, scan_id, as_of_date, risk, known_at (when the
     value became what it is: the newest change recorded for the row, else when the scan was processed, else when
-    the row was computed), reason (of that change; "new-scan" when the score is the scan's first).
+    the row was computed), reason (of that change; :data:`SCAN_PROCESSED` when none is recorded).
     """
     cols = [
         "endpoint",
@@ -241,7 +242,7 @@ def scan_risks(session: Session, endpoint: str | None, horizon_months: int) -> p
         first_known = df["processed"].where(df["processed"].notna(), df["computed"])
         changed = df["changed"].notna().to_numpy()
         df["known_at"] = np.where(changed, df["changed"], first_known)
-        df["reason"] = df["reason"].where(changed, ScoreChangeReason.NEW_SCAN.value)
+        df["reason"] = df["reason"].where(changed, SCAN_PROCESSED)
         parts.append(df.assign(endpoint=mv.endpoint, model_version_id=mv.id)[cols])
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
 

@@ -88,7 +88,7 @@ def test_risk_alerts_fire_once(cli, tmp_path: Path) -> None:
         ("A", "risk-above", "2022-04-10", 0.10, 0.45),
         ("A", "rise", "2022-04-10", 0.10, 0.45),
     ]
-    assert {a["previous_date"] for a in first} == {"2022-01-10"} and {a["reason"] for a in first} == {"new-scan"}
+    assert {a["previous_date"] for a in first} == {"2022-01-10"} and {a["reason"] for a in first} == {"scan-processed"}
     assert json.loads(run(*ALERT_ARGS).stdout) == first  # idempotent
     today = datetime.now(UTC).date()
     assert json.loads(run(*ALERT_ARGS, "--since", today.isoformat()).stdout) == first

@@ -49,7 +49,7 @@ class Alert:
     new: float | str
     endpoint: str | None
     horizon_months: int | None
-    reason: str  # how the value came: new-scan, re-processing, new-model, or recist-changed
+    reason: str  # scan-processed, or the recorded change (re-processing, new-model, new-scan), or recist-changed
     known_at: datetime
 
     def as_dict(self) -> dict[str, Any]:
