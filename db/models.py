@@ -437,6 +437,39 @@ class RiskScore(Base):
     computed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class RiskScoreChange(Base):
+    """A stored risk that rescore replaced (migration 0006): old and new value and model, why (`db.alerts`)."""
+
+    __tablename__ = "risk_score_history"
+    __table_args__ = (Index(None, "patient_id", "as_of_date", "horizon_months"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"))
+    scan_id: Mapped[int | None] = mapped_column(ForeignKey("scans.id", ondelete="SET NULL"))
+    as_of_date: Mapped[date] = mapped_column(Date)
+    horizon_months: Mapped[int] = mapped_column(Integer)
+    old_model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+    new_model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    old_risk: Mapped[float] = mapped_column(Float)
+    new_risk: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(String(16))
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RecistSeen(Base):
+    """The RECIST response `metatrack alerts` saw for a patient's scan date; a later different one is a change."""
+
+    __tablename__ = "recist_history"
+    __table_args__ = (Index(None, "patient_id", "scan_date"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"))
+    scan_date: Mapped[date] = mapped_column(Date)
+    old_response: Mapped[str | None] = mapped_column(String(16))  # None: the first response seen
+    response: Mapped[str] = mapped_column(String(16))
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Job(Base):
     """A unit of background work (re-scoring a patient, processing a scan), claimed by one worker at a time."""
 
