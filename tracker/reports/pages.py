@@ -235,7 +235,7 @@ def patient_html(data: PatientReportData) -> str:
     ]
     if "survival" in figs:
         parts.append(_img(figs["survival"](), "survival"))
-    parts += ["<h2>Registration quality</h2>", _registration_table(scans), "<h2>Provenance</h2>"]
+    parts += ["<h2>Registration quality</h2>", _registration_table(scans, data.provenance), "<h2>Provenance</h2>"]
     parts.append(_provenance(data))
     return _page(f"metatrack report {tl['patient_id']}", "\n".join(parts))
 
@@ -269,7 +269,9 @@ def _recist_table(scans: Sequence[dict[str, Any]]) -> str:
     )
 
 
-def _registration_table(scans: Sequence[dict[str, Any]]) -> str:
+def _registration_table(scans: Sequence[dict[str, Any]], provenance: Sequence[dict[str, Any]]) -> str:
+    """The timeline's quality keys, the body Dice and smallest Jacobian from the stored metrics, review reasons."""
+    metrics = {p.get("date"): p.get("metrics") or {} for p in provenance}
     rows = []
     for s in scans:
         reg = s["registration"]
@@ -283,6 +285,8 @@ def _registration_table(scans: Sequence[dict[str, Any]]) -> str:
                 reg["similarity_before"],
                 reg["similarity_after"],
                 reg["folding_fraction"],
+                metrics.get(s["date"], {}).get("body_dice"),
+                metrics.get(s["date"], {}).get("jacobian_min"),
                 "needs review" if reg["needs_review"] else "ok",
                 reasons or None,
             ]
@@ -290,9 +294,19 @@ def _registration_table(scans: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return "<p>No follow-up registrations.</p>"
     return _table(
-        ["scan", "preset", "similarity before", "similarity after", "folding fraction", "status", "reasons"],
+        [
+            "scan",
+            "preset",
+            "similarity before",
+            "similarity after",
+            "folding fraction",
+            "body Dice",
+            "Jacobian min",
+            "status",
+            "reasons",
+        ],
         rows,
-        text_cols=(0, 1, 5, 6),
+        text_cols=(0, 1, 7, 8),
     )
 
 

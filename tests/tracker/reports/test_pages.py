@@ -83,7 +83,10 @@ def patient() -> PatientReportData:
         endpoint="metastasis",
         model={"name": "m", "version": 1, "kind": "rnn", "created_at": "2024-01-01", "versions": "torch 2"},
         curve=SurvivalCurve("2024-05-01", [1.0, 2.0, 3.0], [0.9, 0.8, 0.7], [0.85, 0.7, 0.6], [0.95, 0.9, 0.8]),
-        provenance=[{"date": s["date"], "settings": "preset=fast"} for s in scans],
+        provenance=[
+            {"date": s["date"], "settings": "preset=fast", "metrics": {"body_dice": 0.987, "jacobian_min": 0.61}}
+            for s in scans
+        ],
         snapshots=[TrackSnapshots(1, [_disk_panel(s["date"], "persistent") for s in scans])],
         generated_by="metatrack test",
     )
@@ -157,6 +160,7 @@ def test_patient_page_stands_alone(patient: PatientReportData) -> None:
     assert all(img.startswith(PNG_MAGIC) for img in images)
     assert ODD_ID not in page and "&lt;b&gt;P&amp;1&quot;&lt;/b&gt;" in page
     assert "similarity decreased &lt;x&gt;" in page and "needs review" in page
+    assert page.count("<td>0.987</td><td>0.61</td>") == 2  # each follow-up's registration metrics
 
 
 def test_cohort_page_stands_alone(cohort: CohortReportData) -> None:
