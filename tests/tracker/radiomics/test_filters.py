@@ -75,7 +75,8 @@ def test_band_pass_filters_ignore_a_constant_offset() -> None:
         _spec(kind="log", sigma_mm=1.0, boundary="periodic", riesz_order=[1, 0, 0]),
     ):
         shifted = apply_filter(image + 100.0, (1.0, 1.0, 1.0), spec)
-        np.testing.assert_allclose(shifted, apply_filter(image, (1.0, 1.0, 1.0), spec), atol=1e-8)
+        # the Fourier filters transform in single precision: ~1e-7 of the offset remains
+        np.testing.assert_allclose(shifted, apply_filter(image, (1.0, 1.0, 1.0), spec), atol=1e-4)
 
 
 def test_gabor_half_turn_equals_full_turn() -> None:
@@ -186,9 +187,8 @@ def test_half_spectrum_filtering_is_the_real_part_of_the_full_one() -> None:
     spec = _spec(kind="simoncelli", boundary="periodic")
     for transfer in (simoncelli_transfer(image.shape, (0, 1, 2), 1), riesz_transfer(image.shape, (0, 1, 2), (1, 1, 0))):
         truth = np.fft.ifftn(np.fft.fftn(image) * transfer).real
-        np.testing.assert_allclose(
-            fourier_filter(image, spec, half_spectrum(transfer, (0, 1, 2)), 0), truth, atol=1e-12
-        )
+        out = fourier_filter(image, spec, half_spectrum(transfer, (0, 1, 2)), 0)
+        np.testing.assert_allclose(out, truth, atol=1e-5)  # single-precision transforms
 
 
 @pytest.mark.parametrize(("shape", "axes"), [((7, 10, 9), (0, 1, 2)), ((8, 11, 12), (0, 1, 2)), ((3, 10, 9), (1, 2))])
