@@ -28,6 +28,12 @@ INSERT_HISTORY = (
     "new_model_version_id, old_risk, new_risk, reason, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 SCAN_PROCESSED = "scan-processed"  # an alert's reason when no change of its score is recorded: the scan's own score
+INSERT_HISTORY_POSTGRES = (
+    "INSERT INTO risk_score_history (patient_id, scan_id, as_of_date, horizon_months, old_model_version_id, "
+    "new_model_version_id, old_risk, new_risk, reason, changed_at) SELECT p, s, d, h, o, m, r, n, c, %(t)s "
+    "FROM unnest(%(p)b::bigint[], %(s)b::bigint[], %(d)b::date[], %(h)b::int[], %(o)b::bigint[], %(m)b::bigint[], "
+    "%(r)b::float8[], %(n)b::float8[], %(c)b::text[]) AS t(p, s, d, h, o, m, r, n, c)"
+)
 # Re-scoring the same inputs in another batch moves a float32 model's risks by ~1e-7: not a change.
 RISK_TOLERANCE = 1e-6
 
@@ -126,27 +132,30 @@ def record_score_changes(session: Session, rows: pd.DataFrame, changed_at: datet
     out = pd.concat([same, moved], ignore_index=True)
     if out.empty:
         return 0
-    sqlite = session.get_bind().dialect.name == "sqlite"
-    days = [d.isoformat() for d in out["as_of_date"]] if sqlite else out["as_of_date"].tolist()
-    when = db_timestamp(session, changed_at)
-    scans = [None if pd.isna(v) else int(v) for v in out["scan_id"]]
-    records = list(
-        zip(
-            out["patient_id"].astype(int).tolist(),
-            scans,
-            days,
-            out["horizon_months"].astype(int).tolist(),
-            out["old_model_version_id"].astype(int).tolist(),
-            out["model_version_id"].astype(int).tolist(),
-            out["risk_old"].astype(float).tolist(),
-            out["risk"].astype(float).tolist(),
-            out["reason"].astype(str).tolist(),
-            [when] * len(out),
-            strict=True,
-        )
-    )
-    executemany(session, INSERT_HISTORY, records)  # raw driver rows: Core's per-row processing costs seconds
-    return len(records)
+    columns = [
+        out["patient_id"].astype(int).tolist(),
+        [None if pd.isna(v) else int(v) for v in out["scan_id"]],
+        out["as_of_date"].tolist(),
+        out["horizon_months"].astype(int).tolist(),
+        out["old_model_version_id"].astype(int).tolist(),
+        out["model_version_id"].astype(int).tolist(),
+        out["risk_old"].astype(float).tolist(),
+        out["risk"].astype(float).tolist(),
+        out["reason"].astype(str).tolist(),
+    ]
+    # raw driver calls, as db.scores.upsert_scores: Core's per-row parameter processing would cost seconds
+    if session.get_bind().dialect.name == "postgresql":
+        params = dict(zip("psdhomrnc", columns, strict=True)) | {"t": changed_at}
+        cursor = session.connection().connection.cursor()  # same transaction
+        try:
+            cursor.execute(INSERT_HISTORY_POSTGRES, params)
+        finally:
+            cursor.close()
+    else:
+        columns[2] = [d.isoformat() for d in columns[2]]
+        when = db_timestamp(session, changed_at)
+        executemany(session, INSERT_HISTORY, list(zip(*columns, [when] * len(out), strict=True)))
+    return len(out)
 
 
 def score_changes(session: Session, patient_ids: Sequence[int] | None = None) -> pd.DataFrame:
