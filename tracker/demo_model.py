@@ -1,17 +1,44 @@
-"""Training tables for the demo's risk model: a large latent simulated cohort in the pipeline's feature names.
+"""The demo's risk model, and the latent training tables it comes from.
 
-The demo images only a handful of patients, too few to train on. Its model is trained instead on the simulator's
-latent cohort (no images: the true lesion trajectories, observed with measurement noise), whose per-visit values
-are renamed to the patient features the pipeline computes from images and given the same deltas
-(`tracker.deltas.patient_deltas`). It is a demonstration model, not a clinical one.
+The demo images only a handful of patients, too few to train on. It ships a model (``DEMO_MODEL_FILE``) with a
+card (``DEMO_CARD``), both written by ``benchmarks/demo_model.py``: an RNN trained on the simulator's latent cohort
+(no images: the true lesion trajectories observed with measurement noise, 300 patients) restricted to the patient
+features the pipeline measures the way the latent table defines them (``DEMO_BASE_FEATURES`` and their deltas), and
+checked on a cohort of simulated patients it never saw, imaged and processed by the real pipeline. Intensity
+statistics and the RECIST sum are left out: measured ones differ in scale (partial volume; targets only), which is
+why the previous demo model, trained on every latent column, gave risks that fell while the disease progressed. It
+is a demonstration model, not a clinical one.
+
+``latent_training_tables`` gives every latent column in the pipeline's names: quick tables for tests and
+benchmarks that need some trained model.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from tracker.deltas import patient_deltas
+
+ENDPOINT = "metastasis"
+DEMO_MODEL_FILE = Path(__file__).parent / "data" / "demo_model.zip"
+DEMO_CARD = Path(__file__).parent / "data" / "demo_model.json"
+
+
+def demo_model_bytes() -> bytes:
+    """The shipped demo model's file (``tracker.survival.model_from_bytes`` reads it)."""
+    return DEMO_MODEL_FILE.read_bytes()
+
+
+def demo_card() -> dict[str, Any]:
+    """How the shipped model was made and how it ranked a held-out processed cohort's event times."""
+    card: dict[str, Any] = json.loads(DEMO_CARD.read_text())
+    return card
+
 
 # latent visit column -> pipeline patient feature
 LATENT_TO_PIPELINE = {
@@ -24,6 +51,28 @@ LATENT_TO_PIPELINE = {
     "growing_volume_mm3": "growing_volume_mm3",
     "max_track_growth_30d": "max_track_growth_30d",
 }
+
+
+# patient features measured from images as the latent table defines them: lesion volumes, counts and growth
+DEMO_BASE_FEATURES = (
+    "total_volume_mm3",
+    "lesion_count",
+    "new_lesion_count",
+    "growing_volume_mm3",
+    "max_track_growth_30d",
+)
+
+
+def demo_training_tables(n_patients: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(visits, events) of a latent cohort with ``DEMO_BASE_FEATURES``, their deltas and the visit day only."""
+    visits, events = latent_training_tables(n_patients, seed)
+    kept = [
+        c
+        for c in visits.columns
+        if c in ("patient_id", "time_days", "days_from_baseline")
+        or any(c == b or c.endswith(f"_{b}") for b in DEMO_BASE_FEATURES)
+    ]
+    return visits[kept].dropna(axis=1, how="all"), events
 
 
 def latent_training_tables(n_patients: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
