@@ -31,30 +31,11 @@ from db.repo import latest_mask
 from db.results import _blob_path
 from tracker.errors import MetatrackError
 from tracker.exports.records import ExportLesion, ExportScan
+from tracker.exports.tables import KEY_COLUMNS
 from tracker.store import FileStore
 
 # The lesion stream's columns, in the order `lesion_stream` yields them (the feature part is long: one tag a row).
-LESION_STREAM_COLUMNS = (
-    "patient_id",
-    "date",
-    "scan_id",
-    "lesion_id",
-    "label",
-    "track",
-    "change",
-    "recist_role",
-    "organ",
-    "volume_mm3",
-    "long_axis_mm",
-    "short_axis_mm",
-    "region",
-    "feature_config",
-    "feature_config_sha256",
-    "engine_version",
-    "tag",
-    "value",
-    "harmonised",
-)
+LESION_STREAM_COLUMNS = (*KEY_COLUMNS, "tag", "value", "harmonised")
 
 
 def _patient_id(session: Session, external_id: str) -> int:

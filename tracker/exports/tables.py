@@ -12,8 +12,8 @@ from typing import Any
 
 from tracker.errors import MetatrackError
 
-# Columns before the features, as `db.exports.LESION_STREAM_COLUMNS` gives them (its last three are tag, value,
-# harmonised); `region` is "lesion" or "shell" (the peritumoral shell), empty for a lesion without features.
+# Columns before the features; `db.exports.LESION_STREAM_COLUMNS` is these and then tag, value, harmonised.
+# `region` is "lesion" or "shell" (the peritumoral shell), empty for a lesion without features.
 KEY_COLUMNS = (
     "patient_id",
     "date",
