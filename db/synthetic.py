@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from db.jobs import db_timestamp
 from db.models import Blob, ClinicalEvent, EventKind, Patient, PatientFeature, Scan, ScanRole, ScanState
+from db.scores import SCORE_COLUMNS
 from db.session import session_scope
 from db.types import table_of, utcnow
 from db.views import TIMELINE_DELTA_TAGS
@@ -516,17 +517,7 @@ def fill_results(engine: Engine, seed: int = 0, mean_tracks: float = 3.0) -> dic
         _copy_rows(
             s,
             "risk_scores",
-            (
-                "patient_id",
-                "scan_id",
-                "as_of_date",
-                "model_version_id",
-                "horizon_months",
-                "risk",
-                "curve",
-                "input_fingerprint",
-                "computed_at",
-            ),
+            SCORE_COLUMNS,
             risks,
         )
         _sync_sequences(
