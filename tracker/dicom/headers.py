@@ -10,14 +10,18 @@ from typing import Any
 
 from tracker.errors import MetatrackError
 
-# exactly what `Scan.dicom` holds: UIDs and acquisition headers, never a name, birth date, ID, accession or institution
-KEPT_KEYS = (
+# what a SEG or SR needs to reference the source series (tracker.exports.dicom)
+REFERENCE_KEYS = (
     "study_instance_uid",
     "series_instance_uid",
     "frame_of_reference_uid",
     "sop_class_uid",
     "sop_instance_uids",
     "modality",
+)
+# exactly what `Scan.dicom` holds: UIDs and acquisition headers, never a name, birth date, ID, accession or institution
+KEPT_KEYS = (
+    *REFERENCE_KEYS,
     "manufacturer",
     "manufacturer_model_name",
     "convolution_kernel",

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tracker.dicom.headers import REFERENCE_KEYS
 from tracker.errors import MetatrackError
 from tracker.exports.records import ExportLesion
 from tracker.lesions import Geometry
@@ -45,14 +46,6 @@ EQUIPMENT = "metatrack"
 _TRACK_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "metatrack:lesion-track")
 SEG_SERIES_NUMBER = 9901
 SR_SERIES_NUMBER = 9902
-_REQUIRED_KEYS = (
-    "study_instance_uid",
-    "series_instance_uid",
-    "frame_of_reference_uid",
-    "sop_class_uid",
-    "sop_instance_uids",
-    "modality",
-)
 
 
 @dataclass(frozen=True)
@@ -105,7 +98,7 @@ def check_dicom_source(dicom: dict[str, Any] | None, n_slices: int, what: str) -
         raise MetatrackError(
             f"{what}: source was not DICOM; DICOM SEG/SR export needs a DICOM series (use `export masks`)"
         )
-    missing = [k for k in _REQUIRED_KEYS if not dicom.get(k)]
+    missing = [k for k in REFERENCE_KEYS if not dicom.get(k)]
     if missing:
         raise MetatrackError(f"{what}: stored DICOM headers lack {', '.join(missing)}; ingest the series again")
     if len(dicom["sop_instance_uids"]) != n_slices:
