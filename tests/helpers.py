@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -359,3 +361,28 @@ def predicted_edges(tl: dict) -> set[tuple[int, int, int, int]]:
         for les in scan["lesions"]:
             last[les["track_id"]] = (k, les["label"])
     return edges
+
+
+@contextlib.contextmanager
+def cli_on_new_db(url: str) -> Iterator[tuple[Callable[..., Any], Any]]:
+    """A migrated database at ``url`` and ``run(*args, code=0)``, which invokes the CLI on it (``--no-progress``)
+    and asserts the exit code: yields (run, engine); the engine is disposed afterwards."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from db.migrate import upgrade
+    from db.session import make_engine
+
+    runner = CliRunner()
+
+    def run(*args: str, code: int = 0) -> Any:
+        result = runner.invoke(app, ["--db", url, "--no-progress", *args])
+        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
+        return result
+
+    engine = make_engine(url)
+    upgrade(engine)
+    try:
+        yield run, engine
+    finally:
+        engine.dispose()

@@ -8,29 +8,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from cli.main import app
-from db.migrate import upgrade
 from db.repo import table_counts
-from db.session import make_engine, session_scope
-from tests.helpers import FEATURES, fill_cohort, synthetic_tables
+from db.session import session_scope
+from tests.helpers import FEATURES, cli_on_new_db, fill_cohort, synthetic_tables
 
 
 @pytest.fixture()
 def cli(home: Path, tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    runner = CliRunner()
-
-    def run(*args: str, code: int = 0):
-        result = runner.invoke(app, ["--db", url, "--no-progress", *args])
-        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-        return result
-
-    engine = make_engine(url)
-    upgrade(engine)
-    yield run, engine
-    engine.dispose()
+    with cli_on_new_db(f"sqlite:///{tmp_path / 'cli.db'}") as run_and_engine:
+        yield run_and_engine
 
 
 @pytest.fixture()

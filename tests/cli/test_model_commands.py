@@ -8,32 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import func, select
-from typer.testing import CliRunner
 
-from cli.main import app
-from db.migrate import upgrade
 from db.models import ClinicalEvent, RiskScore
 from db.repo import table_counts
-from db.session import make_engine, session_scope
-from tests.helpers import FEATURES, fill_cohort, synthetic_tables
+from db.session import session_scope
+from tests.helpers import FEATURES, cli_on_new_db, fill_cohort, synthetic_tables
 from tracker.store import FileStore
 from tracker.workflows.models import load
 
 
 @pytest.fixture()
 def cli(home: Path, tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    runner = CliRunner()
-
-    def run(*args: str, code: int = 0):
-        result = runner.invoke(app, ["--db", url, "--no-progress", *args])
-        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-        return result
-
-    engine = make_engine(url)
-    upgrade(engine)
-    yield run, engine
-    engine.dispose()
+    with cli_on_new_db(f"sqlite:///{tmp_path / 'cli.db'}") as run_and_engine:
+        yield run_and_engine
 
 
 def test_model_commands_round_trip(cli, tmp_path: Path, home: Path) -> None:
