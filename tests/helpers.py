@@ -363,6 +363,25 @@ def predicted_edges(tl: dict) -> set[tuple[int, int, int, int]]:
     return edges
 
 
+def ingested_home(root: Path, cfg: Any, n_scans: int) -> Path:
+    """Simulate ``cfg``'s cohort in ``root/cohort`` and ingest it into a SQLite data home ``root/template``
+    (metatrack.db and store/); asserts that all ``n_scans`` scans were ingested. Tests copy the home to process it."""
+    from db import migrate
+    from db.session import make_engine
+    from tracker.simulator import simulate_cohort
+    from tracker.store import FileStore
+    from tracker.workflows.ingest import ingest_many, read_manifest
+
+    simulate_cohort(cfg, root / "cohort")
+    home = root / "template"
+    engine = make_engine(f"sqlite:///{home / 'metatrack.db'}")
+    migrate.upgrade(engine)
+    done, failed = ingest_many(engine, FileStore(home / "store"), read_manifest(root / "cohort" / "manifest.csv"))
+    engine.dispose()
+    assert not failed and len(done) == n_scans, (failed, len(done))
+    return home
+
+
 @contextlib.contextmanager
 def cli_on_new_db(url: str) -> Iterator[tuple[Callable[..., Any], Any]]:
     """A migrated database at ``url`` and ``run(*args, code=0)``, which invokes the CLI on it (``--no-progress``)

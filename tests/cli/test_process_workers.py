@@ -22,11 +22,9 @@ from distributed import Client, LocalCluster
 from typer.testing import CliRunner
 
 from cli.main import app
-from db import migrate
 from db.session import make_engine
-from tracker.simulator import SimulationConfig, simulate_cohort
-from tracker.store import FileStore
-from tracker.workflows.ingest import ingest_many, read_manifest
+from tests.helpers import ingested_home
+from tracker.simulator import SimulationConfig
 from tracker.workflows.process import count_pending
 from tracker.workflows.views import patients, timeline
 
@@ -60,14 +58,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = SimulationConfig(
         n_patients=2, seed=4, shape=(64, 64, 48), spacing=(4.0, 4.0, 4.0), min_followups=1, max_followups=1
     )
-    simulate_cohort(cfg, root / "cohort")
-    home = root / "template"
-    engine = make_engine(f"sqlite:///{home / 'metatrack.db'}")
-    migrate.upgrade(engine)
-    done, failed = ingest_many(engine, FileStore(home / "store"), read_manifest(root / "cohort" / "manifest.csv"))
-    engine.dispose()
-    assert not failed and len(done) == N_SCANS
-    return home
+    return ingested_home(root, cfg, N_SCANS)
 
 
 def _copy(template: Path, where: Path) -> tuple[Path, str]:

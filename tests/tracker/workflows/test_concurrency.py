@@ -29,8 +29,9 @@ from db import locks, migrate
 from db.models import Base, Blob, Patient, Scan, ScanRole, ScanState
 from db.results import record_failure
 from db.session import make_engine, session_scope
+from tests.helpers import ingested_home
 from tracker.errors import MetatrackError
-from tracker.simulator import SimulationConfig, simulate_cohort
+from tracker.simulator import SimulationConfig
 from tracker.store import FileStore
 from tracker.workflows.ingest import ingest_many, read_manifest
 from tracker.workflows.process import count_pending, reset_patient
@@ -169,14 +170,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
     cfg = SimulationConfig(
         n_patients=3, seed=3, shape=(64, 64, 48), spacing=(4.0, 4.0, 4.0), min_followups=2, max_followups=2
     )
-    simulate_cohort(cfg, root / "cohort")
-    home = root / "template"
-    engine = make_engine(f"sqlite:///{home / 'metatrack.db'}")
-    migrate.upgrade(engine)
-    done, failed = ingest_many(engine, FileStore(home / "store"), read_manifest(root / "cohort" / "manifest.csv"))
-    engine.dispose()
-    assert not failed and len(done) == N_SCANS
-    return Template(root / "cohort", home)
+    return Template(root / "cohort", ingested_home(root, cfg, N_SCANS))
 
 
 def _home(backend: str, template: Template, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[Path, str]:

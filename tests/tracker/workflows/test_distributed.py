@@ -32,9 +32,10 @@ from sqlalchemy import Engine, select
 from db import migrate, repo
 from db.models import FeatureValue, Lesion, Patient, Scan, ScanState
 from db.session import make_engine, session_scope
+from tests.helpers import ingested_home
 from tracker.errors import MetatrackError
 from tracker.records import Settings
-from tracker.simulator import SimulationConfig, simulate_cohort
+from tracker.simulator import SimulationConfig
 from tracker.store import GRACE_S, FileStore, host_tag, work_dir_prefix, writer_suffix
 from tracker.workflows.distributed import ClusterSpec, PatientTask, process_on_cluster, run_patient_task
 from tracker.workflows.ingest import ingest_many, read_manifest
@@ -123,14 +124,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = SimulationConfig(
         n_patients=N_PATIENTS, seed=3, shape=(64, 64, 48), spacing=(4.0, 4.0, 4.0), min_followups=2, max_followups=2
     )
-    simulate_cohort(cfg, root / "cohort")
-    home = root / "template"
-    engine = make_engine(f"sqlite:///{home / 'metatrack.db'}")
-    migrate.upgrade(engine)
-    done, failed = ingest_many(engine, FileStore(home / "store"), read_manifest(root / "cohort" / "manifest.csv"))
-    engine.dispose()
-    assert not failed and len(done) == N_SCANS
-    return home
+    return ingested_home(root, cfg, N_SCANS)
 
 
 def _copy(template: Path, where: Path) -> Home:
