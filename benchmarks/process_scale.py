@@ -48,10 +48,12 @@ FEATURE_CONFIG = "ct_default"
 _WORK_DIR = re.compile(r"^scan-(\d+)-")
 
 
-def make_template(where: Path, n_patients: int) -> Path:
-    """A data home with the simulated cohort ingested (SQLite); returns it."""
+def make_template(where: Path, n_patients: int, spacing_mm: float = 4.0) -> Path:
+    """A data home with the simulated cohort ingested (SQLite); returns it. The grid covers the simulator's field
+    of view (~256 x 256 x 192 mm) at `spacing_mm` (4 mm: 64 x 64 x 48)."""
+    shape = (round(256 / spacing_mm), round(256 / spacing_mm), round(192 / spacing_mm))
     cfg = SimulationConfig(
-        n_patients=n_patients, seed=11, shape=(64, 64, 48), spacing=(4.0, 4.0, 4.0), min_followups=2, max_followups=2
+        n_patients=n_patients, seed=11, shape=shape, spacing=(spacing_mm,) * 3, min_followups=2, max_followups=2
     )
     simulate_cohort(cfg, where / "cohort")
     home = where / "template"
@@ -61,7 +63,10 @@ def make_template(where: Path, n_patients: int) -> Path:
     engine.dispose()
     if failed:
         raise SystemExit(f"ingest failed: {failed[0][1]}")
-    print(f"cohort: {n_patients} patients, {len(done)} scans, 64x64x48 at 4 mm", file=sys.stderr)
+    print(
+        f"cohort: {n_patients} patients, {len(done)} scans, {shape[0]}x{shape[1]}x{shape[2]} at {spacing_mm:g} mm",
+        file=sys.stderr,
+    )
     return home
 
 
@@ -167,6 +172,7 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=8)
     ap.add_argument("--preset", default="affine")
     ap.add_argument("--no-features", action="store_true")
+    ap.add_argument("--spacing", type=float, default=4.0, help="voxel size, mm (4: 64x64x48; 2.5: 102x102x77)")
     ap.add_argument("--keep", type=Path, help="work here and keep the data homes (default: a temp folder)")
     args = ap.parse_args()
     features = not args.no_features
@@ -175,7 +181,7 @@ def main() -> None:
         common.append("--no-features")
     with tempfile.TemporaryDirectory(prefix="process_scale_") as scratch:
         root = args.keep or Path(scratch)
-        template = make_template(root, args.patients)
+        template = make_template(root, args.patients, args.spacing)
         one = run(template, root / "w1", [*common, "--workers", "1"])
         two = run(template, root / "w2", [*common, "--workers", "2"])
         kill = run(template, root / "kill", [*common, "--workers", "2"], kill_mid_patient=True)
