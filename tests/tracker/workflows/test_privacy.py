@@ -65,7 +65,7 @@ def _study(root: Path) -> tuple[Path, Path]:
 
 
 def _texts(home: Path) -> dict[str, bytes]:
-    """Every file under the data home (gzip files decompressed)."""
+    """Every file under the data home, the reports and exports written there included (gzip files decompressed)."""
     out = {}
     for path in sorted(p for p in home.rglob("*") if p.is_file()):
         data = path.read_bytes()
@@ -79,17 +79,22 @@ def _texts(home: Path) -> dict[str, bytes]:
 def test_identifying_values_leave_no_trace(tmp_path: Path) -> None:
     home = tmp_path / "home"
     folder, rs = _study(tmp_path)
+    (home / "out").mkdir(parents=True)
     runs = [
         _metatrack(home, "ingest", str(folder), "--patient", "PSEUDO-1", "--mask", str(rs), "--roi", "GTV"),
         _metatrack(home, "process", "--patient", "PSEUDO-1"),
         _metatrack(home, "timeline", "PSEUDO-1", "--json"),
         _metatrack(home, "patients"),
+        _metatrack(home, "report", "PSEUDO-1", "-o", str(home / "out" / "report.html")),
+        _metatrack(home, "export", "lesions", "-o", str(home / "out" / "lesions.csv")),
+        _metatrack(home, "export", "dicom", "PSEUDO-1", "--out", str(home / "out" / "dicom")),
     ]
     for run in runs:
         assert run.returncode == 0, run.stderr
     assert "PSEUDO-1" in runs[2].stdout and "2024-02-12" in runs[2].stdout  # the header date, processed
     files = _texts(home)
     assert any(name.endswith(".db") for name in files) and any(".nii" in name for name in files), sorted(files)
+    assert {"out/report.html", "out/lesions.csv"} <= set(files) and any(n.startswith("out/dicom/") for n in files)
     for needle in NEEDLES:
         for run in runs:
             assert needle not in run.stdout and needle not in run.stderr, (needle, run.args)
