@@ -59,6 +59,23 @@ def select(names: Sequence[str], wanted: Sequence[str], path: Path, what: str, o
     return chosen
 
 
+def paint(
+    labels: np.ndarray, names: dict[int, str], inside: np.ndarray, name: str, path: Path, what: str, option: str
+) -> None:
+    """Give `inside` the next label (``len(names) + 1``) called `name`; a voxel another region holds is refused,
+    as a voxel has one label."""
+    overlap = inside & (labels > 0)
+    if overlap.any():
+        other = names[int(labels[overlap].max())]
+        raise MetatrackError(
+            f"{path}: {what}s {other!r} and {name!r} overlap in {int(overlap.sum())} voxels; a voxel has one label, "
+            f"choose one of them with {option}"
+        )
+    label = len(names) + 1
+    labels[inside] = label
+    names[label] = name
+
+
 def _check_reference(ds: Any, path: Path, image: dict[str, Any]) -> None:
     """The RTSTRUCT must reference the image's series (when it names one) and its frame of reference."""
     series: set[str] = set()
@@ -177,15 +194,6 @@ def read_rtstruct(
     number_of = {n: k for k, n in numbers.items()}
     labels = np.zeros(reference.GetSize()[::-1], dtype=np.uint16)
     names: dict[int, str] = {}
-    for label, name in enumerate(chosen, start=1):
-        roi = _roi_mask(ds, number_of[name], name, path, reference)
-        overlap = roi & (labels > 0)
-        if overlap.any():
-            other = names[int(labels[overlap].max())]
-            raise MetatrackError(
-                f"{path}: ROIs {other!r} and {name!r} overlap in {int(overlap.sum())} voxels; a voxel has one label, "
-                "choose one of them with --roi"
-            )
-        labels[roi] = label
-        names[label] = name
+    for name in chosen:
+        paint(labels, names, _roi_mask(ds, number_of[name], name, path, reference), name, path, "ROI", "--roi")
     return labels, names

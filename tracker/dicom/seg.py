@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tracker.dicom.rtstruct import select
+from tracker.dicom.rtstruct import paint, select
 from tracker.errors import MetatrackError
 
 if TYPE_CHECKING:
@@ -79,13 +79,5 @@ def read_seg(
         inside = plane >= FRACTIONAL_THRESHOLD if fractional else plane > 0
         if not inside.any():
             raise MetatrackError(f"{path}: segment {number} ({label_of[number]!r}) is empty")
-        overlap = inside & (labels > 0)
-        if overlap.any():
-            other = names[int(labels[overlap].max())]
-            raise MetatrackError(
-                f"{path}: segments {other!r} and {label_of[number]!r} overlap in {int(overlap.sum())} voxels; a voxel "
-                "has one label, choose one of them with --segment"
-            )
-        labels[inside] = label
-        names[label] = label_of[number]
+        paint(labels, names, inside, label_of[number], path, "segment", "--segment")
     return labels, names, notes
