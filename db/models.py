@@ -438,7 +438,7 @@ class RiskScore(Base):
 
 
 class RiskScoreChange(Base):
-    """A stored risk that rescore replaced (migration 0006): old and new value and model, why (`db.alerts`)."""
+    """A stored risk that rescore replaced (migration 0005): old and new value and model, why (`db.alerts`)."""
 
     __tablename__ = "risk_score_history"
     __table_args__ = (Index(None, "patient_id", "as_of_date", "horizon_months"),)

@@ -6,8 +6,8 @@ key. `recist_history` is what `metatrack alerts` has seen of each scan date's RE
 seen, with the one it replaced (NULL for the first), so a category changed by re-processing or a correction is an
 alert once. See docs/scheduling.md.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-03 12:50:00
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0006"
-down_revision: str | None = "0005"
+revision: str = "0005"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
