@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import resource
@@ -30,10 +29,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.helpers
+
 from db.harmonisation import config_by_name, feature_matrix
 from db.migrate import upgrade
 from db.repo import table_counts
 from db.session import make_engine, session_scope
+from tests.helpers import result_differences
 from tracker.simulator import SimulationConfig, simulate_cohort
 from tracker.store import FileStore
 from tracker.workflows.ingest import ingest_many, read_manifest
@@ -96,22 +98,6 @@ def results(url: str, features: bool) -> dict[str, Any]:
     finally:
         engine.dispose()
     return out
-
-
-def differences(a: Any, b: Any, where: str = "") -> list[str]:
-    """Where two results differ (numbers beyond :data:`TOLERANCE`, relative to their size)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        if a.keys() != b.keys():
-            return [f"{where}: keys {sorted(set(a) ^ set(b))[:5]}"]
-        return [d for k in a for d in differences(a[k], b[k], f"{where}/{k}")]
-    if isinstance(a, list) and isinstance(b, list):
-        if len(a) != len(b):
-            return [f"{where}: {len(a)} != {len(b)} items"]
-        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{where}[{i}]")]
-    if isinstance(a, float) and isinstance(b, float):
-        same = (math.isnan(a) and math.isnan(b)) or abs(a - b) <= TOLERANCE * max(1.0, abs(a))
-        return [] if same else [f"{where}: {a!r} != {b!r}"]
-    return [] if a == b else [f"{where}: {a!r} != {b!r}"]
 
 
 def run(template: Path, where: Path, args: list[str], kill_mid_patient: bool = False) -> dict[str, Any]:
@@ -190,7 +176,7 @@ def main() -> None:
         print(f"{'run':<26}{'wall s':>8}{'CPU s':>8}{'scans':>7}  equal to --workers 1")
         print(f"{'--workers 1 (in-process)':<26}{one['wall_s']:8.1f}{one['cpu_s']:8.1f}{one['processed']:7d}  -")
         for name, r in (("--workers 2", two), ("--workers 2, one killed", kill)):
-            diff = differences(results(r["url"], features), ref)
+            diff = result_differences(results(r["url"], features), ref, TOLERANCE)
             same = "yes" if not diff else "NO: " + "; ".join(diff[:3])
             print(f"{name:<26}{r['wall_s']:8.1f}{r['cpu_s']:8.1f}{r['processed']:7d}  {same}")
         print(f"wall-time ratio --workers 2 / --workers 1: {ratio:.2f} (target <= {TARGET_RATIO})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -405,3 +406,21 @@ def cli_on_new_db(url: str) -> Iterator[tuple[Callable[..., Any], Any]]:
         yield run, engine
     finally:
         engine.dispose()
+
+
+def result_differences(a: Any, b: Any, tolerance: float = 1e-9, where: str = "") -> list[str]:
+    """Where two nested results (dicts, lists, numbers) differ: numbers beyond `tolerance` relative to their size,
+    anything else when unequal; NaN equals NaN."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{where}: keys {sorted(set(a) ^ set(b))[:5]}"]
+        return [d for k in a for d in result_differences(a[k], b[k], tolerance, f"{where}/{k}")]
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{where}: {len(a)} != {len(b)} items"]
+        pairs = enumerate(zip(a, b, strict=True))
+        return [d for i, (x, y) in pairs for d in result_differences(x, y, tolerance, f"{where}[{i}]")]
+    if isinstance(a, float) and isinstance(b, float):
+        same = (math.isnan(a) and math.isnan(b)) or abs(a - b) <= tolerance * max(1.0, abs(a))
+        return [] if same else [f"{where}: {a!r} != {b!r}"]
+    return [] if a == b else [f"{where}: {a!r} != {b!r}"]

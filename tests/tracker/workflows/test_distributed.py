@@ -10,7 +10,6 @@ folders and SIGKILLs the process when it starts its n-th scan.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import signal
@@ -32,7 +31,7 @@ from sqlalchemy import Engine, select
 from db import migrate, repo
 from db.models import FeatureValue, Lesion, Patient, Scan, ScanState
 from db.session import make_engine, session_scope
-from tests.helpers import ingested_home
+from tests.helpers import ingested_home, result_differences
 from tracker.errors import MetatrackError
 from tracker.records import Settings
 from tracker.simulator import SimulationConfig
@@ -72,22 +71,6 @@ def results(engine: Engine) -> dict[str, Any]:
         ).all()
     out["features"] = {f"{e}/{d}/{label}/{region}/{tag}": v for e, d, label, region, tag, v in rows}
     return out
-
-
-def differences(a: Any, b: Any, where: str = "") -> list[str]:
-    """Where two results differ (numbers beyond :data:`TOLERANCE`, relative to their size)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        if a.keys() != b.keys():
-            return [f"{where}: keys {sorted(set(a) ^ set(b))}"]
-        return [d for k in a for d in differences(a[k], b[k], f"{where}/{k}")]
-    if isinstance(a, list) and isinstance(b, list):
-        if len(a) != len(b):
-            return [f"{where}: {len(a)} != {len(b)} items"]
-        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{where}[{i}]")]
-    if isinstance(a, float) and isinstance(b, float):
-        same = (math.isnan(a) and math.isnan(b)) or abs(a - b) <= TOLERANCE * max(1.0, abs(a))
-        return [] if same else [f"{where}: {a!r} != {b!r}"]
-    return [] if a == b else [f"{where}: {a!r} != {b!r}"]
 
 
 def garbage(home: Path) -> dict[str, list[str]]:
@@ -232,7 +215,7 @@ def test_two_local_workers_give_the_in_process_results(
     assert len(report.processed) == N_SCANS and not report.failed and not report.held
     assert sorted(report.patients) == [f"SIM{i:03d}" for i in range(1, N_PATIENTS + 1)]
     assert started and started[0][0].startswith("tcp://")
-    assert differences(results(h.engine), reference.results) == []
+    assert result_differences(results(h.engine), reference.results, TOLERANCE) == []
     with session_scope(h.engine) as s:
         assert repo.table_counts(s) == reference.counts
         timings = [sc.processing["timings"] for sc in s.scalars(select(Scan))]
@@ -258,7 +241,7 @@ def test_a_worker_killed_mid_patient_has_its_patient_retried(
     )
     assert marker.exists()  # a worker did die
     assert not report.failed and len(report.processed) == N_SCANS
-    assert differences(results(home.engine), reference.results) == []
+    assert result_differences(results(home.engine), reference.results, TOLERANCE) == []
     with session_scope(home.engine) as s:
         assert repo.table_counts(s) == reference.counts
     assert garbage(home.path) == NO_GARBAGE  # the dead worker's work folder swept at the end of the run
@@ -288,7 +271,7 @@ def test_a_patient_whose_workers_keep_dying_is_recorded_failed_and_a_rerun_finis
     assert tl["scans"][0]["error"] == error
     again = process(home.engine, home.store, SETTINGS, home.workroot)
     assert len(again.processed) == N_SCANS and not again.failed
-    assert differences(results(home.engine), reference.results) == []
+    assert result_differences(results(home.engine), reference.results, TOLERANCE) == []
     assert garbage(home.path) == NO_GARBAGE
 
 
