@@ -167,17 +167,14 @@ def _recist_follow_up(
         Measurement,
         NonTargetRule,
         RecistLesion,
-        RecistRole,
         TargetSelection,
         VisitMeasurements,
         assess,
+        inherited_role,
         lineage_labels,
     )
 
-    roles = {
-        number: ctx.recist_roles.get(parent, str(RecistRole.NEW)) if parent is not None else str(RecistRole.NEW)
-        for number, parent in new_tracks.items()
-    }
+    roles = {number: inherited_role(ctx.recist_roles, parent) for number, parent in new_tracks.items()}
     if ctx.baseline_sum_mm is None:
         return None, roles
     selection = TargetSelection(

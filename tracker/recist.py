@@ -64,6 +64,12 @@ class RecistRole(enum.StrEnum):
     NEW = "new"  # first seen at a follow-up
 
 
+def inherited_role(roles: Mapping[int, str], parent: int | None) -> str:
+    """The role of a track first seen at a follow-up: a fragment split from a track takes that track's role (its
+    diameter joins the sum), any other is new."""
+    return roles.get(parent, str(RecistRole.NEW)) if parent is not None else str(RecistRole.NEW)
+
+
 @dataclass(frozen=True)
 class RecistLesion:
     """A lesion as RECIST sees it: its track, organ, two diameters (mm) and volume (mm3)."""

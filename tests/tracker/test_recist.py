@@ -15,6 +15,7 @@ from tracker.recist import (
     TargetSelection,
     VisitMeasurements,
     assess,
+    inherited_role,
     overall_response,
     recist_timeline,
     select_targets,
@@ -365,3 +366,11 @@ def test_unmeasured_lesion_label_is_an_error() -> None:
     selection = TargetSelection(targets=(_lesion(1, 30.0),), non_targets=(), baseline_sum_mm=30.0)
     with pytest.raises(MetatrackError, match="track 1: lesion label 9 has no measurement"):
         assess(selection, VisitMeasurements(tracks={1: (9,)}), 30.0)
+
+
+def test_a_split_fragment_inherits_its_tracks_role_any_other_new_track_is_new() -> None:
+    roles = {1: str(RecistRole.TARGET), 2: str(RecistRole.NON_TARGET)}
+    assert inherited_role(roles, 1) == "target"
+    assert inherited_role(roles, 2) == "non-target"
+    assert inherited_role(roles, None) == "new"
+    assert inherited_role(roles, 9) == "new"  # split from a track RECIST does not follow

@@ -12,10 +12,10 @@ from tracker.recist import (
     Measurement,
     NonTargetRule,
     RecistLesion,
-    RecistRole,
     TargetSelection,
     VisitMeasurements,
     assess,
+    inherited_role,
     lineage_labels,
     next_nadirs,
     select_targets,
@@ -41,7 +41,7 @@ def _roles(selection: TargetSelection, numbers: list[int], parents: dict[int, in
     roles = {n: str(role) for n, role in selection.roles().items()}
     for n in sorted(numbers):  # a parent's number is smaller than its fragments'
         if n not in roles:
-            roles[n] = roles.get(parents[n], str(RecistRole.NEW)) if n in parents else str(RecistRole.NEW)
+            roles[n] = inherited_role(roles, parents.get(n))
     return roles
 
 
