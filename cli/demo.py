@@ -76,7 +76,9 @@ def _import_events(engine: Engine, path: Path) -> None:
 
 def _ensure_model(state: AppState, seed: int) -> None:
     """Register and promote the shipped demo model unless a model is promoted for the endpoint already."""
-    from tracker.demo_model import demo_card, demo_model_bytes
+    import json
+
+    from tracker.demo_model import DEMO_CARD, DEMO_MODEL_FILE
     from tracker.survival import model_from_bytes
     from tracker.workflows import models
 
@@ -84,8 +86,9 @@ def _ensure_model(state: AppState, seed: int) -> None:
     if models.has_promoted(engine, ENDPOINT):
         output.log(f"4/7 a {ENDPOINT} model is promoted already")
         return
-    card = demo_card()
-    spec = models.register(engine, store, model_from_bytes(demo_model_bytes()), DEMO_MODEL, ENDPOINT)["model"]
+    card = json.loads(DEMO_CARD.read_text())
+    model = model_from_bytes(DEMO_MODEL_FILE.read_bytes())
+    spec = models.register(engine, store, model, DEMO_MODEL, ENDPOINT)["model"]
     models.promote(engine, spec)
     c, checked = card["c_index"]["mean"], card["checked_on"]
     output.log(

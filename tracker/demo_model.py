@@ -15,9 +15,7 @@ benchmarks that need some trained model.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,18 +24,7 @@ from tracker.deltas import patient_deltas
 
 ENDPOINT = "metastasis"
 DEMO_MODEL_FILE = Path(__file__).parent / "data" / "demo_model.zip"
-DEMO_CARD = Path(__file__).parent / "data" / "demo_model.json"
-
-
-def demo_model_bytes() -> bytes:
-    """The shipped demo model's file (``tracker.survival.model_from_bytes`` reads it)."""
-    return DEMO_MODEL_FILE.read_bytes()
-
-
-def demo_card() -> dict[str, Any]:
-    """How the shipped model was made and how it ranked a held-out processed cohort's event times."""
-    card: dict[str, Any] = json.loads(DEMO_CARD.read_text())
-    return card
+DEMO_CARD = Path(__file__).parent / "data" / "demo_model.json"  # how it was made and checked (JSON)
 
 
 # latent visit column -> pipeline patient feature
@@ -51,7 +38,6 @@ LATENT_TO_PIPELINE = {
     "growing_volume_mm3": "growing_volume_mm3",
     "max_track_growth_30d": "max_track_growth_30d",
 }
-
 
 # patient features measured from images as the latent table defines them: lesion volumes, counts and growth
 DEMO_BASE_FEATURES = (

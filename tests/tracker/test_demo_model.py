@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
 from tracker.deltas import patient_deltas
-from tracker.demo_model import DEMO_BASE_FEATURES, demo_card, demo_model_bytes
+from tracker.demo_model import DEMO_BASE_FEATURES, DEMO_CARD, DEMO_MODEL_FILE
 from tracker.survival import model_from_bytes
 
 
@@ -29,7 +31,7 @@ def _visits(patient: str, burden: list[tuple[float, float, float, float]]) -> pd
 
 
 def test_the_card_describes_the_shipped_model() -> None:
-    card, model = demo_card(), model_from_bytes(demo_model_bytes())
+    card, model = json.loads(DEMO_CARD.read_text()), model_from_bytes(DEMO_MODEL_FILE.read_bytes())
     assert card["kind"] == model.kind
     assert card["trained_on"]["features"] == model.features
     assert all(f == "days_from_baseline" or any(f.endswith(b) for b in DEMO_BASE_FEATURES) for f in model.features)
@@ -39,7 +41,7 @@ def test_the_card_describes_the_shipped_model() -> None:
 
 def test_risk_rises_while_the_disease_progresses() -> None:
     """The fault the demo had: its 12-month risk fell at successive progressive visits."""
-    model = model_from_bytes(demo_model_bytes())
+    model = model_from_bytes(DEMO_MODEL_FILE.read_bytes())
     stable = _visits("stable", [(5000.0, 3, 0, 0.0)] * 4)
     growing = _visits("growing", [(5000.0, 3, 0, 0.0), (8000.0, 4, 1, 3000.0), (14000.0, 6, 2, 8000.0),
                                   (24000.0, 8, 2, 14000.0)])  # fmt: skip
