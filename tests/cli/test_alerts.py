@@ -10,14 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from sqlalchemy import Engine, select, update
-from typer.testing import CliRunner
 
-from cli.main import app
 from db.models import RecistAssessment, RiskScore, Scan
 from db.registry import promoted_model
 from db.scores import upsert_scores
-from db.session import make_engine, session_scope
-from tests.helpers import FEATURES, fill_cohort, synthetic_tables
+from db.session import session_scope
+from tests.helpers import FEATURES, cli_on_new_db, fill_cohort, synthetic_tables
 
 # designed 12-month risks per scan: A crosses 0.3 and rises 0.35 at its second scan, B never moves
 RISKS = {"A": [0.10, 0.45, 0.50], "B": [0.20, 0.20, 0.20]}
@@ -26,18 +24,9 @@ ALERT_ARGS = ("alerts", "--risk-above", "0.3", "--rise-above", "0.2", "--json")
 
 
 @pytest.fixture()
-def cli(db_url: str, home: Path, tmp_path: Path):
-    runner = CliRunner()
-
-    def run(*args: str, code: int = 0):
-        result = runner.invoke(app, ["--db", db_url, "--no-progress", *args])
-        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-        return result
-
-    engine = make_engine(db_url)
-    run("db", "upgrade")
-    yield run, engine
-    engine.dispose()
+def cli(db_url: str, home: Path):
+    with cli_on_new_db(db_url) as run_and_engine:
+        yield run_and_engine
 
 
 def _cohort(run, engine: Engine, tmp_path: Path) -> dict[str, int]:
