@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -41,6 +43,6 @@ def test_help_lists_the_choices() -> None:
     assert all(p.value in res.stdout for p in Preset)
 
 
-def test_modality_is_case_insensitive(tmp_path) -> None:
+def test_modality_is_case_insensitive(home: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["ingest", str(tmp_path / "missing.nii.gz"), "-p", "P1", "--modality", "mr"])
     assert res.exit_code == 1 and "missing.nii.gz" in res.stderr  # parsed; refused later for the missing file
