@@ -23,6 +23,7 @@ from cli.exportcmd import export_app
 from cli.filtercmd import filter_image
 from cli.reportcmd import report
 from cli.risk import events_app, jobs_app, model_app, rescore, train
+from cli.segmentcmd import segment_app
 from tracker.errors import MetatrackError, describe_db_error, is_database_error, os_error_message
 
 
@@ -61,6 +62,7 @@ db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 harmonise_app = typer.Typer(help="ComBat harmonisation of lesion features across scanners.", no_args_is_help=True)
 app.add_typer(harmonise_app, name="harmonise")
+app.add_typer(segment_app, name="segment")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 

@@ -131,6 +131,8 @@ class Scan(Base):
     # k: the source instance of slice k of the stored image), modality, manufacturer, manufacturer_model_name,
     # convolution_kernel, slice_thickness, study_date (ISO); never a name, birth date, ID, accession or institution
     dicom: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # why a reader should look at this scan (propagated or detected lesions, ...); None: nothing to review
+    review_reasons: Mapped[list[Any] | None] = mapped_column(JSONType)
 
     patient: Mapped[Patient] = relationship(back_populates="scans")
     masks: Mapped[list[Mask]] = relationship(back_populates="scan", cascade="all, delete-orphan")
@@ -154,6 +156,8 @@ class Mask(Base):
     label_names: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     voxel_count: Mapped[int] = mapped_column(BigInteger)
     is_empty: Mapped[bool] = mapped_column(Boolean)
+    # given: ingested by the user; derived: built by processing (propagation/detection), replaced by `process --from`
+    source: Mapped[str] = mapped_column(String(16), default="given", server_default="given")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     scan: Mapped[Scan] = relationship(back_populates="masks")
@@ -225,6 +229,11 @@ class Lesion(Base):
     max_diameter_mm: Mapped[float | None] = mapped_column(Float)
     organ: Mapped[str | None] = mapped_column(String(32))
     track_id: Mapped[int | None] = mapped_column(ForeignKey("lesion_tracks.id", ondelete="SET NULL"))
+    # given (drawn), propagated (carried from an earlier scan) or detected (segmentation model); confidence 0-1
+    # (None for given lesions) and the segmentation model version that took part
+    source: Mapped[str] = mapped_column(String(16), default="given", server_default="given")
+    confidence: Mapped[float | None] = mapped_column(Float)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     scan: Mapped[Scan] = relationship(back_populates="lesions")
@@ -433,6 +442,11 @@ class RiskScore(Base):
     horizon_months: Mapped[int] = mapped_column(Integer)
     risk: Mapped[float] = mapped_column(Float)
     curve: Mapped[list[Any] | None] = mapped_column(JSONType)
+    # the 90 % interval of `risk` and of `curve` (None: scored before intervals were kept)
+    risk_lower: Mapped[float | None] = mapped_column(Float)
+    risk_upper: Mapped[float | None] = mapped_column(Float)
+    curve_lower: Mapped[list[Any] | None] = mapped_column(JSONType)
+    curve_upper: Mapped[list[Any] | None] = mapped_column(JSONType)
     input_fingerprint: Mapped[str] = mapped_column(String(HASH_LEN))
     computed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
