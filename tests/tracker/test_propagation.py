@@ -1,0 +1,167 @@
+"""Propagation of a track's lesion into a follow-up without a mask, on synthetic volumes with known truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from tracker.errors import MetatrackError
+from tracker.propagation import IntensityPrior, Prior, PropagationConfig, intensity_prior, propagate
+
+SHAPE = (36, 64, 64)
+SPACING = (3.0, 2.0, 2.0)  # (z, y, x) mm
+CENTRE_MM = np.array([54.0, 64.0, 64.0])
+NOISE_SD = 15.0
+TEXTURE_SD = 6.0
+BACKGROUND = 40.0
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+def _ellipsoid(centre_mm, axes_mm, spacing=SPACING, shape=SHAPE) -> np.ndarray:
+    grid = np.indices(shape, dtype=float) * np.asarray(spacing, dtype=float)[:, None, None, None]
+    d = sum(((grid[i] - centre_mm[i]) / axes_mm[i]) ** 2 for i in range(3))
+    return np.asarray(d <= 1.0)
+
+
+def _background(seed: int, level: float = BACKGROUND, noise_sd: float = NOISE_SD) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    texture = ndimage.gaussian_filter(rng.normal(size=SHAPE), sigma=(2.0, 3.0, 3.0))
+    texture *= TEXTURE_SD / texture.std()
+    return level + texture + rng.normal(0.0, noise_sd, SHAPE)
+
+
+def _scan(lesions: list[np.ndarray], contrast: float, seed: int, **kw) -> np.ndarray:
+    image = _background(seed, **kw)
+    for m in lesions:
+        image[m] += contrast
+    return image
+
+
+def _prior(track: int, mask_then: np.ndarray, image_then: np.ndarray, warped: np.ndarray) -> Prior:
+    return Prior(track, warped, intensity_prior(image_then, mask_then.astype(np.int32), 1, SPACING))
+
+
+def _one(truth_then, truth_now, contrast, *, warped=None, seed=0, probability=None, config=None, **kw):
+    then = _scan([truth_then], contrast, seed, **kw)
+    now = _scan([truth_now] if truth_now is not None else [], contrast, seed + 1, **kw)
+    prior = _prior(7, truth_then, then, truth_then if warped is None else warped)
+    return propagate(now, SPACING, [prior], probability=probability, config=config or PropagationConfig())
+
+
+BASE = _ellipsoid(CENTRE_MM, (12.0, 10.0, 9.0))
+
+
+@pytest.mark.parametrize("contrast", [30.0, -30.0, 25.0, -40.0])
+def test_unchanged_lesion_is_found(contrast):
+    res = _one(BASE, BASE, contrast)
+    assert res.track_of_label == {1: 7}
+    assert _dice(res.labels == 1, BASE) >= 0.85
+    assert res.confidence[1] >= 0.6
+
+
+def test_lung_like_high_contrast():
+    # a soft-tissue nodule (40 HU) in lung (-850 HU), noisier
+    res = _one(BASE, BASE, 890.0, level=-850.0, noise_sd=25.0)
+    assert _dice(res.labels == 1, BASE) >= 0.9
+    assert res.confidence[1] >= 0.8
+
+
+def test_grown_lesion_is_found_whole():
+    grown = _ellipsoid(CENTRE_MM, (18.0, 15.0, 13.5))
+    res = _one(BASE, grown, 30.0)
+    assert _dice(res.labels == 1, grown) >= 0.85
+    assert (res.labels == 1).sum() > 2.5 * BASE.sum()
+
+
+def test_shrunk_lesion_is_not_the_prior_shape():
+    shrunk = _ellipsoid(CENTRE_MM, (7.2, 6.0, 5.4))
+    res = _one(BASE, shrunk, -30.0)
+    assert _dice(res.labels == 1, shrunk) >= 0.75
+    assert (res.labels == 1).sum() < 0.5 * BASE.sum()
+
+
+def test_misregistered_prior_follows_the_lesion():
+    shifted = _ellipsoid(CENTRE_MM + np.array([0.0, 4.0, -2.0]), (12.0, 10.0, 9.0))
+    res = _one(BASE, shifted, 30.0)
+    assert _dice(res.labels == 1, shifted) >= 0.85
+
+
+@pytest.mark.parametrize("contrast", [30.0, -30.0, 890.0])
+def test_vanished_lesion_is_not_found(contrast):
+    kw = {"level": -850.0, "noise_sd": 25.0} if contrast > 100 else {}
+    for seed in range(4):
+        res = _one(BASE, None, contrast, seed=10 * seed, **kw)
+        assert res.track_of_label == {}
+        assert 7 in res.not_found
+
+
+def test_two_adjacent_lesions_get_separate_labels():
+    a = _ellipsoid(CENTRE_MM + np.array([0.0, 0.0, -10.0]), (9.0, 8.0, 8.0))
+    b = _ellipsoid(CENTRE_MM + np.array([0.0, 0.0, 8.0]), (9.0, 8.0, 8.0))
+    assert not (a & b).any() and (ndimage.binary_dilation(a, iterations=2) & b).any()
+    then = _scan([a, b], 30.0, 3)
+    now = _scan([a, b], 30.0, 4)
+    both = (a + 2 * b).astype(np.int32)
+    priors = [
+        Prior(1, a, intensity_prior(then, both, 1, SPACING)),
+        Prior(2, b, intensity_prior(then, both, 2, SPACING)),
+    ]
+    res = propagate(now, SPACING, priors)
+    assert res.track_of_label == {1: 1, 2: 2}
+    assert _dice(res.labels == 1, a) >= 0.8
+    assert _dice(res.labels == 2, b) >= 0.8
+
+
+def test_probability_map_finds_a_faint_lesion():
+    faint = 7.0
+    truth = BASE
+    rng = np.random.default_rng(9)
+    prob = np.clip(np.where(ndimage.binary_erosion(truth) | truth, 0.95, 0.03) + rng.normal(0, 0.05, SHAPE), 0, 1)
+    prob = ndimage.gaussian_filter(prob, 0.7)
+    alone = _one(truth, truth, faint, seed=20, noise_sd=25.0)
+    helped = _one(truth, truth, faint, seed=20, noise_sd=25.0, probability=prob)
+    alone_dice = _dice(alone.labels == 1, truth) if alone.track_of_label else 0.0
+    assert _dice(helped.labels == 1, truth) >= 0.8
+    assert _dice(helped.labels == 1, truth) > alone_dice + 0.1
+    assert helped.confidence[1] >= 0.6
+
+
+def test_probability_map_does_not_resurrect_a_vanished_lesion():
+    prob = np.full(SHAPE, 0.05)
+    res = _one(BASE, None, 30.0, probability=prob)
+    assert res.track_of_label == {}
+
+
+def test_deterministic():
+    grown = _ellipsoid(CENTRE_MM, (15.0, 12.0, 11.0))
+    a, b = _one(BASE, grown, 30.0, seed=5), _one(BASE, grown, 30.0, seed=5)
+    assert np.array_equal(a.labels, b.labels) and a.confidence == b.confidence
+
+
+def test_prior_outside_the_field_of_view_is_not_found():
+    prior = Prior(3, np.zeros(SHAPE, dtype=bool), IntensityPrior(70.0, 15.0, 40.0, 15.0, 500.0))
+    res = propagate(_background(0), SPACING, [prior])
+    assert res.not_found == {3: "outside the follow-up's field of view"}
+
+
+def test_intensity_prior_measures_lesion_and_shell():
+    image = np.full(SHAPE, 10.0)
+    image[BASE] = 50.0
+    other = _ellipsoid(CENTRE_MM + np.array([0.0, 0.0, 26.0]), (5.0, 5.0, 5.0))
+    image[other] = 1000.0  # another lesion: not in the surround
+    labels = (BASE + 2 * other).astype(np.int32)
+    prior = intensity_prior(image, labels, 1, SPACING, shell_mm=20.0)
+    assert prior.lesion_mean == 50.0 and prior.surround_mean == 10.0 and prior.contrast == 40.0
+    assert prior.volume_mm3 == pytest.approx(BASE.sum() * 12.0)
+    with pytest.raises(MetatrackError, match="label 3"):
+        intensity_prior(image, labels, 3, SPACING)
+
+
+def test_mask_off_grid_is_an_error():
+    prior = Prior(3, np.zeros((2, 2, 2), dtype=bool), IntensityPrior(70.0, 15.0, 40.0, 15.0, 500.0))
+    with pytest.raises(MetatrackError, match="track 3"):
+        propagate(_background(0), SPACING, [prior])

@@ -1,0 +1,453 @@
+"""Lesion propagation: a track's lesion carried into a follow-up that has no mask, refined on its intensities.
+
+Pure computation on numpy arrays (z, y, x). The caller warps each open track's mask from the latest scan where it
+was seen onto the follow-up's grid (the registration) and measures its :class:`IntensityPrior` on that scan; this
+module finds the lesion again on the follow-up:
+
+1. A bounded search region: the voxels within ``search_mm + search_fraction * r`` of the warped lesion (``r`` the
+   radius of the sphere of its volume), so that growth, shrinkage and a few mm of misregistration are reachable.
+2. A two-class intensity model on the lightly smoothed follow-up: the surround's level is re-measured on the
+   follow-up (median of a shell around the prior, other priors excluded), the lesion's level is the surround's
+   plus the contrast of the last sighting (the scan's calibration may differ; nothing is assumed of CT), and one
+   EM-like step re-estimates the lesion's level from the region found when it is large enough. The per-voxel
+   evidence is the two-Gaussian log-likelihood ratio plus, when given, the logit of the model's probability.
+3. The connected components of lesion-like voxels touching the warped lesion (within ``attach_mm``) with holes
+   filled. A region that lies on the search boundary is leakage: the threshold is raised towards the lesion's
+   level until it does not, and what stays on the boundary lowers the confidence.
+4. Voxels claimed by two tracks go to the nearer warped lesion.
+5. A confidence in [0, 1] from the evidence (a contrast-to-noise z of the found region against its surround on
+   the follow-up's raw intensities, combined with the model's mean probability), the consistency with the prior
+   (volume ratio) and leakage. Below ``min_confidence`` or ``min_volume_mm3`` a track is not found.
+
+A lesion that vanished leaves nothing lesion-like at its place: no region, or a few noise voxels with a small
+z, so it is reported in ``not_found``; the prior's shape is never returned by itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from tracker.errors import MetatrackError
+from tracker.lesions import CONNECTIVITY_26, DEFAULT_MIN_VOLUME_MM3
+
+# Probabilities are clipped before the logit so that a map of exact 0/1 cannot overrule every intensity.
+_P_CLIP = 1e-3
+# Threshold levels tried against leakage, as fractions of the way from the surround's level to the lesion's.
+_LEAK_LEVELS = (0.5, 0.6, 0.7, 0.8)
+# Bounds of the EM step's change of the contrast (a lesion may fade or brighten, not reverse).
+_EM_RATIO = (0.8, 1.5)
+_TWO_CLASS_STEPS = 3
+# Evidence: the found region's contrast as a fraction of the last sighting's (none at or below _RATIO_NONE, full
+# from _RATIO_FULL) and its contrast-to-noise at the smoothing scale (none at _CNR_NONE, full from _CNR_FULL).
+_RATIO_NONE, _RATIO_FULL = 0.55, 0.85
+_CNR_NONE, _CNR_FULL = 1.0, 3.0
+# Consistency of the found volume with the prior's: a Gaussian in log volume ratio, of sd log(spread).
+_SHRINK_SPREAD, _GROW_SPREAD = 5.0, 8.0
+# Robust sd from the median absolute deviation of a Gaussian.
+_MAD_TO_SD = 1.4826
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class IntensityPrior:
+    """The lesion as it looked at its last sighting: mean and sd inside it and in a shell around it, and its
+    volume (mm3)."""
+
+    lesion_mean: float
+    lesion_sd: float
+    surround_mean: float
+    surround_sd: float
+    volume_mm3: float
+
+    @property
+    def contrast(self) -> float:
+        """Lesion mean minus surround mean (negative for a hypodense lesion)."""
+        return self.lesion_mean - self.surround_mean
+
+
+@dataclass(frozen=True)
+class Prior:
+    """One open track to find on the follow-up.
+
+    Attributes
+    ----------
+    track_number
+        The track's number (returned in :attr:`Propagation.track_of_label` and ``not_found``).
+    mask
+        Bool array on the follow-up grid: the track's lesion at its last sighting, warped.
+    intensity
+        The lesion's intensities at its last sighting (:func:`intensity_prior` on that scan).
+    """
+
+    track_number: int
+    mask: np.ndarray
+    intensity: IntensityPrior
+
+
+@dataclass(frozen=True)
+class PropagationConfig:
+    """Settings of :func:`propagate`; lengths in mm.
+
+    Attributes
+    ----------
+    search_mm
+        How far beyond the warped lesion the search region reaches (growth plus misregistration) ...
+    search_fraction
+        ... plus this fraction of the lesion's equivalent-sphere radius (large lesions grow by more mm).
+    attach_mm
+        A lesion-like component is the track's when it comes within this distance of the warped lesion.
+    decay_mm
+        Outside the warped lesion, a voxel's log prior odds of being lesion fall by one per ``decay_mm``: growth
+        needs clear intensity evidence, a look-alike surround does not leak in (0: no spatial prior).
+    shell_mm
+        Width of the shell around the warped lesion where the surround's level is measured on the follow-up.
+    smooth_mm
+        Sigma of the Gaussian smoothing against noise before the voxels are classified.
+    open_mm
+        Radius of the morphological opening that cuts thin bridges from the lesion into look-alike surround.
+    min_volume_mm3
+        A found region smaller than this is not a lesion.
+    min_confidence
+        Below this a track's lesion is not found (vanished, or too uncertain to propose).
+    max_leak_fraction
+        Share of a region's surface on the search boundary above which the threshold is raised (leakage).
+    """
+
+    search_mm: float = 10.0
+    search_fraction: float = 0.5
+    attach_mm: float = 3.0
+    decay_mm: float = 3.0
+    shell_mm: float = 5.0
+    smooth_mm: float = 2.0
+    open_mm: float = 3.0
+    min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3
+    min_confidence: float = 0.45
+    max_leak_fraction: float = 0.2
+
+
+@dataclass
+class Propagation:
+    """What :func:`propagate` found.
+
+    Attributes
+    ----------
+    labels
+        int32 on the follow-up grid: one label per found track (1..n, in the order of the priors), 0 elsewhere.
+    track_of_label
+        Label -> track number.
+    confidence
+        Label -> confidence in [0, 1].
+    not_found
+        Track number -> why it was not found (one short phrase).
+    """
+
+    labels: np.ndarray
+    track_of_label: dict[int, int] = field(default_factory=dict)
+    confidence: dict[int, float] = field(default_factory=dict)
+    not_found: dict[int, str] = field(default_factory=dict)
+
+
+def _voxel_volume(spacing_zyx: Sequence[float]) -> float:
+    return float(np.prod(np.asarray(spacing_zyx, dtype=float)))
+
+
+def _box(mask: np.ndarray, margin_vox: np.ndarray) -> tuple[slice, ...]:
+    """The bounding box of ``mask`` grown by ``margin_vox`` per axis, clipped to the array."""
+    idx = np.nonzero(mask)
+    return tuple(
+        slice(max(int(i.min()) - int(m), 0), min(int(i.max()) + int(m) + 1, n))
+        for i, m, n in zip(idx, margin_vox, mask.shape, strict=True)
+    )
+
+
+def _margin(mm: float, spacing_zyx: Sequence[float]) -> np.ndarray:
+    return np.ceil(mm / np.asarray(spacing_zyx, dtype=float)).astype(int) + 1
+
+
+def _distance_mm(mask: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
+    """Distance (mm) of every voxel to ``mask`` (0 inside)."""
+    return np.asarray(ndimage.distance_transform_edt(~mask, sampling=spacing_zyx), dtype=float)
+
+
+def _robust(values: np.ndarray) -> tuple[float, float]:
+    """Median and MAD-based sd."""
+    med = float(np.median(values))
+    return med, _MAD_TO_SD * float(np.median(np.abs(values - med)))
+
+
+def intensity_prior(
+    image: np.ndarray,
+    labels: np.ndarray,
+    label: int,
+    spacing_zyx: Sequence[float],
+    *,
+    shell_mm: float = 5.0,
+    body: np.ndarray | None = None,
+) -> IntensityPrior:
+    """The intensities of lesion ``label`` of ``labels`` on ``image``, and of a ``shell_mm`` shell around it (other
+    lesions and, when ``body`` is given, voxels outside the body excluded).
+
+    Raises
+    ------
+    MetatrackError
+        When ``label`` has no voxel, or the arrays' shapes differ.
+    """
+    if image.shape != labels.shape or (body is not None and body.shape != image.shape):
+        raise MetatrackError(f"intensity prior: image shape {image.shape} differs from the mask's {labels.shape}")
+    lesion = labels == label
+    if not lesion.any():
+        raise MetatrackError(f"intensity prior: label {label} has no voxel in the mask")
+    box = _box(lesion, _margin(shell_mm, spacing_zyx))
+    img, les = np.asarray(image[box], dtype=float), lesion[box]
+    shell = (_distance_mm(les, spacing_zyx) <= shell_mm) & (labels[box] == 0)
+    if body is not None:
+        shell &= body[box]
+    inside = img[les]
+    around = img[shell] if shell.any() else img[~les]
+    if around.size == 0:
+        around = inside
+    return IntensityPrior(
+        lesion_mean=float(inside.mean()),
+        lesion_sd=float(inside.std()),
+        surround_mean=float(around.mean()),
+        surround_sd=float(around.std()),
+        volume_mm3=float(les.sum()) * _voxel_volume(spacing_zyx),
+    )
+
+
+@dataclass
+class _Candidate:
+    """One track's region in its search box, before the tracks' overlaps are resolved."""
+
+    box: tuple[slice, ...]
+    region: np.ndarray  # bool, in the box
+    distance: np.ndarray  # mm to the warped lesion, in the box
+    search: np.ndarray  # bool, the search region in the box
+    noise: float  # sd of the smoothed follow-up's surround
+    leak: float
+
+
+def _ball(radius_mm: float, spacing_zyx: Sequence[float]) -> np.ndarray:
+    """A ball of ``radius_mm`` as a structuring element on the grid (at least the 6-neighbourhood)."""
+    r = np.maximum(np.floor(radius_mm / np.asarray(spacing_zyx, dtype=float)), 1).astype(int)
+    grid = np.indices(tuple(2 * r + 1), dtype=float) - r[:, None, None, None]
+    d = sum((grid[i] * spacing_zyx[i] / max(radius_mm, _EPS)) ** 2 for i in range(3))
+    ball = np.asarray(d <= 1.0)
+    for axis in range(3):  # the 6-neighbourhood, whatever the spacing
+        ball[tuple(r[k] + (np.array([-1, 1]) if k == axis else 0) for k in range(3))] = True
+    return ball
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, _P_CLIP, 1.0 - _P_CLIP)
+    return np.asarray(np.log(q / (1.0 - q)), dtype=float)
+
+
+def _leak_fraction(region: np.ndarray, search: np.ndarray) -> float:
+    """Share of ``region``'s surface voxels that lie on the search region's boundary."""
+    if not region.any():
+        return 0.0
+    surface = region & ~ndimage.binary_erosion(region)
+    rim = search & ~ndimage.binary_erosion(search, border_value=0)
+    return float((surface & rim).sum()) / max(float(surface.sum()), 1.0)
+
+
+def _attached(lesion_like: np.ndarray, distance: np.ndarray, attach_mm: float) -> np.ndarray:
+    """The components of ``lesion_like`` that come within ``attach_mm`` of the warped lesion, holes filled."""
+    comp, n = ndimage.label(lesion_like, structure=CONNECTIVITY_26)
+    if n == 0:
+        return np.zeros_like(lesion_like)
+    keep = np.unique(comp[(distance <= attach_mm) & (comp > 0)])
+    region = np.isin(comp, keep[keep > 0])
+    return np.asarray(ndimage.binary_fill_holes(region), dtype=bool)
+
+
+def _two_class(values: np.ndarray, intensity: IntensityPrior, min_voxels: float) -> tuple[float, float, float]:
+    """Surround level, lesion contrast and noise sd on the follow-up's (smoothed) search region: two-means steps
+    seeded by the last sighting's levels. The contrast stays within ``_EM_RATIO`` x the prior's; with too few
+    lesion-like voxels to measure it (a vanished lesion), it is the prior's."""
+    prior_contrast = intensity.contrast
+    sign = 1.0 if prior_contrast >= 0 else -1.0
+    surround, contrast = intensity.surround_mean, prior_contrast
+    for _ in range(_TWO_CLASS_STEPS):
+        lesion_side = sign * (values - (surround + 0.5 * contrast)) > 0
+        if lesion_side.all():
+            break
+        surround = float(np.median(values[~lesion_side]))
+        if lesion_side.sum() >= max(min_voxels, 1.0) and prior_contrast != 0.0:
+            ratio = (float(np.median(values[lesion_side])) - surround) / prior_contrast
+            contrast = prior_contrast * float(np.clip(ratio, _EM_RATIO[0], _EM_RATIO[1]))
+    # the noise from the half of the surround away from the lesion's side, which the lesion cannot contaminate
+    away = values[sign * (values - surround) <= 0]
+    noise = _MAD_TO_SD * float(np.median(np.abs((away if away.size >= 10 else values) - surround)))
+    return surround, contrast, max(noise, 0.05 * abs(contrast), _EPS)
+
+
+def _candidate(
+    smoothed: np.ndarray,
+    spacing_zyx: Sequence[float],
+    prior: Prior,
+    others: np.ndarray,
+    probability: np.ndarray | None,
+    config: PropagationConfig,
+) -> _Candidate | str:
+    """The track's lesion-like region near its warped lesion, or why there is none."""
+    voxel = _voxel_volume(spacing_zyx)
+    radius = (3.0 * prior.intensity.volume_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)
+    reach = config.search_mm + config.search_fraction * radius
+    box = _box(prior.mask, _margin(reach + config.smooth_mm, spacing_zyx))
+    mask = prior.mask[box]
+    img = smoothed[box]
+    distance = _distance_mm(mask, spacing_zyx)
+    search = distance <= reach
+    values = img[search & ~others[box]]
+    if values.size < 10:
+        return "no surround in the follow-up's field of view"
+    surround, contrast, noise = _two_class(values, prior.intensity, config.min_volume_mm3 / voxel)
+    logit_p = _logit(probability[box]) if probability is not None else None
+    # log prior odds of lesion: neutral on the warped lesion, falling off outside it (growth costs evidence)
+    spatial = distance / config.decay_mm if config.decay_mm > 0 else np.zeros_like(distance)
+    ball = _ball(config.open_mm, spacing_zyx)
+
+    def region_at(level: float, c: float) -> np.ndarray:
+        # two Gaussians of equal sd at surround and surround + c: the log-likelihood ratio is linear in intensity
+        llr = c / noise**2 * (img - (surround + level * c)) - spatial
+        if logit_p is not None:
+            llr = llr + logit_p
+        lesion_like = (llr > 0) & search
+        opened = _attached(ndimage.binary_opening(lesion_like, structure=ball), distance, config.attach_mm)
+        if opened.sum() * voxel >= config.min_volume_mm3:
+            # the opening cut the bridges; give back the rims it shaved off the lesion itself
+            return opened | (lesion_like & ndimage.binary_dilation(opened, structure=ball))
+        return _attached(lesion_like, distance, config.attach_mm)
+
+    region = region_at(0.5, contrast)
+    leak = _leak_fraction(region, search)
+    for level in _LEAK_LEVELS[1:]:
+        if leak <= config.max_leak_fraction:
+            break
+        tighter = region_at(level, contrast)
+        tighter_leak = _leak_fraction(tighter, search)
+        if tighter.any() and tighter_leak < leak:
+            region, leak = tighter, tighter_leak
+    if not region.any():
+        return "no lesion-like voxels"
+    return _Candidate(box, region, distance, search, noise, leak)
+
+
+def _confidence(
+    image: np.ndarray,
+    region: np.ndarray,
+    cand: _Candidate,
+    prior: Prior,
+    probability: np.ndarray | None,
+    spacing_zyx: Sequence[float],
+    config: PropagationConfig,
+) -> tuple[float, str]:
+    """The confidence of a found region and, when low, why."""
+    img = np.asarray(image[cand.box], dtype=float)
+    around = (cand.search | (cand.distance <= config.attach_mm + config.shell_mm)) & ~ndimage.binary_dilation(
+        region, iterations=2
+    )
+    if around.sum() < 10:
+        return 0.0, "no surround left around the region"
+    level = float(np.median(img[around]))
+    contrast = prior.intensity.contrast
+    # the evidence: the region's contrast on the follow-up against the last sighting's (a look-alike of the
+    # surround reaches only about half of it: the threshold) and against the surround's noise at the smoothing scale
+    observed = float(np.median(img[region])) - level
+    ratio = observed / contrast if contrast != 0.0 else 0.0
+    cnr = abs(observed) / cand.noise if ratio > 0 else 0.0
+    evidence = float(np.clip((ratio - _RATIO_NONE) / (_RATIO_FULL - _RATIO_NONE), 0.0, 1.0))
+    evidence *= float(np.clip((cnr - _CNR_NONE) / (_CNR_FULL - _CNR_NONE), 0.0, 1.0))
+    if probability is not None:
+        p = float(np.mean(probability[cand.box][region]))
+        evidence = 1.0 - (1.0 - evidence) * (1.0 - p)
+    size = float(region.sum()) * _voxel_volume(spacing_zyx) / max(prior.intensity.volume_mm3, _EPS)
+    # consistency with the prior: lesions grow and shrink, but a speck where a large lesion was is more often
+    # noise or texture than the lesion (shrinking is penalised more than growing)
+    spread = _SHRINK_SPREAD if size < 1.0 else _GROW_SPREAD
+    consistency = math.exp(-(math.log(size) ** 2) / (2.0 * math.log(spread) ** 2))
+    leak = 1.0 - min(1.0, _leak_fraction(region, cand.search) / (2.0 * config.max_leak_fraction))
+    conf = evidence * consistency * leak
+    why = "leaks into its surround" if leak < 0.5 else "too little contrast with its surround"
+    return float(np.clip(conf, 0.0, 1.0)), why
+
+
+def propagate(
+    image: np.ndarray,
+    spacing_zyx: Sequence[float],
+    priors: Sequence[Prior],
+    *,
+    probability: np.ndarray | None = None,
+    config: PropagationConfig = PropagationConfig(),
+) -> Propagation:
+    """Find every prior's lesion on the follow-up ``image`` (z, y, x) of voxel size ``spacing_zyx`` (mm).
+
+    ``probability`` is an optional lesion probability map on the same grid (a segmentation model's output); it is
+    combined with the intensity evidence voxel by voxel. Deterministic.
+
+    Raises
+    ------
+    MetatrackError
+        When a prior's mask or the probability map is not on the image's grid.
+    """
+    image = np.asarray(image, dtype=float)
+    for prior in priors:
+        if prior.mask.shape != image.shape:
+            raise MetatrackError(
+                f"propagation: track {prior.track_number}'s mask shape {prior.mask.shape} differs from the "
+                f"follow-up's {image.shape}"
+            )
+    if probability is not None and probability.shape != image.shape:
+        raise MetatrackError(f"propagation: probability shape {probability.shape} differs from {image.shape}")
+    sigma = config.smooth_mm / np.asarray(spacing_zyx, dtype=float)
+    smoothed = ndimage.gaussian_filter(image, sigma=sigma) if config.smooth_mm > 0 else image
+    masks = [np.asarray(p.mask, dtype=bool) for p in priors]
+    union = np.zeros(image.shape, dtype=bool)
+    for m in masks:
+        union |= m
+    result = Propagation(labels=np.zeros(image.shape, dtype=np.int32))
+    candidates: dict[int, _Candidate] = {}
+    for i, prior in enumerate(priors):
+        if not masks[i].any():
+            result.not_found[prior.track_number] = "outside the follow-up's field of view"
+            continue
+        others = union & ~masks[i]
+        found = _candidate(
+            smoothed, spacing_zyx, Prior(prior.track_number, masks[i], prior.intensity), others, probability, config
+        )
+        if isinstance(found, str):
+            result.not_found[prior.track_number] = found
+        else:
+            candidates[i] = found
+    # overlapping candidates: each voxel goes to the nearest warped lesion (ties to the earlier prior)
+    owner = np.full(image.shape, -1, dtype=np.int64)
+    best = np.full(image.shape, np.inf)
+    for i, cand in candidates.items():
+        b_owner, b_best = owner[cand.box], best[cand.box]
+        take = cand.region & (cand.distance < b_best)
+        b_owner[take], b_best[take] = i, cand.distance[take]
+    label = 0
+    voxel = _voxel_volume(spacing_zyx)
+    for i, cand in candidates.items():
+        prior = priors[i]
+        region = cand.region & (owner[cand.box] == i)
+        region = _attached(region, cand.distance, config.attach_mm)
+        if region.sum() * voxel < config.min_volume_mm3:
+            result.not_found[prior.track_number] = "no lesion-like region of the minimum volume"
+            continue
+        conf, why = _confidence(image, region, cand, prior, probability, spacing_zyx, config)
+        if conf < config.min_confidence:
+            result.not_found[prior.track_number] = f"{why} (confidence {conf:.2f})"
+            continue
+        label += 1
+        result.labels[cand.box][region] = label
+        result.track_of_label[label] = prior.track_number
+        result.confidence[label] = round(conf, 4)
+    return result
