@@ -176,9 +176,18 @@ def ingest(
         Path | None,
         typer.Option("--manifest", help="CSV: patient_id,date,image[,mask,modality,scanner,role,roi,segment]."),
     ] = None,
+    replace_mask: Annotated[
+        bool,
+        typer.Option(
+            "--replace-mask",
+            help="The scan is ingested already with another mask: this --mask replaces it (then process the "
+            "patient again with --reprocess-from).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Ingest a scan (and its lesion mask), or every row of a manifest; each scan is one transaction."""
+    """Ingest a scan (and its lesion mask), or every row of a manifest; each scan is one transaction. A mask for
+    a scan ingested without one (or, with --replace-mask, with another) is added to it."""
     from tracker.records import ScanRole
     from tracker.workflows.ingest import ScanRequest, ingest_many, read_manifest
 
@@ -205,6 +214,7 @@ def ingest(
                 rois=tuple(roi or ()),
                 segments=tuple(segment or ()),
                 recursive=recursive,
+                replace_mask=replace_mask,
             )
         ]
     engine, store = state.engine(), state.store()
@@ -305,6 +315,14 @@ def process(
         float | None,
         typer.Option("--non-target-pd-min-mm3", min=0.0, help="... and at least this many mm³ above it (default 500)."),
     ] = None,
+    new_lesion_confidence: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="A new lesion the segmentation model found (no mask given) counts for RECIST from this confidence on.",
+        ),
+    ] = 0.5,
     workers: Annotated[
         int, typer.Option(min=1, help="Patients processed side by side by a local Dask cluster of N processes.")
     ] = 1,
@@ -339,6 +357,7 @@ def process(
         feature_config=features,
         shell_mm=shell_mm,
         features=not no_features,
+        new_lesion_min_confidence=new_lesion_confidence,
     )
     if non_target_ratio is not None:
         settings = dataclasses.replace(settings, recist_non_target_volume_ratio=non_target_ratio)

@@ -31,7 +31,7 @@ def print_timeline(data: dict[str, Any]) -> None:
     for s in data["scans"]:
         rec = s.get("recist") or {}
         reg = s.get("registration") or {}
-        risk = {r["horizon_months"]: r["risk"] for r in s.get("risk", [])}
+        risk = {r["horizon_months"]: _risk_text(r) for r in s.get("risk", [])}
         rows.append(
             {
                 "date": s["date"],
@@ -44,7 +44,7 @@ def print_timeline(data: dict[str, Any]) -> None:
                 "volume_mm3": sum(les["volume_mm3"] for les in s["lesions"]),
                 "diam_mm": rec.get("sum_mm"),
                 "recist": rec.get("response"),
-                "review": "REVIEW" if reg.get("needs_review") else "",
+                "review": "REVIEW" if reg.get("needs_review") or s.get("review_reasons") else "",
                 "risk_12m": risk.get(12),
             }
         )
@@ -58,14 +58,31 @@ def print_timeline(data: dict[str, Any]) -> None:
                     "volume_mm3": les["volume_mm3"],
                     "diam_mm": les.get("long_axis_mm"),
                     "recist": les.get("recist_role") or "",
+                    "source": _source_text(les),
                 }
             )
     cols = ["date", "day", "role", "state", "lesion", "track", "change", "volume_mm3", "diam_mm", "recist"]
-    cols += ["review", "risk_12m"]
+    cols += ["source", "review", "risk_12m"]
     output.print_table(rows, cols, title=f"patient {data['patient_id']}")
     if data.get("calendar_risk"):
         cols = ["as_of", "model", "endpoint", "horizon_months", "risk"]
         output.print_table(data["calendar_risk"], cols, title=f"patient {data['patient_id']}: risk by calendar date")
+
+
+def _risk_text(entry: dict[str, Any]) -> str:
+    """A risk with its 90 % interval where one is stored: "0.23 [0.15-0.31]"."""
+    text = f"{entry['risk']:.2f}"
+    lo, hi = entry.get("risk_lower"), entry.get("risk_upper")
+    return text if lo is None or hi is None else f"{text} [{lo:.2f}-{hi:.2f}]"
+
+
+def _source_text(lesion: dict[str, Any]) -> str:
+    """Where a lesion came from, when it was not drawn: "propagated 0.93", "detected 0.71"."""
+    source = lesion.get("source") or "given"
+    if source == "given":
+        return ""
+    confidence = lesion.get("confidence")
+    return source if confidence is None else f"{source} {confidence:.2f}"
 
 
 def write_cohort(rows: list[dict[str, Any]], fmt: str, out: Path | None) -> None:

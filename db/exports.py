@@ -27,7 +27,7 @@ from db.models import (
     ScanState,
     TrackLink,
 )
-from db.repo import latest_mask
+from db.repo import lesions_mask
 from db.results import _blob_path
 from tracker.errors import MetatrackError
 from tracker.exports.records import ExportLesion, ExportScan
@@ -71,6 +71,8 @@ def lesion_stream(session: Session, external_id: str | None = None, batch_rows: 
             Lesion.volume_mm3,
             Lesion.long_axis_mm,
             Lesion.short_axis_mm,
+            Lesion.source,
+            Lesion.confidence,
             FeatureValue.region,
             FeatureConfig.name,
             FeatureConfig.config_sha256,
@@ -124,7 +126,7 @@ def processed_scans(session: Session, store: FileStore, external_id: str) -> lis
     roles = {tid: role for tid, _, role in tracks}
     out = []
     for scan in scans:
-        mask: Mask | None = latest_mask(session, scan)
+        mask: Mask | None = lesions_mask(session, scan)
         changes = {
             t: c
             for t, c in session.execute(

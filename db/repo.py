@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import Blob, Mask, Patient, Scan
+from db.models import Blob, Lesion, Mask, Patient, Scan, ScanState
 
 
 def add_patient(session: Session, external_id: str) -> Patient:
@@ -66,11 +66,24 @@ def ensure_blob(session: Session, sha256: str, kind: str, suffix: str, size_byte
     return blob
 
 
-def latest_mask(session: Session, scan: Scan, kind: str = "lesions") -> Mask | None:
-    """The newest mask of a kind ('lesions' or 'organs') of a scan."""
-    return session.scalar(
-        select(Mask).where(Mask.scan_id == scan.id, Mask.kind == kind).order_by(Mask.id.desc()).limit(1)
-    )
+def latest_mask(session: Session, scan: Scan, kind: str = "lesions", *, given_only: bool = False) -> Mask | None:
+    """The newest mask of a kind ('lesions' or 'organs') of a scan; a given (ingested) mask wins over one that
+    processing derived, which `given_only` leaves out."""
+    q = select(Mask).where(Mask.scan_id == scan.id, Mask.kind == kind)
+    if given_only:
+        q = q.where(Mask.source == "given")
+    return session.scalar(q.order_by((Mask.source == "given").desc(), Mask.id.desc()).limit(1))
+
+
+def lesions_mask(session: Session, scan: Scan) -> Mask | None:
+    """The lesion mask a scan's lesions are measured on: for a processed scan the one its lesions point to (a mask
+    ingested since counts once the scan is processed again), else its newest given mask."""
+    if scan.state == ScanState.PROCESSED:
+        measured = session.scalar(select(Lesion.mask_id).where(Lesion.scan_id == scan.id).limit(1))
+        if measured is not None:
+            return session.get(Mask, measured)
+        return latest_mask(session, scan)
+    return latest_mask(session, scan, given_only=True)
 
 
 def table_counts(session: Session) -> dict[str, int]:

@@ -21,6 +21,9 @@ from db.models import (
     FeatureValue,
     Lesion,
     LesionTrack,
+    Mask,
+    ModelState,
+    ModelVersion,
     Patient,
     PatientFeature,
     RecistAssessment,
@@ -33,13 +36,14 @@ from db.models import (
 )
 from db.types import rowcount, table_of, utcnow
 from tracker.errors import MetatrackError
-from tracker.records import OpenTrack, PatientContext, ScanFiles, ScanOutcome, Settings
+from tracker.records import LesionSource, OpenTrack, PatientContext, ScanFiles, ScanOutcome, SegmentationRef, Settings
 
 if TYPE_CHECKING:
     from tracker.recist import TargetSelection, VisitAssessment
     from tracker.store import FileStore, StoredFile
 
 ENGINE_NAME = "metatrack-radiomics"
+SEGMENTATION_KIND = "segmentation"  # the registry kind of lesion segmentation models (`tracker.segmentation`)
 IN_CHUNK = 5000  # values per IN (...) list
 # `registrations` columns and the registration engine's metric each one holds (`registration.engine._quality`).
 REGISTRATION_METRIC_KEYS = {
@@ -59,7 +63,7 @@ def _blob_path(session: Session, store: FileStore, sha256: str) -> Path:
 
 
 def _scan_files(session: Session, store: FileStore, scan: Scan, index: int, reg: Registration | None) -> ScanFiles:
-    mask = repo.latest_mask(session, scan)
+    mask = repo.lesions_mask(session, scan)
     organs = repo.latest_mask(session, scan, kind="organs")
     return ScanFiles(
         scan_id=scan.id,
@@ -200,7 +204,16 @@ def load_context(session: Session, store: FileStore, scan: Scan) -> PatientConte
         non_target_nadir_mm3=nt_nadir,
         recist_roles={t.number: t.recist_role for t in tracks if t.recist_role is not None},
         successors=successors,
+        segmentation=promoted_segmentation(session, store) if files[-1].mask is None else None,
     )
+
+
+def promoted_segmentation(session: Session, store: FileStore) -> SegmentationRef | None:
+    """The promoted segmentation model (a registry row whose kind is "segmentation"), if any."""
+    for mv in session.scalars(select(ModelVersion).where(ModelVersion.state == ModelState.PROMOTED)):
+        if (mv.hyperparameters or {}).get("kind") == SEGMENTATION_KIND:
+            return SegmentationRef(mv.id, _blob_path(session, store, mv.file_sha256))
+    return None
 
 
 def _patient_features(session: Session, scan_ids: list[int]) -> dict[int, dict[str, float | None]]:
@@ -245,12 +258,14 @@ def save_outcome(
     settings: Settings,
     baseline_id: int,
     transforms: tuple[list[StoredFile], list[StoredFile]] | None = None,
+    derived: StoredFile | None = None,
 ) -> bool:
     """Write everything processing a scan produced; the caller's transaction makes it all-or-nothing.
 
-    ``transforms`` are the registration's (forward, inverse) files, already put into the store by the caller
-    (which removes them again if this transaction fails). Returns False, writing nothing, when the scan was
-    processed meanwhile by another worker.
+    ``transforms`` are the registration's (forward, inverse) files and ``derived`` the label map processing built
+    for a scan without a given mask (``outcome.derived_mask``), already put into the store by the caller (which
+    removes them again if this transaction fails). Returns False, writing nothing, when the scan was processed
+    meanwhile by another worker.
     """
     scan = session.get(Scan, scan_id)
     if scan is None:
@@ -279,7 +294,22 @@ def save_outcome(
             )
         )
         reg_review = bool(r.needs_review)
-    mask = repo.latest_mask(session, scan)
+    mask = repo.latest_mask(session, scan, given_only=True)
+    if outcome.derived_mask is not None:
+        if derived is None:
+            raise MetatrackError(f"scan {scan.id}: the derived lesion mask was not stored")
+        repo.ensure_blob(session, derived.sha256, "mask", derived.suffix, derived.size_bytes)
+        mask = repo.add_mask(
+            session,
+            scan_id=scan.id,
+            kind="lesions",
+            source="derived",
+            mask_sha256=derived.sha256,
+            source_format="nifti",
+            labels=sorted(les.label for les in outcome.lesions),
+            voxel_count=sum(les.voxels for les in outcome.lesions),
+            is_empty=not outcome.lesions,
+        )
     tracks = {
         t.number: t for t in session.scalars(select(LesionTrack).where(LesionTrack.patient_id == scan.patient_id))
     }
@@ -296,6 +326,7 @@ def save_outcome(
     session.flush()
     lesion_rows: dict[int, Lesion] = {}
     for les in outcome.lesions:
+        source, confidence = outcome.lesion_sources.get(les.label, (LesionSource.GIVEN, None))
         row = Lesion(
             scan_id=scan.id,
             mask_id=mask.id if mask is not None else None,
@@ -310,6 +341,9 @@ def save_outcome(
             max_diameter_mm=les.max_3d_diameter_mm,
             organ=les.organ,
             track_id=tracks[outcome.lesion_track[les.label]].id if les.label in outcome.lesion_track else None,
+            source=str(source),
+            confidence=confidence,
+            model_version_id=outcome.segmentation_model_id if source != LesionSource.GIVEN else None,
         )
         session.add(row)
         lesion_rows[les.label] = row
@@ -338,6 +372,7 @@ def save_outcome(
     scan.error = None
     scan.processed_at = utcnow()
     scan.processing = {"settings": settings.to_dict(), "timings": outcome.timings}
+    scan.review_reasons = list(outcome.review_reasons) or None
     return True
 
 
@@ -559,8 +594,9 @@ def write_recist(
 def reset_from(session: Session, external_id: str, day: date) -> int:
     """Forget the results of a patient's scans dated `day` or later, so that they are processed again.
 
-    Lesions (with their features), links, registrations, RECIST and patient features of those scans go; tracks
-    that started there go; the scans return to `ingested`. Returns how many scans were reset.
+    Lesions (with their features), the lesion masks processing derived, links, registrations, RECIST and patient
+    features of those scans go; tracks that started there go; the scans return to `ingested`. Returns how many
+    scans were reset.
     """
     patient = repo.get_patient(session, external_id)
     if patient is None:
@@ -575,8 +611,10 @@ def reset_from(session: Session, external_id: str, day: date) -> int:
     lesion_ids = select(Lesion.id).where(Lesion.scan_id.in_(ids))
     session.execute(delete(FeatureExtraction).where(FeatureExtraction.lesion_id.in_(lesion_ids)))
     session.execute(delete(Lesion).where(Lesion.scan_id.in_(ids)))
+    session.execute(delete(Mask).where(Mask.scan_id.in_(ids), Mask.source == "derived"))
     session.execute(delete(Registration).where(Registration.moving_scan_id.in_(ids)))
     session.execute(delete(LesionTrack).where(LesionTrack.first_scan_id.in_(ids)))
     for scan in scans:
         scan.state, scan.error, scan.processed_at, scan.processing = ScanState.INGESTED, None, None, None
+        scan.review_reasons = None
     return len(ids)

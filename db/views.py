@@ -68,8 +68,10 @@ def _lesion_dict(
     role: str | None,
     deltas: dict,
     merged_from: list[int],
+    models: dict[int, str],
 ) -> dict:
-    """A lesion in the timeline; a lesion other tracks merged into has change 'merged' and lists them."""
+    """A lesion in the timeline; a lesion other tracks merged into has change 'merged' and lists them. ``source``
+    says where it came from (given, propagated, detected), with its confidence and segmentation model."""
     change = "merged" if merged_from else (link.change.value if link else None)
     return {
         "id": les.id,
@@ -84,6 +86,9 @@ def _lesion_dict(
         "organ": les.organ,
         "recist_role": role,
         "deltas": deltas,
+        "source": les.source,
+        "confidence": les.confidence,
+        "segmentation_model": models.get(les.model_version_id) if les.model_version_id is not None else None,
     }
 
 
@@ -113,8 +118,14 @@ def timeline(session: Session, external_id: str) -> dict[str, Any]:
     links: dict[int, list[TrackLink]] = defaultdict(list)
     for link in session.scalars(select(TrackLink).where(TrackLink.scan_id.in_(scan_ids))):
         links[link.scan_id].append(link)
+    # not an organ map; a given mask wins over one processing derived
     lesion_masks = select(Mask).where(Mask.scan_id.in_(scan_ids), Mask.kind == "lesions").order_by(Mask.id)
-    masks = {m.scan_id: m for m in session.scalars(lesion_masks)}  # not an organ map
+    masks = {m.scan_id: m for m in sorted(session.scalars(lesion_masks), key=lambda m: m.source == "given")}
+    model_ids = {les.model_version_id for rows in lesions.values() for les in rows} - {None}
+    models = {
+        mv.id: f"{mv.name}:{mv.version}"
+        for mv in session.scalars(select(ModelVersion).where(ModelVersion.id.in_(model_ids)))
+    }
     regs = {
         r.moving_scan_id: r
         for r in session.scalars(select(Registration).where(Registration.moving_scan_id.in_(scan_ids)))
@@ -137,6 +148,8 @@ def timeline(session: Session, external_id: str) -> dict[str, Any]:
                 "endpoint": mv.endpoint,
                 "horizon_months": rs.horizon_months,
                 "risk": rs.risk,
+                "risk_lower": rs.risk_lower,
+                "risk_upper": rs.risk_upper,
             }
         )
     pfeat: dict[int, dict[str, float | None]] = defaultdict(dict)
@@ -173,7 +186,10 @@ def timeline(session: Session, external_id: str) -> dict[str, Any]:
                 "scanner": s.scanner,
                 "state": s.state.value,
                 "error": s.error,
-                "mask": None if mask is None else {"labels": len(mask.labels), "empty": mask.is_empty},
+                "mask": None
+                if mask is None
+                else {"labels": len(mask.labels), "empty": mask.is_empty, "source": mask.source},
+                "review_reasons": list(s.review_reasons or []),
                 "lesions": [
                     _lesion_dict(
                         les,
@@ -182,6 +198,7 @@ def timeline(session: Session, external_id: str) -> dict[str, Any]:
                         tracks[les.track_id].recist_role if les.track_id in tracks else None,
                         dict(deltas.get((s.id, les.track_id), {})),
                         sorted(merged_from.get(les.id, [])),
+                        models,
                     )
                     for les in lesions[s.id]
                 ],

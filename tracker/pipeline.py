@@ -10,6 +10,7 @@ registered to the patient's baseline; registration lists apply to a point in lis
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from tracker.deltas import FeatureChange, patient_deltas, patient_features, track_deltas
 from tracker.errors import MetatrackError
-from tracker.records import ChangeClass, LinkOut, PatientContext, ScanFiles, ScanOutcome, Settings
+from tracker.records import ChangeClass, LesionSource, LinkOut, PatientContext, ScanFiles, ScanOutcome, Settings
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -59,47 +60,65 @@ def _frame_transforms(src: ScanFiles, dst: ScanFiles) -> list[Path]:
     return [*src.inverse, *dst.forward]
 
 
+def _source_labels(path: Path, min_lesion_mm3: float) -> sitk.Image:
+    """A processed scan's lesion label map as its processing numbered it (``label_lesions`` numbers a binary
+    mask's components; a label map keeps its labels)."""
+    import SimpleITK as sitk
+
+    from tracker.lesions import Geometry, label_lesions
+
+    src_mask = _read(path)
+    labels = sitk.GetImageFromArray(
+        label_lesions(sitk.GetArrayFromImage(src_mask), Geometry.from_image(src_mask), min_volume_mm3=min_lesion_mm3)
+    )
+    labels.CopyInformation(src_mask)
+    return labels
+
+
+def _warped_sources(ctx: PatientContext, scan: ScanFiles, image: sitk.Image, min_lesion_mm3: float) -> dict[int, Any]:
+    """The lesion labels of every scan an open track was last seen on, resampled onto this scan's grid (by scan
+    index)."""
+    import SimpleITK as sitk
+
+    from registration import warp_image
+
+    warped: dict[int, np.ndarray] = {}
+    for t in sorted(ctx.open_tracks, key=lambda t: t.number):
+        if t.last_scan_index in warped:
+            continue
+        src = ctx.scans[t.last_scan_index]
+        if src.mask is None:
+            raise MetatrackError(f"scan {src.scan_id}: track T{t.number} was seen there but the mask is gone")
+        # resampling takes this scan's points to the source scan: scan -> baseline -> source. Nearest neighbour:
+        # the matching dilates masks anyway, and label-Gaussian resampling costs seconds per scan.
+        out = warp_image(
+            sitk.Cast(_source_labels(src.mask, min_lesion_mm3), sitk.sitkUInt16),
+            image,
+            _frame_transforms(scan, src),
+            default_value=0,
+            interpolator=sitk.sitkNearestNeighbor,
+        )
+        warped[t.last_scan_index] = sitk.GetArrayFromImage(out)
+    return warped
+
+
 def _match(
     ctx: PatientContext,
     scan: ScanFiles,
     labels: np.ndarray,
     lesions: list[MeasuredLesion],
     image: sitk.Image,
-    min_lesion_mm3: float,
+    warped: dict[int, np.ndarray],
 ) -> tuple[Any, dict[int, int]]:
-    """Match this follow-up's lesions against every open track, on this scan's grid."""
-    import SimpleITK as sitk
-
-    from registration import map_points, warp_image
-    from tracker.lesions import Geometry, label_lesions
+    """Match this follow-up's lesions against every open track (`warped`: ``_warped_sources``), on this scan's
+    grid."""
+    from registration import map_points
+    from tracker.lesions import Geometry
     from tracker.matching import MatchConfig, TrackState, match_lesions
 
-    warped: dict[int, np.ndarray] = {}
     states = []
     for t in sorted(ctx.open_tracks, key=lambda t: t.number):
         src = ctx.scans[t.last_scan_index]
-        if t.last_scan_index not in warped:
-            src_mask = _read(src.mask) if src.mask else None
-            if src_mask is None:
-                raise MetatrackError(f"scan {src.scan_id}: track T{t.number} was seen there but the mask is gone")
-            # the track's label is a lesion label (label_lesions numbers a binary mask's components), not a value
-            # of the stored mask: label the source mask as its own processing did
-            src_labels = sitk.GetImageFromArray(
-                label_lesions(
-                    sitk.GetArrayFromImage(src_mask), Geometry.from_image(src_mask), min_volume_mm3=min_lesion_mm3
-                )
-            )
-            src_labels.CopyInformation(src_mask)
-            # resampling takes this scan's points to the source scan: scan -> baseline -> source. Nearest
-            # neighbour: the matching dilates masks anyway, and label-Gaussian resampling costs seconds per scan.
-            out = warp_image(
-                sitk.Cast(src_labels, sitk.sitkUInt16),
-                image,
-                _frame_transforms(scan, src),
-                default_value=0,
-                interpolator=sitk.sitkNearestNeighbor,
-            )
-            warped[t.last_scan_index] = sitk.GetArrayFromImage(out)
         centroid = map_points(np.asarray([t.last_centroid]), _frame_transforms(src, scan))[0]
         states.append(
             TrackState(
@@ -122,6 +141,117 @@ def _match(
         geometry=geometry,
     )
     return result, {label: t for label, t in result.label_to_track.items() if t is not None}
+
+
+@dataclass
+class FoundLesions:
+    """The lesions processing found on a scan without a given mask (`_find_lesions`)."""
+
+    labels: np.ndarray  # int32 label map on the scan's grid
+    sources: dict[int, tuple[LesionSource, float | None]]  # label -> (source, confidence)
+    model_id: int | None  # the segmentation model version that took part
+    review_reasons: list[str]
+
+
+def _intensity_priors(ctx: PatientContext, min_lesion_mm3: float, shell_mm: float) -> dict[int, Any]:
+    """Each open track's `tracker.propagation.IntensityPrior`: its lesion and surround at its last sighting."""
+    import SimpleITK as sitk
+
+    from tracker.propagation import intensity_prior
+
+    out: dict[int, Any] = {}
+    by_scan: dict[int, list[Any]] = {}
+    for t in ctx.open_tracks:
+        by_scan.setdefault(t.last_scan_index, []).append(t)
+    for index, tracks in sorted(by_scan.items()):
+        src = ctx.scans[index]
+        assert src.mask is not None  # _warped_sources checked it
+        img = _read(src.image)
+        arr = sitk.GetArrayFromImage(img).astype(np.float64)
+        labels = sitk.GetArrayFromImage(_source_labels(src.mask, min_lesion_mm3))
+        spacing = cast(tuple[float, float, float], tuple(float(v) for v in reversed(img.GetSpacing())))
+        body = _body_mask(arr, None, src.modality)
+        for t in tracks:
+            out[t.number] = intensity_prior(arr, labels, t.last_label, spacing, shell_mm=shell_mm, body=body)
+    return out
+
+
+def _find_lesions(
+    ctx: PatientContext,
+    scan: ScanFiles,
+    image: sitk.Image,
+    warped: dict[int, np.ndarray],
+    settings: Settings,
+) -> FoundLesions:
+    """The lesions of a scan without a given mask: every open track's lesion propagated from its last sighting
+    through the registration and refined on this scan (`tracker.propagation`), and the promoted segmentation
+    model's components that no propagated lesion covers (`tracker.segmentation`), each with its confidence."""
+    import SimpleITK as sitk
+
+    from tracker.lesions import Geometry
+
+    if ctx.segmentation is None and not any(s.mask is not None for s in ctx.scans[:-1]):
+        raise MetatrackError(
+            f"scan of {scan.scan_date}: no lesion mask here or on any earlier scan of patient {ctx.external_id!r} "
+            "and no segmentation model promoted: ingest a mask (`metatrack ingest --mask`) or train and promote "
+            "one (`metatrack segment train --promote`)"
+        )
+    arr = sitk.GetArrayFromImage(image).astype(np.float64)
+    spacing = Geometry.from_image(image).spacing_zyx
+    reasons: list[str] = []
+    probability, model = None, None
+    if ctx.segmentation is not None:
+        from tracker.segmentation.model import segmentation_model_from_bytes
+
+        model = segmentation_model_from_bytes(ctx.segmentation.path.read_bytes())
+        probability = model.predict_probability(arr, spacing)
+    labels = np.zeros(arr.shape, np.int32)
+    sources: dict[int, tuple[LesionSource, float | None]] = {}
+    if ctx.open_tracks:
+        from tracker.propagation import Prior, PropagationConfig, propagate
+
+        intensity = _intensity_priors(ctx, settings.min_lesion_mm3, settings.shell_mm or 5.0)
+        priors = [
+            Prior(t.number, warped[t.last_scan_index] == t.last_label, intensity[t.number])
+            for t in sorted(ctx.open_tracks, key=lambda t: t.number)
+        ]
+        found = propagate(
+            arr,
+            spacing,
+            priors,
+            probability=probability,
+            config=PropagationConfig(min_volume_mm3=settings.min_lesion_mm3),
+        )
+        labels = found.labels.astype(np.int32)
+        sources = {label: (LesionSource.PROPAGATED, float(found.confidence[label])) for label in found.track_of_label}
+        shown = ", ".join(
+            f"T{found.track_of_label[k]} ({found.confidence[k]:.2f})" for k in sorted(found.track_of_label)
+        )
+        reasons.append(f"lesions propagated from earlier scans (no mask given): {shown or 'none found'}")
+        if found.not_found:
+            gone = ", ".join(f"T{n} ({why})" for n, why in sorted(found.not_found.items()))
+            reasons.append(f"not found, taken as vanished: {gone}")
+    if model is not None and probability is not None:
+        from tracker.segmentation.components import lesion_components
+
+        components, found_components = lesion_components(
+            probability,
+            spacing,
+            threshold=model.threshold,
+            min_volume_mm3=max(settings.min_lesion_mm3, model.min_volume_mm3),
+        )
+        next_label = int(labels.max()) + 1
+        for comp in found_components:
+            region = components == comp.label
+            if (labels[region] > 0).any():
+                continue  # the model sees a propagated lesion: propagation used its probabilities already
+            labels[region] = next_label
+            sources[next_label] = (LesionSource.DETECTED, float(comp.confidence))
+            next_label += 1
+    elif not scan.index == 0:
+        reasons.append("no segmentation model promoted: new lesions were not searched for")
+    model_id = ctx.segmentation.model_version_id if ctx.segmentation is not None else None
+    return FoundLesions(labels, sources, model_id, reasons)
 
 
 def _recist_baseline(lesions: list[MeasuredLesion], lesion_track: dict[int, int]) -> tuple[Any, dict[int, str]]:
@@ -157,12 +287,13 @@ def _recist_follow_up(
     links: list[LinkOut],
     new_tracks: dict[int, int | None],
     new_lesion: bool,
+    measured: bool,
     settings: Settings,
 ) -> tuple[Any, dict[int, str]]:
     """The follow-up's RECIST assessment (None without a baseline assessment) and its new tracks' roles: a
-    fragment split from a track takes its role (its diameter joins the target's sum), any other is new. Without a
-    lesion mask nothing was measured, and a lesion not found whose place lies outside the image was not imaged:
-    both are not evaluable rather than gone."""
+    fragment split from a track takes its role (its diameter joins the target's sum), any other is new. Without
+    lesions measured (`measured` False) and for a lesion not found whose place lies outside the image (not imaged)
+    the lesions are not evaluable rather than gone."""
     from tracker.recist import (
         Measurement,
         NonTargetRule,
@@ -183,7 +314,7 @@ def _recist_follow_up(
         baseline_sum_mm=ctx.baseline_sum_mm,
     )
     tracks: dict[int, tuple[int, ...]] = {}
-    if scan.mask is not None:
+    if measured:
         labels: dict[int, list[int]] = {}
         for link in links:
             if link.lesion_label is not None:
@@ -287,11 +418,14 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
     t0 = time.perf_counter()
     image = _read(scan.image)
     geometry = Geometry.from_image(image)
+    warped = {} if is_baseline else _warped_sources(ctx, scan, image, settings.min_lesion_mm3)
+    found: FoundLesions | None = None
     if scan.mask is not None:
         mask_arr = sitk.GetArrayFromImage(_read(scan.mask))
         labels = label_lesions(mask_arr, geometry, min_volume_mm3=settings.min_lesion_mm3)
     else:
-        labels = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.int32)
+        found = _find_lesions(ctx, scan, image, warped, settings)
+        labels = label_lesions(found.labels, geometry, min_volume_mm3=settings.min_lesion_mm3, split_components=False)
     organ_map = sitk.GetArrayFromImage(_read(scan.organs)) if scan.organs else None
     lesions = measure_lesions(labels, geometry, organ_map=organ_map, organ_names=scan.organ_names)
     timings["lesions_s"] = time.perf_counter() - t0
@@ -305,14 +439,18 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
             links.append(LinkOut(lesion_track[les.label], les.label, ChangeClass.NEW, 0.0))
             new_tracks[lesion_track[les.label]] = None
     else:
-        result, lesion_track = _match(ctx, scan, labels, lesions, image, settings.min_lesion_mm3)
+        result, lesion_track = _match(ctx, scan, labels, lesions, image, warped)
         known = {t.number for t in ctx.open_tracks}
         for link in result.links:
             number = link.track_id if link.track_id is not None else lesion_track[link.lesion_label]
             links.append(LinkOut(number, link.lesion_label, link.change, float(link.score), link.related_track_id))
             if number not in known:
                 new_tracks[number] = link.related_track_id if link.change == ChangeClass.SPLIT else None
-    new_lesion = any(link.change == ChangeClass.NEW for link in links) and not is_baseline
+    sources = {les.label: found.sources[les.label] for les in lesions} if found is not None else {}
+    uncounted = _uncounted_new_lesions(links, sources, settings.new_lesion_min_confidence)
+    new_lesion = not is_baseline and any(
+        link.change == ChangeClass.NEW and link.track_number not in uncounted for link in links
+    )
     timings["matching_s"] = time.perf_counter() - t0
 
     roles: dict[int, str]
@@ -321,7 +459,13 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
         selection, roles = _recist_baseline(lesions, lesion_track)
         baseline_sum = selection.baseline_sum_mm
     else:
-        recist, roles = _recist_follow_up(ctx, scan, image, lesions, links, new_tracks, new_lesion, settings)
+        measured = scan.mask is not None or found is not None
+        recist, roles = _recist_follow_up(ctx, scan, image, lesions, links, new_tracks, new_lesion, measured, settings)
+        if recist is not None and uncounted:
+            recist = replace(recist, reasons=(*recist.reasons, _uncounted_reason(uncounted, settings)))
+    review = list(found.review_reasons) if found is not None else []
+    if uncounted:
+        review.append(_uncounted_reason(uncounted, settings))
 
     t0 = time.perf_counter()
     features: dict[int, dict[str, dict[str, float | None]]]
@@ -376,7 +520,43 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
         patient_features=pf,
         timings=timings,
         recist_baseline=selection,
+        derived_mask=_write_derived(labels, image, workdir) if found is not None else None,
+        lesion_sources=sources,
+        segmentation_model_id=found.model_id if found is not None else None,
+        review_reasons=review,
     )
+
+
+def _uncounted_new_lesions(
+    links: list[LinkOut], sources: dict[int, tuple[LesionSource, float | None]], min_confidence: float
+) -> dict[int, float]:
+    """New tracks whose lesion the model found with less than `min_confidence`: RECIST does not count them."""
+    out = {}
+    for link in links:
+        source = sources.get(link.lesion_label) if link.lesion_label is not None else None
+        if link.change == ChangeClass.NEW and source is not None and source[1] is not None:
+            if source[1] < min_confidence:
+                out[link.track_number] = source[1]
+    return out
+
+
+def _uncounted_reason(uncounted: dict[int, float], settings: Settings) -> str:
+    shown = ", ".join(f"T{n} ({c:.2f})" for n, c in sorted(uncounted.items()))
+    return (
+        f"new lesion candidate(s) {shown} below confidence {settings.new_lesion_min_confidence:.2f}: "
+        "not counted as new lesions"
+    )
+
+
+def _write_derived(labels: np.ndarray, image: sitk.Image, workdir: Path) -> Path:
+    """The label map processing built for a scan without a given mask, as a file on the scan's grid."""
+    import SimpleITK as sitk
+
+    out = sitk.GetImageFromArray(labels.astype(np.uint16))
+    out.CopyInformation(image)
+    path = workdir / "derived-lesions.nii.gz"
+    sitk.WriteImage(out, str(path), useCompression=True)
+    return path
 
 
 def _continuing_tracks(

@@ -34,6 +34,14 @@ class ScanState(enum.StrEnum):
     FAILED = "failed"
 
 
+class LesionSource(enum.StrEnum):
+    """Where a lesion came from: drawn by a reader, carried from an earlier scan, or found by the segmentation model."""
+
+    GIVEN = "given"
+    PROPAGATED = "propagated"
+    DETECTED = "detected"
+
+
 class ChangeClass(enum.StrEnum):
     PERSISTENT = "persistent"
     NEW = "new"
@@ -57,6 +65,8 @@ class Settings:
     # at least this many times its nadir and at least this many mm3 above it
     recist_non_target_volume_ratio: float = NON_TARGET_PD_VOLUME_RATIO
     recist_non_target_min_increase_mm3: float = NON_TARGET_PD_MIN_INCREASE_MM3
+    # a new lesion found by the segmentation model (no mask given) counts for RECIST only from this confidence on
+    new_lesion_min_confidence: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -71,12 +81,20 @@ class ScanFiles:
     scan_date: date
     modality: str
     image: Path
-    mask: Path | None
+    mask: Path | None  # the lesion mask its lesions are measured on (the scan to process: a given mask only)
     organs: Path | None = None
     organ_names: dict[int, str] | None = None
     forward: list[Path] = field(default_factory=list)  # baseline points -> this scan's points
     inverse: list[Path] = field(default_factory=list)  # this scan's points -> baseline points
     needs_review: bool = False
+
+
+@dataclass(frozen=True)
+class SegmentationRef:
+    """The promoted segmentation model: its registry row and its file in the store."""
+
+    model_version_id: int
+    path: Path
 
 
 @dataclass
@@ -115,6 +133,7 @@ class PatientContext:
     recist_roles: dict[int, str] = field(default_factory=dict)  # every track's RECIST role
     # where tracks went: track -> the tracks split from it and the track it merged into
     successors: dict[int, list[int]] = field(default_factory=dict)
+    segmentation: SegmentationRef | None = None  # finds lesions on a scan without a mask
 
 
 @dataclass
@@ -150,3 +169,9 @@ class ScanOutcome:
     patient_features: dict[str, float | None]
     timings: dict[str, float]
     recist_baseline: TargetSelection | None = None  # baseline only
+    # a scan without a given mask: the label map processing built (a file in the work folder) and, per lesion
+    # label, where it came from and its confidence; lesions missing here were given
+    derived_mask: Path | None = None
+    lesion_sources: dict[int, tuple[LesionSource, float | None]] = field(default_factory=dict)
+    segmentation_model_id: int | None = None  # the model version that took part in finding the lesions
+    review_reasons: list[str] = field(default_factory=list)  # why a reader should look at this scan

@@ -27,13 +27,15 @@ KEY_COLUMNS = (
     "volume_mm3",
     "long_axis_mm",
     "short_axis_mm",
+    "source",
+    "confidence",
     "region",
     "feature_config",
     "feature_config_sha256",
     "engine_version",
 )
 _INT_COLUMNS = {"scan_id", "lesion_id", "label", "track"}
-_FLOAT_COLUMNS = {"volume_mm3", "long_axis_mm", "short_axis_mm"}
+_FLOAT_COLUMNS = {"volume_mm3", "long_axis_mm", "short_axis_mm", "confidence"}
 HARMONISED_PREFIX = "harmonised_"
 # a lesion region's key: lesion id, feature config hash, region
 _GROUP = itemgetter(

@@ -83,6 +83,7 @@ class ScanRequest:
     rois: tuple[str, ...] = ()  # RTSTRUCT ROIs to take as lesions (names or regular expressions)
     segments: tuple[str, ...] = ()  # DICOM SEG segments to take as lesions (numbers, names or regular expressions)
     recursive: bool = False  # search the DICOM folder's subfolders too
+    replace_mask: bool = False  # the scan is ingested already with another given mask: this one replaces it
 
 
 @dataclass(frozen=True)
@@ -287,8 +288,9 @@ def ingest_scan(engine: Engine, store: FileStore, req: ScanRequest) -> IngestRes
     # view, so that the outcome is the one of running after it
     with session_scope(engine) as session:
         existing = repo.scan_by_image(session, image_hash)
-        if existing is not None:
-            return _already_present(session, existing, req, mask_hash)
+        present = _already_present(session, existing, req, mask_hash) if existing is not None else None
+        if present is not None:
+            return present
     if not is_conflict(first):
         raise first
     return _record(engine, store, req, loaded, mask, organs, image_hash, mask_hash)
@@ -327,7 +329,11 @@ def _record_in(
     with session_scope(engine) as session:
         existing = repo.scan_by_image(session, image_hash)
         if existing is not None:
-            return _already_present(session, existing, req, mask_hash)
+            present = _already_present(session, existing, req, mask_hash)
+            if present is not None:
+                return present
+            assert mask is not None  # a mask to add
+            return _add_lesion_mask(session, files, existing, req, mask)
         patient = repo.get_patient(session, req.external_id)
         role = _resolve_role(session, req, patient)
         if patient is None:
@@ -365,6 +371,30 @@ def _record_in(
             (mask.voxel_count == 0) if mask else None,
             mask.notes if mask else (),
         )
+
+
+def _add_lesion_mask(
+    session: Session, files: StoreUnit, scan: Scan, req: ScanRequest, mask: LoadedMask
+) -> IngestResult:
+    """A drawn mask for a scan ingested before (without one, or `--replace-mask`). A processed scan keeps its
+    results until it is processed again: the note says how."""
+    _add_mask(session, files, scan.id, mask, "lesions")
+    notes = list(mask.notes)
+    if scan.state == ScanState.PROCESSED:
+        notes.append(
+            f"scan of {scan.scan_date} was processed with other lesions: run `metatrack process --patient "
+            f"{req.external_id} --reprocess-from {scan.scan_date}` for this mask to count"
+        )
+    return IngestResult(
+        req.external_id,
+        scan.scan_date,
+        scan.id,
+        scan.role,
+        "mask added",
+        len(mask.labels),
+        mask.voxel_count == 0,
+        tuple(notes),
+    )
 
 
 def _present_without_reading(engine: Engine, req: ScanRequest) -> IngestResult | None:
@@ -409,16 +439,22 @@ def _add_mask(session: Session, files: StoreUnit, scan_id: int, loaded: LoadedMa
     )
 
 
-def _already_present(session: Session, scan: Scan, req: ScanRequest, mask_hash: str | None) -> IngestResult:
+def _already_present(session: Session, scan: Scan, req: ScanRequest, mask_hash: str | None) -> IngestResult | None:
+    """The result of ingesting a scan that is there already; None when its lesion mask is to be added: the scan
+    has no given mask yet (none, or only the one processing derived), or ``req.replace_mask`` replaces it."""
     patient = repo.patient_of(session, scan)
     if patient.external_id != req.external_id or scan.scan_date != req.scan_date:
         raise MetatrackError(
             f"{req.image}: duplicate scan: this image is already ingested as patient {patient.external_id!r} "
             f"on {scan.scan_date}"
         )
-    current = repo.latest_mask(session, scan)
+    current = repo.latest_mask(session, scan, given_only=True)
     if mask_hash is not None and (current is None or current.mask_sha256 != mask_hash):
-        raise MetatrackError(f"{req.mask}: scan already ingested with a different mask (or none)")
+        if current is not None and not req.replace_mask:
+            raise MetatrackError(
+                f"{req.mask}: scan already ingested with a different mask (--replace-mask replaces it)"
+            )
+        return None
     return IngestResult(
         req.external_id,
         _settled_date(req),

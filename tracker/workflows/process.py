@@ -113,7 +113,8 @@ def process_scan(
                         [files.put_file(p, _suffix(p)) for p in outcome.registration.forward],
                         [files.put_file(p, _suffix(p)) for p in outcome.registration.inverse],
                     )
-                save_outcome(s, scan_id, outcome, settings, ctx.scans[0].scan_id, transforms)
+                derived = files.put_file(outcome.derived_mask, ".nii.gz") if outcome.derived_mask is not None else None
+                save_outcome(s, scan_id, outcome, settings, ctx.scans[0].scan_id, transforms, derived)
 
         retrying(save, f"saving scan {scan_id}")
 

@@ -238,6 +238,6 @@ def test_cli_ingest_manifest_and_errors(home: Path, tmp_path: Path, files: dict[
     tl = json.loads(res.stdout)
     assert [s["role"] for s in tl["scans"]] == ["baseline", "follow-up"]
     assert [s["days_from_baseline"] for s in tl["scans"]] == [0, 70]
-    assert tl["scans"][0]["mask"] == {"labels": 2, "empty": False}
+    assert tl["scans"][0]["mask"] == {"labels": 2, "empty": False, "source": "given"}
     res = runner.invoke(app, ["timeline", "NOBODY"])
     assert res.exit_code == 1 and "unknown patient" in res.stderr

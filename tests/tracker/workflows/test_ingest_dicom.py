@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 from sqlalchemy import Engine, select
 
+from db import repo
 from db.models import Base, Mask, Scan
 from db.session import session_scope
 from tests.helpers import write_dicom_series, write_rtstruct, write_seg
@@ -80,6 +81,13 @@ def test_dicom_series_gives_date_modality_and_kept_headers(engine: Engine, tmp_p
     assert again.status == "already present"
     with pytest.raises(MetatrackError, match="scan already ingested with a different mask"):  # another choice of ROIs
         ingest_scan(engine, store, ScanRequest("P1", None, tmp_path / "mr", rs, rois=("GTV-1",)))
+    replaced = ingest_scan(
+        engine, store, ScanRequest("P1", None, tmp_path / "mr", rs, rois=("GTV-1",), replace_mask=True)
+    )
+    assert (replaced.status, replaced.lesion_labels, replaced.notes) == ("mask added", 1, ())  # not processed yet
+    with session_scope(engine) as s:
+        newest = repo.latest_mask(s, s.execute(select(Scan)).scalar_one())
+        assert newest is not None and (newest.labels, newest.voxel_count, newest.source) == ([1], 9, "given")
 
 
 def test_nifti_scan_keeps_no_file_name(engine: Engine, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ The patient is processed once per module (affine registration, no features); the
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,8 @@ from tracker.recist import TOO_SMALL_TO_MEASURE_MM, overall_response
 from tracker.records import Settings
 from tracker.simulator import SimulationConfig, simulate_cohort
 from tracker.store import FileStore
-from tracker.workflows.ingest import ingest_many, read_manifest
-from tracker.workflows.process import process_scans
+from tracker.workflows.ingest import ingest_many, ingest_scan, read_manifest
+from tracker.workflows.process import process_scans, reset_patient
 from tracker.workflows.recist_targets import set_targets
 from tracker.workflows.views import timeline
 
@@ -101,28 +102,73 @@ def test_a_target_outside_the_scan_is_not_evaluable(
     assert scans[2]["recist"]["nadir_mm"] == pytest.approx(scans[0]["recist"]["sum_mm"])
 
 
-def test_a_follow_up_without_lesion_mask_is_not_evaluable(
-    cohort: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    """Nothing was segmented on the first follow-up: no lesion is gone, none measured (NE, not CR)."""
-    unmasked = tmp_path_factory.mktemp("unmasked")
-    shutil.copytree(cohort, unmasked, dirs_exist_ok=True)
-    manifest = (unmasked / "manifest.csv").read_text().splitlines()
+def _without_mask(cohort: Path, out: Path, row_number: int) -> Path:
+    """A copy of the cohort whose manifest row `row_number` (1: the baseline) has no mask; returns the mask."""
+    shutil.copytree(cohort, out, dirs_exist_ok=True)
+    manifest = (out / "manifest.csv").read_text().splitlines()
     header = manifest[0].split(",")
-    row = manifest[2].split(",")
-    (unmasked / row[header.index("mask")]).unlink()
+    row = manifest[row_number].split(",")
+    mask = out / row[header.index("mask")]
+    mask.rename(out / "drawn-mask.nii.gz")
     row[header.index("mask")] = ""
-    manifest[2] = ",".join(row)
-    (unmasked / "manifest.csv").write_text("\n".join(manifest) + "\n")
-    engine = _process(unmasked, tmp_path_factory.mktemp("unmasked_processed"))
-    scans = timeline(engine, "SIM001")["scans"]
-    rec = scans[1]["recist"]
-    assert scans[1]["lesions"] == []
-    assert (rec["target_response"], rec["non_target_response"], rec["response"]) == ("NE", "NE", "NE")
-    assert rec["target_diameters_mm"] == {} and rec["non_target_volume_mm3"] is None
-    assert scans[2]["recist"]["nadir_mm"] == pytest.approx(scans[0]["recist"]["sum_mm"])
-    rows = set_targets(engine, "SIM001", [3, 4])  # the user's own targets: that scan stays not evaluable
-    assert (rows[1]["target_response"], rows[1]["response"]) == ("NE", "NE")
+    manifest[row_number] = ",".join(row)
+    (out / "manifest.csv").write_text("\n".join(manifest) + "\n")
+    return out / "drawn-mask.nii.gz"
+
+
+def test_a_follow_up_without_lesion_mask_gets_the_lesions_propagated(
+    processed: Processed, cohort: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The first follow-up arrives without a mask: every lesion is propagated from the baseline through the
+    registration and refined on the follow-up. Against the same follow-up processed with its drawn mask: the same
+    tracks continue, volumes agree, RECIST gives the same response; the lesions say where they came from and the
+    scan is marked for review. Then the drawn mask is ingested for that scan and the patient processed again from
+    there: the drawn mask wins and the results are those of the drawn run."""
+    unmasked = tmp_path_factory.mktemp("unmasked")
+    drawn_mask = _without_mask(cohort, unmasked, 2)
+    root = tmp_path_factory.mktemp("unmasked_processed")
+    engine = _process(unmasked, root)
+    drawn = processed.timeline["scans"][1]
+    found = timeline(engine, "SIM001")["scans"][1]
+    volumes = {les["track_id"]: les["volume_mm3"] for les in found["lesions"]}
+    truth = {les["track_id"]: les["volume_mm3"] for les in drawn["lesions"]}
+    assert volumes.keys() == truth.keys() and found["vanished_tracks"] == drawn["vanished_tracks"]
+    for track, volume in truth.items():
+        assert volumes[track] == pytest.approx(volume, rel=0.35), f"T{track}"
+    assert found["recist"]["response"] == drawn["recist"]["response"]
+    assert {les["source"] for les in found["lesions"]} == {"propagated"}
+    assert all(0.0 < les["confidence"] <= 1.0 for les in found["lesions"])
+    assert found["mask"]["source"] == "derived" and found["review_reasons"][0].startswith("lesions propagated")
+    assert {les["source"] for les in timeline(engine, "SIM001")["scans"][2]["lesions"]} == {"given"}
+
+    request = next(r for r in read_manifest(unmasked / "manifest.csv") if r.mask is None)
+    added = ingest_scan(engine, FileStore(root / "store"), dataclasses.replace(request, mask=drawn_mask))
+    assert added.status == "mask added" and "--reprocess-from" in added.notes[-1]
+    assert timeline(engine, "SIM001")["scans"][1]["lesions"] == found["lesions"]  # until it is processed again
+    reset_patient(engine, "SIM001", request.scan_date)
+    report = process_scans(engine, FileStore(root / "store"), Settings(preset="affine", features=False), root / "w")
+    assert not report.failed
+    again = timeline(engine, "SIM001")["scans"][1]
+    assert again["mask"]["source"] == "given" and again["review_reasons"] == []
+    assert {les["track_id"]: les["volume_mm3"] for les in again["lesions"]} == truth
+    assert again["recist"] == drawn["recist"]
+
+
+def test_no_mask_anywhere_and_no_model_is_refused(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A baseline without a mask and no segmentation model: nothing can find the lesions; the scan fails with a
+    message that says what to do, and the patient's later scans wait."""
+    out = tmp_path_factory.mktemp("no_mask")
+    _without_mask(cohort, out, 1)
+    root = tmp_path_factory.mktemp("no_mask_processed")
+    engine = make_engine(f"sqlite:///{root / 'mt.db'}")
+    migrate.upgrade(engine)
+    store = FileStore(root / "store")
+    ingest_many(engine, store, read_manifest(out / "manifest.csv"))
+    report = process_scans(engine, store, Settings(preset="affine", features=False), root / "work")
+    (error,) = report.failed.values()
+    assert "no lesion mask here or on any earlier scan" in error
+    assert "metatrack ingest --mask" in error and "metatrack segment train --promote" in error
+    assert report.processed == [] and len(report.waiting) >= 2
 
 
 def test_registration_quality_comes_back(processed: Processed) -> None:

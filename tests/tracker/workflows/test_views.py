@@ -83,5 +83,5 @@ def test_timeline_mask_is_the_lesion_mask_not_an_organ_map(tmp_path: Path) -> No
     _, failed = ingest_many(engine, FileStore(tmp_path / "store"), requests)
     assert not failed
     scans = timeline(engine, "P1")["scans"]
-    assert scans[0]["mask"] == {"labels": 1, "empty": False}
+    assert scans[0]["mask"] == {"labels": 1, "empty": False, "source": "given"}
     assert scans[1]["mask"] is None  # only an organ map: no lesion mask
