@@ -315,6 +315,12 @@ def process(
         float | None,
         typer.Option("--non-target-pd-min-mm3", min=0.0, help="... and at least this many mm³ above it (default 500)."),
     ] = None,
+    propagation: Annotated[
+        bool, typer.Option(help="A scan without a mask: carry the open tracks' lesions into it from earlier scans.")
+    ] = True,
+    segmentation_model: Annotated[
+        bool, typer.Option(help="A scan without a mask: find lesions with the promoted segmentation model.")
+    ] = True,
     new_lesion_confidence: Annotated[
         float,
         typer.Option(
@@ -357,6 +363,8 @@ def process(
         feature_config=features,
         shell_mm=shell_mm,
         features=not no_features,
+        propagation=propagation,
+        segmentation_model=segmentation_model,
         new_lesion_min_confidence=new_lesion_confidence,
     )
     if non_target_ratio is not None:

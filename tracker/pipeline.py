@@ -190,24 +190,28 @@ def _find_lesions(
 
     from tracker.lesions import Geometry
 
-    if ctx.segmentation is None and not any(s.mask is not None for s in ctx.scans[:-1]):
+    segmentation = ctx.segmentation if settings.segmentation_model else None
+    if segmentation is None and not (settings.propagation and any(s.mask is not None for s in ctx.scans[:-1])):
         raise MetatrackError(
             f"scan of {scan.scan_date}: no lesion mask here or on any earlier scan of patient {ctx.external_id!r} "
             "and no segmentation model promoted: ingest a mask (`metatrack ingest --mask`) or train and promote "
             "one (`metatrack segment train --promote`)"
+            if settings.propagation and settings.segmentation_model
+            else f"scan of {scan.scan_date}: no lesion mask, and with propagation or the segmentation model "
+            "switched off nothing can find its lesions"
         )
     arr = sitk.GetArrayFromImage(image).astype(np.float64)
     spacing = Geometry.from_image(image).spacing_zyx
     reasons: list[str] = []
     probability, model = None, None
-    if ctx.segmentation is not None:
+    if segmentation is not None:
         from tracker.segmentation.model import segmentation_model_from_bytes
 
-        model = segmentation_model_from_bytes(ctx.segmentation.path.read_bytes())
+        model = segmentation_model_from_bytes(segmentation.path.read_bytes())
         probability = model.predict_probability(arr, spacing)
     labels = np.zeros(arr.shape, np.int32)
     sources: dict[int, tuple[LesionSource, float | None]] = {}
-    if ctx.open_tracks:
+    if ctx.open_tracks and settings.propagation:
         from tracker.propagation import Prior, PropagationConfig, propagate
 
         intensity = _intensity_priors(ctx, settings.min_lesion_mm3, settings.shell_mm or 5.0)
@@ -248,9 +252,9 @@ def _find_lesions(
             labels[region] = next_label
             sources[next_label] = (LesionSource.DETECTED, float(comp.confidence))
             next_label += 1
-    elif not scan.index == 0:
-        reasons.append("no segmentation model promoted: new lesions were not searched for")
-    model_id = ctx.segmentation.model_version_id if ctx.segmentation is not None else None
+    elif scan.index > 0:
+        reasons.append("no segmentation model used: new lesions were not searched for")
+    model_id = segmentation.model_version_id if segmentation is not None else None
     return FoundLesions(labels, sources, model_id, reasons)
 
 

@@ -65,7 +65,10 @@ class Settings:
     # at least this many times its nadir and at least this many mm3 above it
     recist_non_target_volume_ratio: float = NON_TARGET_PD_VOLUME_RATIO
     recist_non_target_min_increase_mm3: float = NON_TARGET_PD_MIN_INCREASE_MM3
-    # a new lesion found by the segmentation model (no mask given) counts for RECIST only from this confidence on
+    # a scan without a given mask: carry open tracks' lesions into it (propagation) and/or run the promoted
+    # segmentation model; a new lesion the model found counts for RECIST only from `new_lesion_min_confidence` on
+    propagation: bool = True
+    segmentation_model: bool = True
     new_lesion_min_confidence: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
