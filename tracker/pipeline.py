@@ -18,6 +18,7 @@ import numpy as np
 
 from tracker.deltas import FeatureChange, patient_deltas, patient_features, track_deltas
 from tracker.errors import MetatrackError
+from tracker.recist import uncounted_new_lesions, uncounted_reason
 from tracker.records import ChangeClass, LesionSource, LinkOut, PatientContext, ScanFiles, ScanOutcome, Settings
 
 if TYPE_CHECKING:
@@ -451,7 +452,14 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
             if number not in known:
                 new_tracks[number] = link.related_track_id if link.change == ChangeClass.SPLIT else None
     sources = {les.label: found.sources[les.label] for les in lesions} if found is not None else {}
-    uncounted = _uncounted_new_lesions(links, sources, settings.new_lesion_min_confidence)
+    uncounted = uncounted_new_lesions(
+        {
+            link.track_number: sources[link.lesion_label][1] if link.lesion_label in sources else None
+            for link in links
+            if link.change == ChangeClass.NEW and link.lesion_label is not None
+        },
+        settings.new_lesion_min_confidence,
+    )
     new_lesion = not is_baseline and any(
         link.change == ChangeClass.NEW and link.track_number not in uncounted for link in links
     )
@@ -465,11 +473,12 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
     else:
         measured = scan.mask is not None or found is not None
         recist, roles = _recist_follow_up(ctx, scan, image, lesions, links, new_tracks, new_lesion, measured, settings)
-        if recist is not None and uncounted:
-            recist = replace(recist, reasons=(*recist.reasons, _uncounted_reason(uncounted, settings)))
     review = list(found.review_reasons) if found is not None else []
     if uncounted:
-        review.append(_uncounted_reason(uncounted, settings))
+        why = uncounted_reason(uncounted, settings.new_lesion_min_confidence)
+        review.append(why)
+        if recist is not None:
+            recist = replace(recist, reasons=(*recist.reasons, why))
 
     t0 = time.perf_counter()
     features: dict[int, dict[str, dict[str, float | None]]]
@@ -528,27 +537,6 @@ def compute_scan(ctx: PatientContext, settings: Settings, workdir: Path) -> Scan
         lesion_sources=sources,
         segmentation_model_id=found.model_id if found is not None else None,
         review_reasons=review,
-    )
-
-
-def _uncounted_new_lesions(
-    links: list[LinkOut], sources: dict[int, tuple[LesionSource, float | None]], min_confidence: float
-) -> dict[int, float]:
-    """New tracks whose lesion the model found with less than `min_confidence`: RECIST does not count them."""
-    out = {}
-    for link in links:
-        source = sources.get(link.lesion_label) if link.lesion_label is not None else None
-        if link.change == ChangeClass.NEW and source is not None and source[1] is not None:
-            if source[1] < min_confidence:
-                out[link.track_number] = source[1]
-    return out
-
-
-def _uncounted_reason(uncounted: dict[int, float], settings: Settings) -> str:
-    shown = ", ".join(f"T{n} ({c:.2f})" for n, c in sorted(uncounted.items()))
-    return (
-        f"new lesion candidate(s) {shown} below confidence {settings.new_lesion_min_confidence:.2f}: "
-        "not counted as new lesions"
     )
 
 

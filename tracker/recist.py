@@ -433,6 +433,27 @@ def _assess_non_targets(
     return NON_CR_NON_PD, volume
 
 
+def uncounted_new_lesions(candidates: Mapping[int, float | None], min_confidence: float) -> dict[int, float]:
+    """The new tracks that do not count as RECIST new lesions: found by the segmentation model (not drawn) with a
+    confidence below `min_confidence`. RECIST 1.1 asks a new lesion to be unequivocal; a drawn lesion (confidence
+    None) always counts.
+
+    Parameters
+    ----------
+    candidates
+        New track number -> its lesion's confidence (None: drawn by a reader).
+    min_confidence
+        The stated confidence from which a found lesion counts (``Settings.new_lesion_min_confidence``).
+    """
+    return {n: float(c) for n, c in candidates.items() if c is not None and c < min_confidence}
+
+
+def uncounted_reason(uncounted: Mapping[int, float], min_confidence: float) -> str:
+    """What the assessment says of the candidates `uncounted_new_lesions` left out."""
+    shown = ", ".join(f"T{n} ({c:.2f})" for n, c in sorted(uncounted.items()))
+    return f"new lesion candidate(s) {shown} below confidence {min_confidence:.2f}: not counted as new lesions"
+
+
 def overall_response(target: Response | None, non_target: Response | None, new_lesion: bool) -> Response:
     """RECIST 1.1 overall response from the target and non-target responses (None: there are none) and new lesions
     (Eisenhauer 2009, Table 4 with targets, Table 5 without)."""

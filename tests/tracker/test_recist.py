@@ -19,6 +19,8 @@ from tracker.recist import (
     overall_response,
     recist_timeline,
     select_targets,
+    uncounted_new_lesions,
+    uncounted_reason,
 )
 
 
@@ -118,6 +120,16 @@ def test_new_lesion_with_shrinking_targets_is_pd() -> None:
     (a,) = recist_timeline(selection, [_visit({1: 20.0}, new_lesion=True)])
     assert a.change_from_baseline_pct == pytest.approx(-60.0)
     assert a.response == "PD"
+
+
+def test_a_found_new_lesion_counts_only_from_the_stated_confidence() -> None:
+    """Drawn new lesions (confidence None) always count; the model's candidates from the stated confidence on."""
+    candidates = {7: 0.42, 8: 0.5, 9: None, 10: 0.93}
+    assert uncounted_new_lesions(candidates, 0.5) == {7: 0.42}
+    assert uncounted_new_lesions(candidates, 0.95) == {7: 0.42, 8: 0.5, 10: 0.93}
+    assert uncounted_reason({7: 0.42}, 0.5) == (
+        "new lesion candidate(s) T7 (0.42) below confidence 0.50: not counted as new lesions"
+    )
 
 
 def test_cr_with_small_nodes_although_sum_is_not_zero() -> None:
