@@ -1,16 +1,18 @@
-"""Model registry: risk model versions, their files in the content-addressed store, promotion per endpoint.
+"""Model registry: model versions, their files in the content-addressed store, promotion per endpoint.
 
 A model is "name:version"; versions count up per name. At most one model per endpoint is promoted (a partial
 unique index enforces it); promoting demotes the previous one to "trained" in the same transaction.
 
 Only SQL and store bookkeeping live here. A model's kind ("rnn", "landmark-cox", see
-tracker.survival.kinds.MODEL_KINDS) is recorded as the "kind" entry of the version's hyperparameters JSON. Loading
-a model: ``tracker.survival.cache.cached_model(mv.file_sha256, lambda: model_file_bytes(store, mv))``.
+tracker.survival.kinds.MODEL_KINDS; "segmentation" for the lesion segmentation models, all of the endpoint
+``tracker.segmentation.SEGMENTATION_ENDPOINT``, which the risk paths leave out) is recorded as the "kind" entry of
+the version's hyperparameters JSON. Loading a risk model:
+``tracker.survival.cache.cached_model(mv.file_sha256, lambda: model_file_bytes(store, mv))``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -19,13 +21,27 @@ from db.models import ModelState, ModelVersion
 from db.repo import ensure_blob
 from db.types import utcnow
 from tracker.errors import MetatrackError
+from tracker.segmentation import SEGMENTATION_ENDPOINT
 
 if TYPE_CHECKING:
     from tracker.store import FileStore, FileWriter
-    from tracker.survival.protocol import SurvivalModel
 
 MODEL_KIND = "model"  # the blob kind of model files in the store
 MODEL_SUFFIX = ".pt"
+
+
+class RegistrableModel(Protocol):
+    """What the registry needs of a model of any kind (a risk model, a segmentation model)."""
+
+    metadata: dict[str, Any]  # data_fingerprint, hyperparameters, metrics, versions, seed
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def features(self) -> list[str]: ...
+
+    def to_bytes(self) -> bytes: ...
 
 
 def parse_spec(spec: str) -> tuple[str, int | None]:
@@ -53,7 +69,9 @@ def get_version(session: Session, spec: str) -> ModelVersion:
     return mv
 
 
-def register_model(session: Session, store: FileWriter, model: SurvivalModel, name: str, endpoint: str) -> ModelVersion:
+def register_model(
+    session: Session, store: FileWriter, model: RegistrableModel, name: str, endpoint: str
+) -> ModelVersion:
     """Store the model file (once per content hash) and add version max+1 of `name` in state "trained".
 
     The version's hyperparameters are the model's ``metadata["hyperparameters"]`` plus ``"kind": model.kind``.
@@ -108,8 +126,10 @@ def promoted_model(session: Session, endpoint: str) -> ModelVersion | None:
 
 
 def promoted_models(session: Session, endpoint: str | None = None) -> list[ModelVersion]:
-    """Every promoted model (one per endpoint), or the one of `endpoint`."""
-    q = select(ModelVersion).where(ModelVersion.state == ModelState.PROMOTED)
+    """Every promoted risk model (one per endpoint), or the one of `endpoint`; never a segmentation model."""
+    q = select(ModelVersion).where(
+        ModelVersion.state == ModelState.PROMOTED, ModelVersion.endpoint != SEGMENTATION_ENDPOINT
+    )
     if endpoint is not None:
         q = q.where(ModelVersion.endpoint == endpoint)
     return list(session.scalars(q.order_by(ModelVersion.endpoint)))

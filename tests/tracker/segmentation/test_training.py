@@ -1,0 +1,138 @@
+"""Training on bright spheres in noise: a held-out patient's Dice, determinism, the model file, thresholds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from tracker.errors import MetatrackError
+from tracker.segmentation import SEGMENTATION_KIND
+from tracker.segmentation.config import SegmentationConfig, SegmentationExample
+from tracker.segmentation.model import segmentation_model_from_bytes
+from tracker.segmentation.training import choose_thresholds, split_patients, train_segmentation
+
+SPACING = (4.0, 4.0, 4.0)
+SHAPE = (24, 32, 32)
+CFG = SegmentationConfig(
+    patch_mm=64.0,
+    channels=(4, 8, 16),
+    max_epochs=10,
+    min_epochs=10,
+    val_every=5,
+    learning_rate=1e-2,
+    val_fraction=0.25,
+    min_volumes_mm3=(0.0, 100.0),
+    thresholds=(0.3, 0.5, 0.7),
+)
+
+
+def sphere_scan(rng: np.random.Generator, n_spheres: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Noise (sd 10) with spheres of radius 8-14 mm 40 units brighter, and their labels 1..n."""
+    image = rng.normal(0.0, 10.0, SHAPE).astype(np.float32)
+    labels = np.zeros(SHAPE, np.int16)
+    grid = np.meshgrid(*[np.arange(n) * s for n, s in zip(SHAPE, SPACING, strict=True)], indexing="ij")
+    for k in range(1, n_spheres + 1):
+        centre = [rng.uniform(20.0, n * s - 20.0) for n, s in zip(SHAPE, SPACING, strict=True)]
+        inside = sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) < rng.uniform(8.0, 14.0) ** 2
+        labels[inside] = k
+        image[inside] += 40.0
+    return image, labels
+
+
+def cohort(n_patients: int, scans: int, seed: int) -> list[SegmentationExample]:
+    rng = np.random.default_rng(seed)
+    return [SegmentationExample(f"P{p}", *_pair(sphere_scan(rng))) for p in range(n_patients) for _ in range(scans)]
+
+
+def _pair(scan: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
+    return scan[0], SPACING, scan[1]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return train_segmentation(cohort(4, 2, seed=0), CFG)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def test_held_out_patient_dice(trained) -> None:
+    rng = np.random.default_rng(99)
+    scores = []
+    for _ in range(2):
+        image, labels = sphere_scan(rng)
+        prob = trained.predict_probability(image, SPACING, device="cpu")
+        assert prob.shape == image.shape and prob.dtype == np.float32
+        scores.append(dice(prob > trained.threshold, labels > 0))
+    assert min(scores) > 0.75, scores
+
+
+def test_metadata_and_thresholds(trained) -> None:
+    meta = trained.metadata
+    assert trained.kind == SEGMENTATION_KIND and trained.features == []
+    assert trained.work_spacing == [4.0, 4.0, 4.0] and trained.patch == [16, 16, 16]
+    assert trained.threshold in CFG.thresholds and trained.min_volume_mm3 in CFG.min_volumes_mm3
+    assert set(meta["versions"]) == {"torch", "monai"} and meta["seed"] == 0 and len(meta["data_fingerprint"]) == 64
+    assert meta["metrics"]["lesion_recall"] == 1.0 and meta["metrics"]["fp_per_scan"] <= CFG.max_fp_per_scan
+    lo, hi = trained.window  # percentiles of voxels in and near the spheres: background ~0, spheres ~40
+    assert -40.0 < lo < -10.0 and 50.0 < hi < 90.0
+
+
+def test_bytes_round_trip(trained) -> None:
+    data = trained.to_bytes()
+    again = segmentation_model_from_bytes(data)
+    assert again.to_bytes() == data
+    image, _ = sphere_scan(np.random.default_rng(5))
+    np.testing.assert_array_equal(
+        again.predict_probability(image, SPACING, device="cpu"), trained.predict_probability(image, SPACING, "cpu")
+    )
+    assert (again.threshold, again.min_volume_mm3, again.window) == (
+        trained.threshold,
+        trained.min_volume_mm3,
+        trained.window,
+    )
+
+
+def test_other_spacing_comes_back_on_its_grid(trained) -> None:
+    image, labels = sphere_scan(np.random.default_rng(6))
+    fine = np.repeat(image, 2, axis=0)  # the same anatomy at 2 mm slices
+    prob = trained.predict_probability(fine, (2.0, 4.0, 4.0), device="cpu")
+    assert prob.shape == fine.shape
+    assert dice(prob[::2] > trained.threshold, labels > 0) > 0.7
+
+
+def test_same_seed_same_weights() -> None:
+    cfg = dataclasses.replace(CFG, max_epochs=1, min_epochs=1, val_every=1, samples_per_scan=2)
+    examples = cohort(3, 1, seed=1)
+    a = train_segmentation(examples, cfg)
+    b = train_segmentation(examples, cfg)
+    for (name, x), (_, y) in zip(a.net.state_dict().items(), b.net.state_dict().items(), strict=True):
+        assert bool((x == y).all()), name
+    assert a.metadata["data_fingerprint"] == b.metadata["data_fingerprint"]
+    c = train_segmentation(examples, dataclasses.replace(cfg, seed=1))
+    pairs = zip(a.net.state_dict().values(), c.net.state_dict().values(), strict=True)
+    assert any(not bool((x == y).all()) for x, y in pairs)
+
+
+def test_split_keeps_patients_whole_and_needs_two() -> None:
+    examples = cohort(5, 2, seed=2)
+    train, val = split_patients(examples, 0.2, seed=3)
+    assert len({e.patient for e in val}) == 1 and not {e.patient for e in train} & {e.patient for e in val}
+    with pytest.raises(MetatrackError, match="at least 2 patients"):
+        split_patients(examples[:2], 0.2, seed=3)
+
+
+def test_thresholds_maximise_recall_within_the_false_positive_budget() -> None:
+    labels = np.zeros((20, 20, 20), np.int16)
+    labels[2:8, 2:8, 2:8] = 1  # 216 voxels of 8 mm3: 13.8 mm equivalent diameter
+    prob = np.zeros(labels.shape, np.float32)
+    prob[labels > 0] = 0.6  # found only below 0.6
+    prob[14:16, 14:16, 14:16] = 0.8  # a false positive of 64 mm3, above every threshold
+    example = SegmentationExample("P", np.zeros(labels.shape, np.float32), (2.0, 2.0, 2.0), labels)
+    cfg = dataclasses.replace(CFG, thresholds=(0.5, 0.7), min_volumes_mm3=(0.0, 100.0), max_fp_per_scan=0.5)
+    best = choose_thresholds([prob], [example], cfg)
+    assert (best.threshold, best.min_volume_mm3, best.recall, best.false_positives) == (0.5, 100.0, 1.0, 0)
+    assert best.dice == (1.0,)

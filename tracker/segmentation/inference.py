@@ -1,0 +1,128 @@
+"""Image <-> network: the working grid (MONAI spacing transforms), the intensity window, sliding-window inference.
+
+Arrays are (z, y, x); a scan's affine here is diagonal (its spacing): direction and origin do not change what a
+lesion looks like, and the probability is returned on the image's own voxel grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+
+def working_spacing(spacings_zyx: Sequence[Sequence[float]], patch_mm: float, max_patch_voxels: int) -> list[float]:
+    """The median spacing of the scans per axis, never finer than ``patch_mm / max_patch_voxels``."""
+    median = np.median(np.asarray(spacings_zyx, dtype=np.float64), axis=0)
+    return [float(max(v, patch_mm / max_patch_voxels)) for v in median]
+
+
+def patch_voxels(patch_mm: float, spacing_zyx: Sequence[float], stride: int) -> list[int]:
+    """The patch side per axis in voxels at the working spacing, rounded to a multiple of the network's stride."""
+    return [int(max(stride, stride * round(patch_mm / s / stride))) for s in spacing_zyx]
+
+
+def intensity_window(
+    images: Sequence[np.ndarray],
+    lesion_maps: Sequence[np.ndarray],
+    spacings_zyx: Sequence[Sequence[float]],
+    percentiles: Sequence[float],
+    margin_mm: float,
+    max_samples: int = 2_000_000,
+) -> tuple[float, float]:
+    """Percentiles of the voxels in and within ``margin_mm`` of lesions (all voxels when no scan has a lesion)."""
+    from scipy import ndimage
+
+    values = []
+    for image, lesions, spacing in zip(images, lesion_maps, spacings_zyx, strict=True):
+        fg = lesions > 0
+        if fg.any():
+            radius = [max(1, round(margin_mm / s)) for s in spacing]
+            box = np.ones([2 * r + 1 for r in radius], dtype=bool)
+            values.append(image[ndimage.binary_dilation(fg, structure=box)])
+    pool = np.concatenate(values) if values else np.concatenate([im.ravel() for im in images])
+    if pool.size > max_samples:  # a fixed stride, not a random draw: the same data give the same window
+        pool = pool[:: pool.size // max_samples + 1]
+    lo, hi = np.percentile(pool.astype(np.float64), list(percentiles))
+    if hi <= lo:
+        hi = lo + 1.0
+    return float(lo), float(hi)
+
+
+def plain(t: Any) -> torch.Tensor:
+    """A float32 torch tensor without MONAI metadata (MetaTensors carry their history of operations)."""
+    import torch
+    from monai.data import MetaTensor
+
+    return (t.as_tensor() if isinstance(t, MetaTensor) else torch.as_tensor(t)).float()
+
+
+def _affine(spacing_zyx: Sequence[float]) -> torch.Tensor:
+    import torch
+
+    return torch.diag(torch.tensor([*map(float, spacing_zyx), 1.0], dtype=torch.float64))
+
+
+def to_working_grid(
+    array: np.ndarray, spacing_zyx: Sequence[float], work_spacing: Sequence[float], *, label: bool = False
+) -> torch.Tensor:
+    """(1, z, y, x) float32 tensor of ``array`` resampled to ``work_spacing`` (MONAI ``Spacing``; nearest for
+    labels, bilinear otherwise); unchanged when the spacings agree."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import Spacing
+
+    t = torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32)[None]
+    if np.allclose(spacing_zyx, work_spacing, rtol=0, atol=1e-3):
+        return t
+    img = MetaTensor(t, affine=_affine(spacing_zyx))
+    out = Spacing(pixdim=list(work_spacing), mode="nearest" if label else "bilinear", padding_mode="border")(img)
+    return plain(out)
+
+
+def from_working_grid(
+    volume: torch.Tensor, work_spacing: Sequence[float], spacing_zyx: Sequence[float], shape: Sequence[int]
+) -> np.ndarray:
+    """A (1, z, y, x) working-grid volume back on the image's grid (``shape``, ``spacing_zyx``), bilinear."""
+    from monai.data import MetaTensor
+    from monai.transforms import SpatialResample
+
+    if np.allclose(spacing_zyx, work_spacing, rtol=0, atol=1e-3) and tuple(volume.shape[1:]) == tuple(shape):
+        return volume[0].cpu().numpy().astype(np.float32)
+    img = MetaTensor(plain(volume.detach().cpu()), affine=_affine(work_spacing))
+    out = SpatialResample(mode="bilinear", padding_mode="border")(
+        img, dst_affine=_affine(spacing_zyx), spatial_size=tuple(int(n) for n in shape)
+    )
+    return plain(out).cpu().numpy()[0]
+
+
+def scale_window(volume: torch.Tensor, window: Sequence[float]) -> torch.Tensor:
+    """Intensities clipped to ``window`` (lo, hi) and scaled to [0, 1] (MONAI ``ScaleIntensityRange``)."""
+    from monai.transforms import ScaleIntensityRange
+
+    lo, hi = (float(v) for v in window)
+    return plain(ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)(volume))
+
+
+def sliding_probability(
+    net: Any, volume: torch.Tensor, roi: Sequence[int], overlap: float, device: Any, sw_batch_size: int = 4
+) -> torch.Tensor:
+    """Lesion probability (1, z, y, x) on the working grid of a windowed (1, z, y, x) volume."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    with torch.no_grad():
+        logits = sliding_window_inference(
+            volume[None].to(device),
+            roi_size=list(roi),
+            sw_batch_size=sw_batch_size,
+            predictor=net,
+            overlap=overlap,
+            mode="gaussian",
+            padding_mode="replicate",
+        )
+    return torch.sigmoid(plain(logits)[0]).cpu()
