@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.jobs import db_timestamp, executemany
-from db.models import ModelVersion, RiskScore
+from db.models import ModelVersion, Registration, RiskScore, Scan
 
 
 def row_stats(session: Session, model_version_id: int | None = None) -> tuple[int, int, datetime | None]:
@@ -41,6 +41,30 @@ def stored_counts(session: Session, model_version_id: int, db_ids: list[int] | N
     return {(int(p), f): int(n) for p, f, n in session.execute(q)}
 
 
+def scans_needing_review(session: Session, scan_ids: list[int]) -> set[int]:
+    """The scans among ``scan_ids`` that need review: review reasons of their own (low-confidence lesions, ...)
+    or a registration into their reference frame flagged for review."""
+    if not scan_ids:
+        return set()
+    flagged: set[int] = set()
+    for chunk in range(0, len(scan_ids), 10_000):
+        ids = scan_ids[chunk : chunk + 10_000]
+        flagged |= {
+            int(i)
+            for i, reasons in session.execute(select(Scan.id, Scan.review_reasons).where(Scan.id.in_(ids)))
+            if reasons
+        }
+        flagged |= {
+            int(i)
+            for (i,) in session.execute(
+                select(Registration.moving_scan_id).where(
+                    Registration.moving_scan_id.in_(ids), Registration.needs_review.is_(True)
+                )
+            )
+        }
+    return flagged
+
+
 SCORE_COLUMNS = (
     "patient_id",
     "scan_id",
@@ -52,24 +76,34 @@ SCORE_COLUMNS = (
     "input_fingerprint",
     "computed_at",
 )
-UPSERT_SQLITE = (
-    f"INSERT INTO risk_scores ({', '.join(SCORE_COLUMNS)}) VALUES ({', '.join('?' * len(SCORE_COLUMNS))}) "
+# the 90 % interval of risk and of curve (curve_lower/curve_upper on the curve's row only); rows without them (the
+# synthetic loader's) leave them NULL
+INTERVAL_COLUMNS = ("risk_lower", "risk_upper", "curve_lower", "curve_upper")
+_UPSERT_COLUMNS = (*SCORE_COLUMNS, *INTERVAL_COLUMNS)
+_ON_CONFLICT = (
     "ON CONFLICT (patient_id, as_of_date, model_version_id, horizon_months) DO UPDATE SET scan_id = excluded.scan_id, "
-    "risk = excluded.risk, curve = excluded.curve, input_fingerprint = excluded.input_fingerprint, "
+    "risk = excluded.risk, curve = excluded.curve, risk_lower = excluded.risk_lower, "
+    "risk_upper = excluded.risk_upper, curve_lower = excluded.curve_lower, curve_upper = excluded.curve_upper, "
+    "input_fingerprint = excluded.input_fingerprint, "
     "computed_at = excluded.computed_at WHERE risk_scores.input_fingerprint <> excluded.input_fingerprint"
 )
+UPSERT_SQLITE = (
+    f"INSERT INTO risk_scores ({', '.join(_UPSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_UPSERT_COLUMNS))}) "
+    + _ON_CONFLICT
+)
 UPSERT_POSTGRES = (
-    f"INSERT INTO risk_scores ({', '.join(SCORE_COLUMNS)}) "
-    "SELECT p, s, d, m, h, r, c::jsonb, f, %(now)s FROM unnest(%(p)b::bigint[], %(s)b::bigint[], %(d)b::date[], "
-    "%(m)b::bigint[], %(h)b::int[], %(r)b::float8[], %(c)b::text[], %(f)b::text[]) AS t(p, s, d, m, h, r, c, f) "
-    "ON CONFLICT (patient_id, as_of_date, model_version_id, horizon_months) DO UPDATE SET scan_id = excluded.scan_id, "
-    "risk = excluded.risk, curve = excluded.curve, input_fingerprint = excluded.input_fingerprint, "
-    "computed_at = excluded.computed_at WHERE risk_scores.input_fingerprint <> excluded.input_fingerprint"
+    f"INSERT INTO risk_scores ({', '.join(_UPSERT_COLUMNS)}) "
+    "SELECT p, s, d, m, h, r, c::jsonb, f, %(now)s, rl, ru, cl::jsonb, cu::jsonb FROM unnest(%(p)b::bigint[], "
+    "%(s)b::bigint[], %(d)b::date[], %(m)b::bigint[], %(h)b::int[], %(r)b::float8[], %(c)b::text[], %(f)b::text[], "
+    "%(rl)b::float8[], %(ru)b::float8[], %(cl)b::text[], %(cu)b::text[]) "
+    "AS t(p, s, d, m, h, r, c, f, rl, ru, cl, cu) " + _ON_CONFLICT
 )
 
 
 def upsert_scores(session: Session, rows: pd.DataFrame, computed_at: datetime) -> None:
     """Insert score rows; a row with the same key and another fingerprint is replaced, an identical one kept.
+
+    ``rows`` has the SCORE_COLUMNS but computed_at, and may have the INTERVAL_COLUMNS (missing ones: NULL).
 
     Raw driver calls (one unnest() statement on PostgreSQL, executemany on SQLite): per-row ORM/Core parameter
     processing would cost more than the scoring itself.
@@ -77,6 +111,10 @@ def upsert_scores(session: Session, rows: pd.DataFrame, computed_at: datetime) -
     if rows.empty:
         return
     scan = [None if v is None else int(v) for v in rows["scan_id"]]
+    interval = {
+        c: ([None if v is None or v != v else v for v in rows[c].tolist()] if c in rows.columns else [None] * len(rows))
+        for c in INTERVAL_COLUMNS
+    }
     if session.get_bind().dialect.name == "postgresql":
         params = {
             "p": rows["patient_id"].tolist(),
@@ -88,6 +126,10 @@ def upsert_scores(session: Session, rows: pd.DataFrame, computed_at: datetime) -
             "c": rows["curve"].tolist(),
             "f": rows["input_fingerprint"].tolist(),
             "now": computed_at,
+            "rl": interval["risk_lower"],
+            "ru": interval["risk_upper"],
+            "cl": interval["curve_lower"],
+            "cu": interval["curve_upper"],
         }
         cursor = session.connection().connection.cursor()  # same transaction
         try:  # binary parameters (%(x)b): no per-element quoting of the text arrays
@@ -111,6 +153,7 @@ def upsert_scores(session: Session, rows: pd.DataFrame, computed_at: datetime) -
                 rows["curve"].tolist(),
                 rows["input_fingerprint"].tolist(),
                 [now] * len(rows),
+                *(interval[c] for c in INTERVAL_COLUMNS),
                 strict=True,
             )
         ),

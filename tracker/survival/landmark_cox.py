@@ -55,6 +55,7 @@ class CoxFit:
     knots: np.ndarray  # months from the landmark visit
     cumhaz: np.ndarray  # baseline cumulative hazard at the knots (at x = center)
     converged: bool = True
+    cov: np.ndarray | None = None  # covariance of coef (files written before intervals have none: zero width)
 
     @classmethod
     def from_lifelines(cls, landmark: int, cox: CoxBaseline) -> CoxFit:
@@ -73,6 +74,7 @@ class CoxFit:
             knots,
             cumhaz,
             bool(cox.converged),
+            fitter.variance_matrix_.loc[list(params.index), list(params.index)].to_numpy(dtype=np.float64),
         )
 
     def partial_hazard(self, design: pd.DataFrame) -> np.ndarray:
@@ -83,6 +85,13 @@ class CoxFit:
         """S at each grid point (months after the visit) for each row of a landmark design."""
         ph = self.partial_hazard(design)
         return cox_survival(ph, self.knots, self.cumhaz, np.zeros(len(ph)), grid)
+
+    def linear_predictor_sd(self, design: pd.DataFrame) -> np.ndarray:
+        """Standard error of each row's linear predictor (x - center) . coef by the delta method; 0 without cov."""
+        if self.cov is None:
+            return np.zeros(len(design))
+        x = design[list(self.columns)].to_numpy(dtype=np.float64) - self.center
+        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", x, self.cov, x), 0.0))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,6 +104,7 @@ class CoxFit:
                 "values": [float(v) for v in self.cumhaz],
             },
             "converged": self.converged,
+            **({} if self.cov is None else {"cov": [[float(v) for v in row] for row in self.cov]}),
         }
 
     @classmethod
@@ -108,6 +118,7 @@ class CoxFit:
             np.asarray(base["months"], dtype=np.float64),
             np.asarray(base["values"], dtype=np.float64),
             bool(d.get("converged", True)),
+            np.asarray(d["cov"], dtype=np.float64) if "cov" in d else None,
         )
 
 
@@ -139,6 +150,12 @@ class LandmarkCoxModel(VisitPredictions):
 
     def survival_all_visits(self, visits: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         """Survival curve from every visit on: (patient_id, visit_index (1-based), time_days; (visits, bins))."""
+        index, surv, _ = self.survival_spread(visits)
+        return index, surv
+
+    def survival_spread(self, visits: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        """(index, curves, spread): the standard error of each visit's linear predictor (the delta method on its
+        landmark fit's coefficient covariance), which is that of log(-log S) at every grid point."""
         cfg = self.cfg
         prepared = prepare_visits(visits, cfg)
         missing = [c for c in self.features if c not in prepared.columns]
@@ -148,10 +165,13 @@ class LandmarkCoxModel(VisitPredictions):
         pids = prepared[cfg.patient_col].to_numpy()
         step = prepared["visit_index"].to_numpy()
         surv = np.empty((len(prepared), len(grid)), dtype=np.float64)
+        spread = np.empty(len(prepared), dtype=np.float64)
         for k0 in np.unique(step):
             rows = np.flatnonzero(step == k0)
             design = landmark_design(prepared, self.standardizer, cfg, int(k0) + 1, pids[rows])
-            surv[rows] = self.fit_for(int(k0) + 1).survival(design, grid)
+            fit = self.fit_for(int(k0) + 1)
+            surv[rows] = fit.survival(design, grid)
+            spread[rows] = fit.linear_predictor_sd(design)
         index = pd.DataFrame(
             {
                 cfg.patient_col: pids,
@@ -159,7 +179,7 @@ class LandmarkCoxModel(VisitPredictions):
                 cfg.time_col: prepared[cfg.time_col].to_numpy(dtype=np.float64),
             }
         )
-        return index, surv
+        return index, surv, np.repeat(spread[:, None], len(grid), axis=1)
 
     def to_bytes(self) -> bytes:
         """The model zip: ``model.json`` only (config, standardisation, fits, metadata)."""

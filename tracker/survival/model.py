@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 import pandas as pd
@@ -90,6 +90,22 @@ class RiskModel(VisitPredictions):
             }
         )
         return index, surv
+
+    def survival_spread(self, visits: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        """(index, curves, spread): the ensemble's curves and the standard deviation of log(-log S) over its
+        members (zero for a single network)."""
+        from tracker.survival.intervals import member_spread
+        from tracker.survival.rnn import RiskNet, deterministic_torch, predict_logits
+
+        index, surv = self.survival_all_visits(visits)
+        if len(self.net.members) < 2:
+            return index, surv, np.zeros_like(surv)
+        prepared = prepare_visits(visits, self.cfg)
+        seq = build_sequences(prepared, self.standardizer, self.cfg)
+        valid = np.arange(seq.x.shape[1])[None, :] < seq.lengths[:, None]
+        with deterministic_torch(int(self.metadata.get("seed", 0)), self.cfg.num_threads):
+            members = [survival_from_logits(predict_logits(cast(RiskNet, m), seq.x))[valid] for m in self.net.members]
+        return index, surv, member_spread(np.stack(members))
 
     def to_bytes(self) -> bytes:
         """Self-contained serialisation (weights, config, features, standardisation, metadata)."""

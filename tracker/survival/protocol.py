@@ -46,14 +46,26 @@ class SurvivalModel(Protocol):
 
     def survival_all_visits(self, visits: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]: ...
 
+    def survival_interval_all_visits(
+        self, visits: pd.DataFrame
+    ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]: ...
+
     def predict(self, visits: pd.DataFrame) -> pd.DataFrame: ...
 
     def predict_all_visits(
-        self, visits: pd.DataFrame, horizons_months: Sequence[float] = DEFAULT_HORIZONS_MONTHS
+        self,
+        visits: pd.DataFrame,
+        horizons_months: Sequence[float] = DEFAULT_HORIZONS_MONTHS,
+        *,
+        interval: bool = False,
     ) -> pd.DataFrame: ...
 
     def risk_at(
-        self, visits: pd.DataFrame, horizons_months: Sequence[float] = DEFAULT_HORIZONS_MONTHS
+        self,
+        visits: pd.DataFrame,
+        horizons_months: Sequence[float] = DEFAULT_HORIZONS_MONTHS,
+        *,
+        interval: bool = False,
     ) -> pd.DataFrame: ...
 
     def to_bytes(self) -> bytes: ...
@@ -71,6 +83,30 @@ class VisitPredictions:
     if TYPE_CHECKING:
 
         def survival_all_visits(self, visits: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]: ...
+
+    def survival_spread(self, visits: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        """(index, curves, spread): the standard deviation of log(-log S) per visit and grid point that the kind's
+        fit implies (see :mod:`tracker.survival.intervals`); every kind defines it."""
+        raise NotImplementedError
+
+    def interval_half_width(self, visits: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        """(index, curves, 90 % half-width of log(-log S)): the spread times Z_90 and the kind's width scale."""
+        from tracker.survival.intervals import INTERVAL_SCALES, Z_90
+
+        index, surv, spread = self.survival_spread(visits)
+        scale = INTERVAL_SCALES.get(str(getattr(self, "kind", "")), 1.0)
+        return index, surv, Z_90 * scale * spread
+
+    def survival_interval_all_visits(
+        self, visits: pd.DataFrame
+    ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`survival_all_visits` with the 90 % interval: (index, curves, lower curves, upper curves); the
+        lower survival curve is the upper risk."""
+        from tracker.survival.intervals import band
+
+        index, surv, hw = self.interval_half_width(visits)
+        lower, upper = band(surv, hw)
+        return index, surv, lower, upper
 
     def _default_hyperparameters(self) -> None:
         """Every trained model has hyperparameters in its metadata; a hand-built one gets its config."""
@@ -97,28 +133,49 @@ class VisitPredictions:
         curves = pd.DataFrame(surv[last.to_numpy()], columns=[curve_column(m) for m in self.grid_months])
         return pd.concat([out.reset_index(drop=True), curves], axis=1)
 
-    def risk_at(self, visits: pd.DataFrame, horizons_months: Sequence[float] = DEFAULT_HORIZONS_MONTHS) -> pd.DataFrame:
-        """Risk 1 - S(h) as of each patient's last visit: patient_id, as_of_time_days, horizon_months, risk."""
-        table = self.predict_all_visits(visits, horizons_months)
+    def risk_at(
+        self,
+        visits: pd.DataFrame,
+        horizons_months: Sequence[float] = DEFAULT_HORIZONS_MONTHS,
+        *,
+        interval: bool = False,
+    ) -> pd.DataFrame:
+        """Risk 1 - S(h) as of each patient's last visit: patient_id, as_of_time_days, horizon_months, risk (and
+        with ``interval`` its 90 % interval, lower and upper)."""
+        table = self.predict_all_visits(visits, horizons_months, interval=interval)
         last = table.groupby(self.cfg.patient_col, sort=False)["visit_index"].transform("max") == table["visit_index"]
         out = table.loc[last].rename(columns={self.cfg.time_col: "as_of_time_days"})
-        return out[[self.cfg.patient_col, "as_of_time_days", "horizon_months", "risk"]].reset_index(drop=True)
+        cols = [self.cfg.patient_col, "as_of_time_days", "horizon_months", "risk"]
+        return out[[*cols, "lower", "upper"] if interval else cols].reset_index(drop=True)
 
     def predict_all_visits(
-        self, visits: pd.DataFrame, horizons_months: Sequence[float] = DEFAULT_HORIZONS_MONTHS
+        self,
+        visits: pd.DataFrame,
+        horizons_months: Sequence[float] = DEFAULT_HORIZONS_MONTHS,
+        *,
+        interval: bool = False,
     ) -> pd.DataFrame:
-        """Risk after every visit: patient_id, visit_index (1-based), time_days, horizon_months, risk.
+        """Risk after every visit: patient_id, visit_index (1-based), time_days, horizon_months, risk (and with
+        ``interval`` its 90 % interval, lower and upper).
 
         A horizon outside the model's grid (0..last grid month) raises.
         """
-        index, surv = self.survival_all_visits(visits)
+        if interval:
+            index, surv, s_low, s_high = self.survival_interval_all_visits(visits)
+        else:
+            index, surv = self.survival_all_visits(visits)
+
+        def risk(curves: np.ndarray, h: float) -> np.ndarray:
+            return 1.0 - survival_at(curves, self.grid_months, [h], pairing="outer", past_end="raise")[:, 0]
+
         parts = []
         for h in horizons_months:
             part = index.copy()
             part["horizon_months"] = float(h)
-            part["risk"] = (
-                1.0 - survival_at(surv, self.grid_months, [float(h)], pairing="outer", past_end="raise")[:, 0]
-            )
+            part["risk"] = risk(surv, float(h))
+            if interval:
+                part["lower"] = risk(s_high, float(h))
+                part["upper"] = risk(s_low, float(h))
             parts.append(part)
         out = pd.concat(parts, ignore_index=True)
         return out.sort_values([self.cfg.patient_col, "visit_index", "horizon_months"], kind="stable").reset_index(

@@ -8,6 +8,11 @@ fingerprint: sha256 over the model version, its features, the horizons, the tick
 
 The survival curve (the model's, seen from the as-of date) is stored on the 12-month row of each as-of date only
 (on the smallest horizon's row when 12 is not among the horizons): see :func:`tracker.scoring.curve_row_horizon`.
+
+Every risk gets its 90 % interval (``risk_lower``/``risk_upper``; ``curve_lower``/``curve_upper`` on the curve's
+row) from the model (:mod:`tracker.survival.intervals`). A scan that needs review (its own review reasons or a
+registration flagged for review) widens its interval, and that of a calendar tick scored from it, by
+``REVIEW_WIDEN``; the review flags are part of the input fingerprint, so setting or clearing one rescores.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ if TYPE_CHECKING:
 JOB_KIND = "rescore"
 DEFAULT_BATCH = 500
 CURVE_DECIMALS = 6
+INTERVAL_VERSION = 1  # in the fingerprint: scores written before intervals existed are stale once
+REVIEW_COLUMN = "needs_review"  # per visit: 1.0 when its scan needs review (set by the planner and the batch reader)
 _PREDICT_LOCK = threading.Lock()  # torch thread settings are process-global: one prediction at a time
 
 
@@ -95,19 +102,27 @@ def plan_patients(
     horizons: Sequence[int],
     event_dates: dict[int, date],
 ) -> list[PatientPlan]:
-    """Expected score rows and input fingerprint per patient of a visit table (sorted by patient and time)."""
+    """Expected score rows and input fingerprint per patient of a visit table (sorted by patient and time); a
+    ``needs_review`` column (1.0 for a scan that needs review), where present, is part of the inputs."""
     if visits.empty:
         return []
     header = json.dumps(
-        {"model_version_id": int(model_version_id), "features": list(features), "horizons": [int(h) for h in horizons]},
+        {
+            "model_version_id": int(model_version_id),
+            "features": list(features),
+            "horizons": [int(h) for h in horizons],
+            "interval": INTERVAL_VERSION,
+        },
         sort_keys=True,
     ).encode()
+    review = visits[REVIEW_COLUMN].to_numpy(dtype=np.float64) if REVIEW_COLUMN in visits else np.zeros(len(visits))
     pids = visits["db_patient_id"].to_numpy(dtype=np.int64)
     days = pd.to_datetime(visits["scan_date"]).to_numpy().astype("datetime64[D]").astype(np.int64)
     mat = np.column_stack(
         [
             visits["scan_id"].to_numpy(dtype=np.float64),
             days.astype(np.float64),
+            review,
             visits[list(features)].to_numpy(dtype=np.float64) if features else np.zeros((len(visits), 0)),
         ]
     )
@@ -125,6 +140,14 @@ def plan_patients(
         h.update(np.ascontiguousarray(mat[s:e]).tobytes())
         out.append(PatientPlan(pid, tick, h.hexdigest(), (e - s + (tick is not None)) * len(horizons)))
     return out
+
+
+def with_review_flags(session: Session, visits: pd.DataFrame) -> pd.DataFrame:
+    """The visit table with its ``needs_review`` column (db.scores.scans_needing_review)."""
+    from db.scores import scans_needing_review
+
+    flagged = scans_needing_review(session, [int(i) for i in visits["scan_id"]])
+    return visits.assign(**{REVIEW_COLUMN: visits["scan_id"].isin(flagged).to_numpy(dtype=np.float64)})
 
 
 def _dedupe_key(model_version_id: int, plan: PatientPlan) -> str:
@@ -149,6 +172,7 @@ def _plan_in_session(
         visits = visit_table(session, db_ids, tags=list(mv.features))
         if visits.empty:
             continue
+        visits = with_review_flags(session, visits)
         events = first_event_dates(session, mv.endpoint, db_ids, on_or_before=as_of)
         plans = plan_patients(visits, list(mv.features), mv.id, as_of, horizons, events)
         stored = scores.stored_counts(session, mv.id, db_ids)
@@ -223,38 +247,53 @@ def _score_group(
     """Score rows for the patients of `visits` (all must be scorable: the caller isolates failures).
 
     Columns: patient_id, scan_id (None for a tick), as_of_date, model_version_id, horizon_months, risk, curve
-    (JSON text on the curve horizon's rows, else None), input_fingerprint.
+    (JSON text on the curve horizon's rows, else None), input_fingerprint, risk_lower, risk_upper, curve_lower,
+    curve_upper (JSON text on the curve's rows).
     """
     from db.visits import model_inputs
+    from tracker.survival.intervals import REVIEW_WIDEN, widen
 
     inputs = model_inputs(visits)[["patient_id", "time_days", *model.features]]
     with _PREDICT_LOCK:
-        index, surv = model.survival_all_visits(inputs)
+        index, surv, s_low, s_high = model.survival_interval_all_visits(inputs)
     if len(index) != len(visits) or not np.array_equal(index["patient_id"].to_numpy(), inputs["patient_id"].to_numpy()):
         raise MetatrackError("rescore: model output rows do not line up with the visit table")
+    if REVIEW_COLUMN in visits and visits[REVIEW_COLUMN].to_numpy().any():
+        factor = np.where(visits[REVIEW_COLUMN].to_numpy(dtype=np.float64) > 0, REVIEW_WIDEN, 1.0)
+        s_low, s_high = widen(surv, s_low, factor)
     grid = model.grid_months
     horizons = [int(h) for h in horizons]
     pids = visits["db_patient_id"].to_numpy(dtype=np.int64)
     dates = visits["scan_date"].to_numpy(dtype=object)
     # as of each scan: t = 0 on that visit's curve
     zero = np.zeros(len(visits))
-    risks = np.stack([1.0 - survival_at(surv, grid, zero + h) for h in horizons], axis=1)
+
+    def scan_risks(curves: np.ndarray) -> np.ndarray:
+        return np.stack([1.0 - survival_at(curves, grid, zero + h) for h in horizons], axis=1)
+
     # as of the tick: t months after the last visit, on the last visit's curve
     is_last = np.r_[pids[1:] != pids[:-1], True] if len(pids) else np.zeros(0, dtype=bool)
     tick_rows = np.array([i for i in np.flatnonzero(is_last) if plans[int(pids[i])].tick is not None], dtype=np.int64)
     tick_days = np.array([plans[int(pids[i])].tick for i in tick_rows], dtype=object)
     t_tick = np.array([months_between(dates[i], tick_days[j]) for j, i in enumerate(tick_rows)], dtype=np.float64)
-    tick_risks, tick_curves = risk_table(surv[tick_rows], grid, t_tick, horizons)
+
+    def entries(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(risks per entry and horizon, curve JSON on the curve's rows else None) for scans then ticks."""
+        tick_risks, tick_curves = risk_table(curves[tick_rows], grid, t_tick, horizons)
+        risk = np.concatenate([scan_risks(curves), tick_risks.reshape(len(tick_rows), len(horizons))], axis=0)
+        text = np.repeat(np.array(curves_json(np.concatenate([curves, tick_curves], axis=0)), dtype=object), n_h)
+        text[horizon_col != curve_row_horizon(horizons)] = None
+        return risk.reshape(-1), text
+
     entry_pid = np.r_[pids, pids[tick_rows]]
     entry_scan = np.r_[visits["scan_id"].to_numpy(dtype=object), np.full(len(tick_rows), None, dtype=object)]
     entry_day = np.r_[dates, tick_days]
-    entry_risk = np.concatenate([risks, tick_risks.reshape(len(tick_rows), len(horizons))], axis=0)
-    entry_curve = np.array(curves_json(np.concatenate([surv, tick_curves], axis=0)), dtype=object)
     entry_fp = np.array([plans[int(p)].fingerprint for p in entry_pid], dtype=object)
     n_h = len(horizons)
     horizon_col = np.tile(np.asarray(horizons, dtype=np.int64), len(entry_pid))
-    curve_col = np.repeat(entry_curve, n_h)
-    curve_col[horizon_col != curve_row_horizon(horizons)] = None
+    risk_col, curve_col = entries(surv)
+    upper_col, curve_low_col = entries(s_low)  # the lower survival curve is the upper risk
+    lower_col, curve_up_col = entries(s_high)
     return pd.DataFrame(
         {
             "patient_id": np.repeat(entry_pid, n_h),
@@ -262,9 +301,13 @@ def _score_group(
             "as_of_date": np.repeat(entry_day, n_h),
             "model_version_id": np.full(len(horizon_col), model_version_id, dtype=np.int64),
             "horizon_months": horizon_col,
-            "risk": entry_risk.reshape(-1),
+            "risk": risk_col,
             "curve": curve_col,
             "input_fingerprint": np.repeat(entry_fp, n_h),
+            "risk_lower": np.minimum(lower_col, risk_col),
+            "risk_upper": np.maximum(upper_col, risk_col),
+            "curve_lower": curve_low_col,
+            "curve_upper": curve_up_col,
         }
     )
 
@@ -353,7 +396,7 @@ def _score_batch(
                     raise MetatrackError(f"model version id {mv_id} no longer exists")
                 features = list(mv.features)
                 model = cached_model(mv.file_sha256, functools.partial(model_file_bytes, store, mv))
-                visits = visit_table(s, db_ids, tags=features)
+                visits = with_review_flags(s, visit_table(s, db_ids, tags=features))
                 events = first_event_dates(s, mv.endpoint, db_ids, on_or_before=as_of)
             return features, model, visits, events
 
