@@ -29,7 +29,14 @@ EndpointOpt = Annotated[str, typer.Option("--endpoint", help="Event kind the mod
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (same data + seed, same model).")]
 EpochsOpt = Annotated[int | None, typer.Option("--epochs", min=1, help="Maximum training epochs.")]
 NameOpt = Annotated[str | None, typer.Option("--name", help="Model name (default: <kind>-<endpoint>).")]
-KindOpt = Annotated[str, typer.Option("--kind", help="Model kind: rnn (GRU ensemble) or landmark-cox.")]
+KindOpt = Annotated[
+    str,
+    typer.Option(
+        "--kind",
+        help="Model kind: rnn (GRU ensemble), landmark-cox, blend (both, weight by inner CV) or auto (picked by "
+        "inner CV).",
+    ),
+]
 MONTHS_PER_YEAR = 12
 
 
@@ -171,16 +178,32 @@ def model_predict(
     horizons = [parse_horizon(h) for h in horizon] if horizon else [6, 12, 24]
     table = _read_csv(visits, "visits")
     label, rm = models.load(state.engine(), state.store(), model)
-    risks = rm.risk_at(table, horizons)
-    wide = risks.pivot(index=["patient_id", "as_of_time_days"], columns="horizon_months", values="risk")
-    rows = [
-        {"patient_id": p, "as_of_time_days": t, **{f"risk_{h:g}m": float(r[h]) for h in wide.columns}}
-        for (p, t), r in wide.iterrows()
-    ]
+    risks = rm.risk_at(table, horizons, interval=True)
+    rows = []
+    for (p, t), part in risks.groupby(["patient_id", "as_of_time_days"], sort=True):
+        each = [
+            {"horizon_months": float(h), "risk": float(r), "lower": float(lo), "upper": float(hi)}
+            for h, r, lo, hi in part[["horizon_months", "risk", "lower", "upper"]].itertuples(index=False)
+        ]
+        rows.append(
+            {"patient_id": p, "as_of_time_days": t, **{f"risk_{e['horizon_months']:g}m": e["risk"] for e in each}}
+            | {"risks": each}
+        )
     if as_json:
-        output.print_json({"model": label, "horizons_months": horizons, "predictions": rows})
+        output.print_json({"model": label, "horizons_months": horizons, "interval_level": 0.9, "predictions": rows})
     else:
-        output.print_table(rows, title=f"risk as of the last visit ({label})")
+        table_rows = [
+            {
+                "patient_id": r["patient_id"],
+                "as_of_time_days": r["as_of_time_days"],
+                **{
+                    f"risk_{e['horizon_months']:g}m": f"{e['risk']:.3f} [{e['lower']:.3f}–{e['upper']:.3f}]"
+                    for e in r["risks"]
+                },
+            }
+            for r in rows
+        ]
+        output.print_table(table_rows, title=f"risk [90 % interval] as of the last visit ({label})")
 
 
 @model_app.command("list")

@@ -61,6 +61,18 @@ MODEL_KINDS: dict[str, ModelKind] = {
             "tracker.survival.landmark_cox:landmark_cox_from_zip",
             "one Cox fit per landmark visit on the latest values, their changes and years since baseline",
         ),
+        ModelKind(
+            "blend",
+            "tracker.survival.blend:train_blend",
+            "tracker.survival.blend:combined_from_zip",
+            "RNN and landmark Cox survival curves mixed, weight chosen by inner CV, recalibrated",
+        ),
+        ModelKind(
+            "auto",
+            "tracker.survival.blend:train_auto",
+            "tracker.survival.blend:combined_from_zip",
+            "landmark-cox, rnn or blend, picked by inner patient-grouped CV (recorded why), recalibrated",
+        ),
     )
 }
 

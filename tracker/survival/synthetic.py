@@ -64,3 +64,36 @@ def slope_cohort(
         }
     )
     return visits, events
+
+
+def baseline_memory_cohort(
+    n_patients: int, seed: int = 0, log_hazard_ratio: float = 1.5, prefix: str = "B"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(visits, events) of a cohort whose hazard is set by the marker at the first visit (a pre-treatment value),
+    after which the marker only shows noise: from the third visit on, the latest value and its last change carry
+    nothing, and only a model of the whole trajectory still knows the risk.
+
+    visits: patient_id, time_days, marker, noise; events: patient_id, time_days, event.
+    """
+    rng = np.random.default_rng(seed)
+    first = rng.normal(0.0, 1.0, n_patients)
+    event_m = rng.exponential(1.0 / (0.02 * np.exp(log_hazard_ratio * first)))
+    censor_m = rng.uniform(12.0, 36.0, n_patients)
+    end_m = np.minimum(event_m, censor_m)
+    rows = []
+    for i in range(n_patients):
+        t, k = 0.0, 0
+        while t < end_m[i] and k < 6:
+            marker = first[i] + rng.normal(0.0, 0.1) if k == 0 else rng.normal(0.0, 1.0)
+            rows.append((f"{prefix}{i:05d}", round(t * DAYS_PER_MONTH, 1), marker, rng.normal()))
+            t += rng.uniform(2.0, 3.0)
+            k += 1
+    visits = pd.DataFrame(rows, columns=["patient_id", "time_days", "marker", "noise"])
+    events = pd.DataFrame(
+        {
+            "patient_id": [f"{prefix}{i:05d}" for i in range(n_patients)],
+            "time_days": np.round(end_m * DAYS_PER_MONTH, 1),
+            "event": (event_m <= censor_m).astype(int),
+        }
+    )
+    return visits, events

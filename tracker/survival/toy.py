@@ -1,7 +1,8 @@
 """Small synthetic cohorts with a known hazard, for tests and the `--source toy` benchmark.
 
 The hazard depends on the SLOPE of a latent marker that is observed with noise at irregular visits, so only a
-model that sees the trajectory can rank patients well; the marker's baseline level carries no information.
+model that sees the trajectory can rank patients well; the marker's baseline level carries no information (unless
+``level_log_hazard_ratio`` is set: then the latest value, close to the level, also informs).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class ToyCohortConfig:
     n_patients: int = 300
     base_hazard_per_month: float = 0.03
     slope_log_hazard_ratio: float = 1.0  # log HR per unit of marker slope (marker units / year)
+    level_log_hazard_ratio: float = 0.0  # log HR per unit of the marker's level (> 0: the latest value informs)
     marker_noise_sd: float = 0.3
     visit_gap_months: tuple[float, float] = (2.0, 4.0)
     max_visits: int = 6
@@ -39,7 +41,7 @@ def toy_cohort(cfg: ToyCohortConfig, seed: int = 0) -> tuple[pd.DataFrame, pd.Da
     n = cfg.n_patients
     level = rng.normal(0.0, 1.0, n)
     slope = rng.normal(0.0, 1.0, n)
-    log_hr = cfg.slope_log_hazard_ratio * slope
+    log_hr = cfg.slope_log_hazard_ratio * slope + cfg.level_log_hazard_ratio * level
     event_m = rng.exponential(1.0 / (cfg.base_hazard_per_month * np.exp(log_hr)))
     censor_m = rng.uniform(*cfg.censor_months, n)
     end_m = np.minimum(event_m, censor_m)

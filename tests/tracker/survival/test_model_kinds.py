@@ -28,6 +28,8 @@ TOY = ToyCohortConfig(n_patients=200, marker_noise_sd=0.15, slope_log_hazard_rat
 FAST = {
     "rnn": SurvivalModelConfig(max_epochs=30, min_epochs=30, n_ensemble=2),
     "landmark-cox": SurvivalModelConfig(),
+    "blend": SurvivalModelConfig(max_epochs=30, min_epochs=30, n_ensemble=2),
+    "auto": SurvivalModelConfig(max_epochs=30, min_epochs=30, n_ensemble=2),
 }
 KINDS = sorted(MODEL_KINDS)
 
@@ -122,6 +124,26 @@ def test_no_look_ahead(trained, held_out) -> None:
     _, again = model.survival_all_visits(altered)
     assert np.array_equal(again[keep], full[keep])
     assert not np.array_equal(again[~keep], full[~keep])
+
+
+def test_interval_brackets_the_curve_without_look_ahead(trained, held_out) -> None:
+    """Every kind's 90 % band: lower <= S <= upper, a positive width, the same curves as without it, non-increasing
+    bounds, and a visit's band unchanged by later visits."""
+    _, model = trained
+    visits = held_out[0]
+    index, surv, lower, upper = model.survival_interval_all_visits(visits)
+    pd.testing.assert_frame_equal(index, model.survival_all_visits(visits)[0])
+    assert np.array_equal(surv, model.survival_all_visits(visits)[1])
+    assert np.all(lower <= surv) and np.all(surv <= upper)
+    assert np.all(np.diff(lower, axis=1) <= 0.0) and np.all(np.diff(upper, axis=1) <= 0.0)
+    assert float(np.mean(upper[:, 11] - lower[:, 11])) > 0.01
+    first_two = visits.sort_values(["patient_id", "time_days"]).groupby("patient_id").head(2)
+    _, _, low2, up2 = model.survival_interval_all_visits(first_two)
+    keep = (index["visit_index"] <= 2).to_numpy()
+    np.testing.assert_allclose(low2, lower[keep], rtol=1e-12)
+    np.testing.assert_allclose(up2, upper[keep], rtol=1e-12)
+    risk = model.risk_at(visits, [12], interval=True)
+    assert np.all((risk["lower"] <= risk["risk"]) & (risk["risk"] <= risk["upper"]))
 
 
 def test_ranks_the_known_risk(trained, held_out) -> None:
