@@ -11,7 +11,7 @@ from tracker.errors import MetatrackError
 from tracker.radiomics import extract, load_config
 from tracker.radiomics.config import validate_config
 from tracker.radiomics.filters import apply_filter, response_in_box
-from tracker.radiomics.filters.boundary import pad
+from tracker.radiomics.filters.boundary import pad, padded_box
 from tracker.radiomics.filters.rotations import ROTATIONS_3D, rotate, unrotate
 from tracker.radiomics.filters.spatial import LAWS_KERNELS
 from tracker.radiomics.filters.wavelets import WAVELET_LOW_PASS
@@ -29,7 +29,12 @@ def _spec(**kw: object) -> dict:
 )
 def test_padding_matches_numpy(boundary: str, numpy_mode: str) -> None:
     a = np.random.default_rng(0).normal(size=(4, 5, 3))
-    np.testing.assert_array_equal(pad(a, (2, 7, 3), boundary), np.pad(a, ((2, 2), (7, 7), (3, 3)), mode=numpy_mode))
+    padded = np.pad(a, ((2, 2), (7, 7), (3, 3)), mode=numpy_mode)
+    np.testing.assert_array_equal(pad(a, (2, 7, 3), boundary), padded)
+    # a box partly outside, gathered in single precision
+    box = padded_box(a, (-2, 1, -3), (3, 12, 2), boundary, np.float32)
+    assert box.dtype == np.float32
+    np.testing.assert_array_equal(box, padded[0:5, 8:19, 0:5].astype(np.float32))
 
 
 def test_laws_impulse_response_is_the_kernel_first_along_x() -> None:
@@ -198,3 +203,30 @@ def test_simoncelli_half_grid_equals_the_half_of_the_full_transfer(shape: tuple,
     for level in (1, 2):
         full = half_spectrum(simoncelli_transfer(shape, axes, level), axes)
         np.testing.assert_array_equal(simoncelli_half(shape, axes, level), full)
+
+
+@pytest.mark.parametrize("mode", ["3D", "2D"])
+def test_simoncelli_in_a_box_spanning_the_image_equals_the_whole_image_filter(mode: str) -> None:
+    # the box's single transform (band-limited, pruned to the box) is the whole image's padded transform
+    image = np.random.default_rng(8).normal(size=(12, 30, 26)) * 100.0
+    for level in (1, 2):
+        spec = _spec(kind="simoncelli", mode=mode, level=level, boundary="mirror")
+        whole = apply_filter(image, (1.0, 1.0, 1.0), spec)
+        box = response_in_box(image, (1.0, 1.0, 1.0), spec, (0, 0, 0), image.shape)
+        np.testing.assert_allclose(box, whole, atol=1e-5 * np.abs(whole).max())
+
+
+@pytest.mark.parametrize(("shape", "axes"), [((20, 24, 30), (0, 1, 2)), ((4, 27, 22), (1, 2))])
+def test_band_filter_in_a_box_equals_the_full_transform_cut_to_the_box(shape: tuple, axes: tuple) -> None:
+    from tracker.radiomics.filters.wavelets import band_filter_box, fourier_filter, simoncelli_band, simoncelli_half
+
+    image = np.random.default_rng(9).normal(size=shape) * 100.0
+    box = (slice(2, 9), slice(5, 17), slice(3, 11))
+    spec = _spec(kind="simoncelli", mode="3D" if len(axes) == 3 else "2D", boundary="periodic")
+    for level in (1, 2, 3):
+        full = fourier_filter(image, spec, simoncelli_half(shape, axes, level), 0)[box]
+        keep, _ = simoncelli_band(shape, axes, level)
+        if level == 2:  # the band's reach: |w| <= pi / 2 keeps about half of each axis's frequencies
+            assert all(0.4 < k.size / n < 0.6 for k, n in zip(keep[:-1], (shape[a] for a in axes[:-1]), strict=True))
+        got = band_filter_box(image, axes, simoncelli_band(shape, axes, level), box)
+        np.testing.assert_allclose(got, full, atol=1e-5 * np.abs(full).max())

@@ -23,22 +23,33 @@ def axis_index(start: int, stop: int, n: int, boundary: str) -> np.ndarray:
     return np.where((idx >= 0) & (idx < n), idx, -1)
 
 
-def padded_box(image: np.ndarray, lo: tuple[int, ...], hi: tuple[int, ...], boundary: str) -> np.ndarray:
-    """``image[lo:hi]`` for a box that may reach outside the image, filled by the boundary condition.
+def padded_box(
+    image: np.ndarray, lo: tuple[int, ...], hi: tuple[int, ...], boundary: str, dtype: type | None = None
+) -> np.ndarray:
+    """``image[lo:hi]`` for a box that may reach outside the image, filled by the boundary condition (a new array).
 
     Parameters
     ----------
     image : array of any dimension
     lo, hi : first and one-past-last index per axis (may be negative or beyond the shape)
     boundary : ``constant`` (zero), ``nearest``, ``periodic`` or ``mirror`` (edge voxel repeated: d c b a | a b c d)
+    dtype : the output's type (default: the image's); the part of the image the box reads is cast first
     """
     indices = [axis_index(a, b, n, boundary) for a, b, n in zip(lo, hi, image.shape, strict=True)]
-    if boundary != "constant":
-        return image[np.ix_(*indices)]
-    inside = [i >= 0 for i in indices]
-    out = np.zeros(tuple(len(i) for i in indices), dtype=image.dtype)
-    sub = image[np.ix_(*[i[m] for i, m in zip(indices, inside, strict=True)])]
-    out[np.ix_(*[np.flatnonzero(m) for m in inside])] = sub
+    if any(not (i >= 0).any() for i in indices):
+        return np.zeros(tuple(len(i) for i in indices), dtype=dtype or image.dtype)
+    used = tuple(slice(int(i[i >= 0].min()), int(i.max()) + 1) for i in indices)
+    out = image[used].astype(dtype or image.dtype)
+    # one axis at a time: whole slabs first, single voxels last, each gather on what is left
+    for ax, (idx, part) in enumerate(zip(indices, used, strict=True)):
+        outside = idx < 0
+        local = np.where(outside, 0, idx - part.start)
+        if local.size != out.shape[ax] or not np.array_equal(local, np.arange(local.size)):
+            out = np.take(out, local, axis=ax)
+        if outside.any():
+            zero: list[slice | np.ndarray] = [slice(None)] * out.ndim
+            zero[ax] = outside
+            out[tuple(zero)] = 0
     return out
 
 
