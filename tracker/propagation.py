@@ -10,7 +10,8 @@ module finds the lesion again on the follow-up:
    follow-up (median of a shell around the prior, other priors excluded), the lesion's level is the surround's
    plus the contrast of the last sighting (the scan's calibration may differ; nothing is assumed of CT), and one
    EM-like step re-estimates the lesion's level from the region found when it is large enough. The per-voxel
-   evidence is the two-Gaussian log-likelihood ratio plus, when given, the logit of the model's probability.
+   evidence is the two-Gaussian log-likelihood ratio plus, when given, the logit of the model's probability;
+   intensities far beyond the lesion's level (lung beside a hypodense liver lesion) are another tissue.
 3. The connected components of lesion-like voxels touching the warped lesion (within ``attach_mm``) with holes
    filled. A region that lies on the search boundary is leakage: the threshold is raised towards the lesion's
    level until it does not, and what stays on the boundary lowers the confidence.
@@ -48,6 +49,10 @@ _RATIO_NONE, _RATIO_FULL = 0.55, 0.85
 _CNR_NONE, _CNR_FULL = 1.0, 3.0
 # Consistency of the found volume with the prior's: a Gaussian in log volume ratio, of sd log(spread).
 _SHRINK_SPREAD, _GROW_SPREAD = 5.0, 8.0
+# Voxels more than this many times the lesion's contrast beyond the surround are another tissue.
+_BEYOND = 2.5
+# Confidence factor of a region that leaked and was cut near the warped lesion.
+_CLIPPED_FACTOR = 0.7
 # Robust sd from the median absolute deviation of a Gaussian.
 _MAD_TO_SD = 1.4826
 _EPS = 1e-9
@@ -55,8 +60,9 @@ _EPS = 1e-9
 
 @dataclass(frozen=True)
 class IntensityPrior:
-    """The lesion as it looked at its last sighting: mean and sd inside it and in a shell around it, and its
-    volume (mm3)."""
+    """The lesion as it looked at its last sighting: mean and sd inside it, level and sd of a shell around it
+    (median and MAD-based sd: a shell often crosses into a neighbouring organ, lung next to liver), and its volume
+    (mm3)."""
 
     lesion_mean: float
     lesion_sd: float
@@ -116,6 +122,8 @@ class PropagationConfig:
         Below this a track's lesion is not found (vanished, or too uncertain to propose).
     max_leak_fraction
         Share of a region's surface on the search boundary above which the threshold is raised (leakage).
+    leak_clip_mm
+        A region that still leaks is cut at this distance from the warped lesion (and its confidence lowered).
     """
 
     search_mm: float = 10.0
@@ -128,6 +136,7 @@ class PropagationConfig:
     min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3
     min_confidence: float = 0.45
     max_leak_fraction: float = 0.2
+    leak_clip_mm: float = 3.0
 
 
 @dataclass
@@ -211,11 +220,12 @@ def intensity_prior(
     around = img[shell] if shell.any() else img[~les]
     if around.size == 0:
         around = inside
+    surround, surround_sd = _robust(around)
     return IntensityPrior(
         lesion_mean=float(inside.mean()),
         lesion_sd=float(inside.std()),
-        surround_mean=float(around.mean()),
-        surround_sd=float(around.std()),
+        surround_mean=surround,
+        surround_sd=surround_sd,
         volume_mm3=float(les.sum()) * _voxel_volume(spacing_zyx),
     )
 
@@ -229,7 +239,7 @@ class _Candidate:
     distance: np.ndarray  # mm to the warped lesion, in the box
     search: np.ndarray  # bool, the search region in the box
     noise: float  # sd of the smoothed follow-up's surround
-    leak: float
+    clipped: bool  # leaked, and cut at leak_clip_mm from the warped lesion
 
 
 def _ball(radius_mm: float, spacing_zyx: Sequence[float]) -> np.ndarray:
@@ -267,6 +277,15 @@ def _attached(lesion_like: np.ndarray, distance: np.ndarray, attach_mm: float) -
     return np.asarray(ndimage.binary_fill_holes(region), dtype=bool)
 
 
+def _smooth(image: np.ndarray, spacing_zyx: Sequence[float], sigma_mm: float) -> np.ndarray:
+    """Gaussian smoothing of sigma ``sigma_mm`` against noise (a median filter keeps edges better but loses small
+    and thin lesions: measured worse on the simulator)."""
+    if sigma_mm <= 0:
+        return np.asarray(image, dtype=float)
+    sigma = sigma_mm / np.asarray(spacing_zyx, dtype=float)
+    return np.asarray(ndimage.gaussian_filter(np.asarray(image, dtype=float), sigma=sigma, mode="nearest"))
+
+
 def _two_class(values: np.ndarray, intensity: IntensityPrior, min_voxels: float) -> tuple[float, float, float]:
     """Surround level, lesion contrast and noise sd on the follow-up's (smoothed) search region: two-means steps
     seeded by the last sighting's levels. The contrast stays within ``_EM_RATIO`` x the prior's; with too few
@@ -289,7 +308,7 @@ def _two_class(values: np.ndarray, intensity: IntensityPrior, min_voxels: float)
 
 
 def _candidate(
-    smoothed: np.ndarray,
+    image: np.ndarray,
     spacing_zyx: Sequence[float],
     prior: Prior,
     others: np.ndarray,
@@ -302,7 +321,7 @@ def _candidate(
     reach = config.search_mm + config.search_fraction * radius
     box = _box(prior.mask, _margin(reach + config.smooth_mm, spacing_zyx))
     mask = prior.mask[box]
-    img = smoothed[box]
+    img = _smooth(image[box], spacing_zyx, config.smooth_mm)
     distance = _distance_mm(mask, spacing_zyx)
     search = distance <= reach
     values = img[search & ~others[box]]
@@ -310,6 +329,9 @@ def _candidate(
         return "no surround in the follow-up's field of view"
     surround, contrast, noise = _two_class(values, prior.intensity, config.min_volume_mm3 / voxel)
     logit_p = _logit(probability[box]) if probability is not None else None
+    # far beyond the lesion's level is another tissue (lung next to a hypodense liver lesion, bone), not lesion
+    sign = 1.0 if contrast >= 0 else -1.0
+    beyond = max(_BEYOND * abs(contrast), abs(contrast) + 3.0 * noise)
     # log prior odds of lesion: neutral on the warped lesion, falling off outside it (growth costs evidence)
     spatial = distance / config.decay_mm if config.decay_mm > 0 else np.zeros_like(distance)
     ball = _ball(config.open_mm, spacing_zyx)
@@ -319,7 +341,7 @@ def _candidate(
         llr = c / noise**2 * (img - (surround + level * c)) - spatial
         if logit_p is not None:
             llr = llr + logit_p
-        lesion_like = (llr > 0) & search
+        lesion_like = (llr > 0) & search & (sign * (img - surround) <= beyond)
         opened = _attached(ndimage.binary_opening(lesion_like, structure=ball), distance, config.attach_mm)
         if opened.sum() * voxel >= config.min_volume_mm3:
             # the opening cut the bridges; give back the rims it shaved off the lesion itself
@@ -335,9 +357,14 @@ def _candidate(
         tighter_leak = _leak_fraction(tighter, search)
         if tighter.any() and tighter_leak < leak:
             region, leak = tighter, tighter_leak
+    clipped = leak > config.max_leak_fraction
+    if clipped:
+        # a look-alike neighbour (an organ of the lesion's density) joined it: intensities cannot part them, so
+        # the region is kept near the warped lesion, and the confidence says so
+        region = _attached(region & (distance <= config.leak_clip_mm), distance, config.attach_mm)
     if not region.any():
         return "no lesion-like voxels"
-    return _Candidate(box, region, distance, search, noise, leak)
+    return _Candidate(box, region, distance, search, noise, clipped)
 
 
 def _confidence(
@@ -373,9 +400,9 @@ def _confidence(
     # noise or texture than the lesion (shrinking is penalised more than growing)
     spread = _SHRINK_SPREAD if size < 1.0 else _GROW_SPREAD
     consistency = math.exp(-(math.log(size) ** 2) / (2.0 * math.log(spread) ** 2))
-    leak = 1.0 - min(1.0, _leak_fraction(region, cand.search) / (2.0 * config.max_leak_fraction))
+    leak = _CLIPPED_FACTOR if cand.clipped else 1.0
     conf = evidence * consistency * leak
-    why = "leaks into its surround" if leak < 0.5 else "too little contrast with its surround"
+    why = "leaks into a look-alike surround" if cand.clipped else "too little contrast with its surround"
     return float(np.clip(conf, 0.0, 1.0)), why
 
 
@@ -406,8 +433,6 @@ def propagate(
             )
     if probability is not None and probability.shape != image.shape:
         raise MetatrackError(f"propagation: probability shape {probability.shape} differs from {image.shape}")
-    sigma = config.smooth_mm / np.asarray(spacing_zyx, dtype=float)
-    smoothed = ndimage.gaussian_filter(image, sigma=sigma) if config.smooth_mm > 0 else image
     masks = [np.asarray(p.mask, dtype=bool) for p in priors]
     union = np.zeros(image.shape, dtype=bool)
     for m in masks:
@@ -420,7 +445,7 @@ def propagate(
             continue
         others = union & ~masks[i]
         found = _candidate(
-            smoothed, spacing_zyx, Prior(prior.track_number, masks[i], prior.intensity), others, probability, config
+            image, spacing_zyx, Prior(prior.track_number, masks[i], prior.intensity), others, probability, config
         )
         if isinstance(found, str):
             result.not_found[prior.track_number] = found
