@@ -43,6 +43,8 @@ _LEAK_LEVELS = (0.5, 0.6, 0.7, 0.8)
 # Bounds of the EM step's change of the contrast (a lesion may fade or brighten, not reverse).
 _EM_RATIO = (0.8, 1.5)
 _TWO_CLASS_STEPS = 3
+# The surround's noise is measured within this many contrasts of its level.
+_NOISE_WINDOW = 2.0
 # Evidence: the found region's contrast as a fraction of the last sighting's (none at or below _RATIO_NONE, full
 # from _RATIO_FULL) and its contrast-to-noise at the smoothing scale (none at _CNR_NONE, full from _CNR_FULL).
 _RATIO_NONE, _RATIO_FULL = 0.55, 0.85
@@ -301,8 +303,10 @@ def _two_class(values: np.ndarray, intensity: IntensityPrior, min_voxels: float)
         if lesion_side.sum() >= max(min_voxels, 1.0) and prior_contrast != 0.0:
             ratio = (float(np.median(values[lesion_side])) - surround) / prior_contrast
             contrast = prior_contrast * float(np.clip(ratio, _EM_RATIO[0], _EM_RATIO[1]))
-    # the noise from the half of the surround away from the lesion's side, which the lesion cannot contaminate
-    away = values[sign * (values - surround) <= 0]
+    # the noise from the half of the surround away from the lesion's side, which the lesion cannot contaminate,
+    # within two contrasts of its level (bone or fat further away is another tissue, not noise)
+    offset = sign * (values - surround)
+    away = values[(offset <= 0) & (offset >= -_NOISE_WINDOW * abs(contrast))]
     noise = _MAD_TO_SD * float(np.median(np.abs((away if away.size >= 10 else values) - surround)))
     return surround, contrast, max(noise, 0.05 * abs(contrast), _EPS)
 

@@ -165,3 +165,65 @@ def test_mask_off_grid_is_an_error():
     prior = Prior(3, np.zeros((2, 2, 2), dtype=bool), IntensityPrior(70.0, 15.0, 40.0, 15.0, 500.0))
     with pytest.raises(MetatrackError, match="track 3"):
         propagate(_background(0), SPACING, [prior])
+
+
+# --- the cohort simulator: the previous scan's true masks carried into the follow-up by the TRUE deformation ---
+
+TEN_MM_SPHERE_MM3 = 524.0
+
+
+def _warp_by_truth(patient, k: int, prev_labels: np.ndarray, prev_grid, grid) -> np.ndarray:
+    """Scan k-1's label array pulled onto scan k's grid (nearest neighbour) through the simulator's true maps."""
+    from tracker.simulator import true_map_to_baseline, true_map_to_scan
+
+    zz, yy, xx = np.indices(grid.array_shape)
+    q = grid.index_to_physical(np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1))
+    p = true_map_to_baseline(patient, k, q)
+    r = true_map_to_scan(patient, k - 1, p) if k > 1 else p
+    j = np.rint(prev_grid.physical_to_index(r)).astype(int)
+    inside = np.all((j >= 0) & (j < np.asarray(prev_grid.shape)), axis=1)
+    out = np.zeros(len(j), dtype=prev_labels.dtype)
+    out[inside] = prev_labels[j[inside, 2], j[inside, 1], j[inside, 0]]
+    return out.reshape(grid.array_shape)
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    """Patient 7 of a small 3 mm cohort, its first follow-up: ten lesions, one of them gone (a lung nodule)."""
+    from tracker.simulator import SimulationConfig
+    from tracker.simulator.cohort import simulate_patient
+
+    cfg = SimulationConfig(
+        n_patients=8, seed=11, shape=(96, 96, 64), spacing=(3.0, 3.0, 3.0), min_followups=2, max_followups=3, workers=1
+    )
+    result = simulate_patient(cfg, 7)
+    patient, (prev, cur) = result["truth"], result["scans"][:2]
+    warped = _warp_by_truth(patient, 1, prev["mask"], prev["grid"], cur["grid"])
+    ids_prev = {int(k): set(v) for k, v in patient["scans"][0]["labels"].items()}
+    ids_cur = {int(k): set(v) for k, v in patient["scans"][1]["labels"].items()}
+    spacing_prev, spacing = tuple(prev["grid"].spacing[::-1]), tuple(cur["grid"].spacing[::-1])
+    priors, truth = [], {}
+    for label, ids in sorted(ids_prev.items()):
+        intensity = intensity_prior(prev["image"], prev["mask"], label, spacing_prev, body=prev["organs"] > 0)
+        priors.append(Prior(label, warped == label, intensity))
+        now = [k for k, v in ids_cur.items() if v & ids]
+        truth[label] = np.isin(cur["mask"], now) if now else None
+    return propagate(cur["image"], spacing, priors), priors, truth, spacing
+
+
+def test_simulated_lesions_are_found(simulated):
+    res, priors, truth, spacing = simulated
+    label_of = {t: lab for lab, t in res.track_of_label.items()}
+    big = [t for t, m in truth.items() if m is not None and m.sum() * np.prod(spacing) >= TEN_MM_SPHERE_MM3]
+    assert len(big) >= 6 and all(t in label_of for t in big)
+    dice = [_dice(res.labels == label_of[t], truth[t]) for t in big]
+    warped = [_dice(next(p.mask for p in priors if p.track_number == t), truth[t]) for t in big]
+    assert np.median(dice) >= 0.85 and min(dice) >= 0.6
+    assert np.median(dice) > np.median(warped) + 0.1  # the refinement beats the warped prior
+
+
+def test_simulated_vanished_lesion_is_not_found(simulated):
+    res, _, truth, _ = simulated
+    gone = [t for t, m in truth.items() if m is None]
+    assert gone == [3]
+    assert 3 in res.not_found and 3 not in res.track_of_label.values()
