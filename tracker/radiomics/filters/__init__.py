@@ -98,12 +98,14 @@ def apply_filter(
     spacing : (z, y, x) voxel size in mm
     spec : the filter settings (``kind``, ``mode``, ``boundary`` and the kind's parameters)
     margin : voxels at each (z, y, x) edge that are context only: a filter may leave their response uncomputed
-        (the Gabor filter does, as it costs most)
+        (the Gabor filter does, as it costs most) or other than at the image's edge (a wavelet's composed stages)
     """
     image = np.asarray(image, dtype=np.float64)
     spacing_mm = tuple(float(s) for s in spacing)
     if spec["kind"] == "gabor":
         return gabor_filter(image, spacing_mm, spec, margin)
+    if spec["kind"] == "wavelet":
+        return separable_wavelet(image, spacing_mm, spec, margin)
     return FILTERS[spec["kind"]](image, spacing_mm, spec)
 
 

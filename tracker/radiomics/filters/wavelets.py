@@ -59,10 +59,19 @@ def _convolve(a: np.ndarray, kernel: np.ndarray, factor: int, axis: int, mode: s
     return ndimage.convolve1d(a, dilated, axis=axis, mode=mode, origin=centre - dilated.size // 2)
 
 
-def separable_wavelet(image: np.ndarray, spacing: tuple[float, ...], spec: dict[str, Any]) -> np.ndarray:
+def separable_wavelet(
+    image: np.ndarray, spacing: tuple[float, ...], spec: dict[str, Any], margin: tuple[int, int, int] = (0, 0, 0)
+) -> np.ndarray:
     """Undecimated wavelet response of sub-band ``subband`` (letters for x, y[, z]) at ``level``; the levels
     before it apply the low-pass filter on every axis. Rotation invariance pools over the right-angle rotations
-    as kernel rearrangements (axes permuted and mirrored), each distinct one filtered once."""
+    as kernel rearrangements (axes permuted and mirrored), each distinct one filtered once.
+
+    Where ``margin`` (voxels at each edge that are context only) covers the filter's reach, each axis's stages,
+    and the two directions an average pools, are one convolution with their composed kernel (the same response
+    away from the edges, where each stage's boundary padding would differ).
+    """
+    from scipy import ndimage
+
     axes = filter_axes(spec)
     mode = SCIPY_MODE[spec["boundary"]]
     low = WAVELET_LOW_PASS[spec["wavelet"]]
@@ -71,12 +80,37 @@ def separable_wavelet(image: np.ndarray, spacing: tuple[float, ...], spec: dict[
         raise ValueError(f"wavelet sub-band '{bands}': expected {len(axes)} letters of L and H")
     band_of = dict(zip(sorted(axes, reverse=True), bands, strict=True))  # letters for x, y, z: axes 2, 1, 0
     level = int(spec["level"])
+    reach = sum(2 ** (j - 1) * low.size for j in range(1, level + 1))
+    composed = all(margin[ax] >= reach for ax in axes)
 
-    def along(a: np.ndarray, ax: int, band: str, reverse: bool) -> np.ndarray:
+    def staged(a: np.ndarray, ax: int, band: str, reverse: bool, mode: str = mode) -> np.ndarray:
         # one axis's part of the separable filter: the earlier levels' low-pass, then the band at this level
         for j in range(1, level):
             a = _convolve(a, low, 2 ** (j - 1), ax, mode, reverse)
         return _convolve(a, low if band == "L" else _high_pass(low), 2 ** (level - 1), ax, mode, reverse)
+
+    kernels: dict[tuple[str, tuple[bool, ...]], np.ndarray] = {}
+
+    def kernel(band: str, directions: tuple[bool, ...]) -> np.ndarray:
+        # the stages' impulse response (mean over the directions), trimmed to an odd length about its centre
+        if (band, directions) not in kernels:
+            impulse = np.zeros(2 * reach + 1)
+            impulse[reach] = 1.0
+            h = np.mean([staged(impulse, 0, band, r, "constant") for r in directions], axis=0)
+            hit = np.flatnonzero(h)
+            half = max(reach - hit[0], hit[-1] - reach)
+            kernels[band, directions] = h[reach - half : reach + half + 1]
+        return kernels[band, directions]
+
+    def along(a: np.ndarray, ax: int, band: str, reverse: bool) -> np.ndarray:
+        if composed:
+            return ndimage.convolve1d(a, kernel(band, (reverse,)), axis=ax, mode=mode)
+        return staged(a, ax, band, reverse)
+
+    def both_directions(a: np.ndarray, ax: int, band: str) -> np.ndarray:
+        if composed:
+            return ndimage.convolve1d(a, kernel(band, (False, True)), axis=ax, mode=mode)
+        return (staged(a, ax, band, False) + staged(a, ax, band, True)) / 2.0
 
     if not spec["rotation_invariant"]:
         plain = image
@@ -98,7 +132,7 @@ def separable_wavelet(image: np.ndarray, spacing: tuple[float, ...], spec: dict[
             # different axes commute), one mean of two directions per axis instead of 2 ** n volumes
             r = image
             for ax, band in zip(axes, placement, strict=True):
-                r = (along(r, ax, band, False) + along(r, ax, band, True)) / 2.0
+                r = both_directions(r, ax, band)
             parts = [(r, sum(flips.values()))]
         else:
             parts = []
