@@ -245,6 +245,23 @@ def simoncelli_band(
     return tuple(keep), out
 
 
+def _gather(a: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
+    return a if index.size == a.shape[axis] else np.take(a, index, axis=axis)
+
+
+def _scatter(a: np.ndarray, index: np.ndarray, axis: int, n: int) -> np.ndarray:
+    """``a`` placed at ``index`` along ``axis`` of length ``n``, zeros elsewhere."""
+    if index.size == n:
+        return a
+    shape = list(a.shape)
+    shape[axis] = n
+    out = np.zeros(shape, dtype=a.dtype)
+    at: list[slice | np.ndarray] = [slice(None)] * a.ndim
+    at[axis] = index
+    out[tuple(at)] = a
+    return out
+
+
 def band_filter_box(
     image: np.ndarray, axes: tuple[int, ...], band: tuple[tuple[np.ndarray, ...], np.ndarray], box: tuple[slice, ...]
 ) -> np.ndarray:
@@ -256,26 +273,15 @@ def band_filter_box(
     keep, transfer = band
     last = axes[-1]
     n_last = image.shape[last]
-    spectrum = np.take(fft.rfft(image[tuple(box[ax] if ax not in axes else slice(None) for ax in range(image.ndim))]
-                                .astype(np.float32, copy=False), axis=last), keep[-1], axis=last)  # fmt: skip
+    inside = tuple(slice(None) if ax in axes else box[ax] for ax in range(image.ndim))
+    spectrum = _gather(fft.rfft(image[inside].astype(np.float32, copy=False), axis=last), keep[-1], last)
     for ax, k in zip(axes[-2::-1], keep[-2::-1], strict=True):
-        spectrum = np.take(fft.fft(spectrum, axis=ax), k, axis=ax)
+        spectrum = _gather(fft.fft(spectrum, axis=ax, overwrite_x=True), k, ax)
     spectrum *= transfer
     for ax, k in zip(axes[:-1], keep[:-1], strict=True):
-        full_shape = list(spectrum.shape)
-        full_shape[ax] = image.shape[ax]
-        full = np.zeros(full_shape, dtype=spectrum.dtype)
-        index: list[slice | np.ndarray] = [slice(None)] * image.ndim
-        index[ax] = k
-        full[tuple(index)] = spectrum
-        spectrum = fft.ifft(full, axis=ax)[tuple(box[ax] if a == ax else slice(None) for a in range(image.ndim))]
-    full_shape = list(spectrum.shape)
-    full_shape[last] = n_last // 2 + 1
-    full = np.zeros(full_shape, dtype=spectrum.dtype)
-    index = [slice(None)] * image.ndim
-    index[last] = keep[-1]
-    full[tuple(index)] = spectrum
-    out = fft.irfft(full, n=n_last, axis=last)
+        spectrum = fft.ifft(_scatter(spectrum, k, ax, image.shape[ax]), axis=ax, overwrite_x=True)
+        spectrum = spectrum[tuple(box[ax] if a == ax else slice(None) for a in range(image.ndim))]
+    out = fft.irfft(_scatter(spectrum, keep[-1], last, n_last // 2 + 1), n=n_last, axis=last)
     return out[tuple(box[last] if a == last else slice(None) for a in range(image.ndim))].astype(np.float64)
 
 
