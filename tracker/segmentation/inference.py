@@ -14,6 +14,8 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
+MAX_WINDOW_SIDE = 96  # voxels per axis of an inference window (memory: ~1 GB for the default U-Net at 96^3)
+
 
 def working_spacing(spacings_zyx: Sequence[Sequence[float]], patch_mm: float, max_patch_voxels: int) -> list[float]:
     """The median spacing of the scans per axis, never finer than ``patch_mm / max_patch_voxels``."""
@@ -24,6 +26,14 @@ def working_spacing(spacings_zyx: Sequence[Sequence[float]], patch_mm: float, ma
 def patch_voxels(patch_mm: float, spacing_zyx: Sequence[float], stride: int) -> list[int]:
     """The patch side per axis in voxels at the working spacing, rounded to a multiple of the network's stride."""
     return [int(max(stride, stride * round(patch_mm / s / stride))) for s in spacing_zyx]
+
+
+def inference_window(shape: Sequence[int], patch: Sequence[int], stride: int) -> list[int]:
+    """The sliding window at inference: the whole volume (sides rounded up to the stride) up to
+    :data:`MAX_WINDOW_SIDE`, never smaller than the training patch. The network is convolutional with batch
+    statistics frozen, so a larger window gives the same output with fewer window borders and far fewer calls."""
+    cap = max(MAX_WINDOW_SIDE // stride * stride, stride)
+    return [max(int(p), min(cap, -(-int(n) // stride) * stride)) for n, p in zip(shape, patch, strict=True)]
 
 
 def intensity_window(
@@ -109,17 +119,19 @@ def scale_window(volume: torch.Tensor, window: Sequence[float]) -> torch.Tensor:
 
 
 def sliding_probability(
-    net: Any, volume: torch.Tensor, roi: Sequence[int], overlap: float, device: Any, sw_batch_size: int = 4
+    net: Any, volume: torch.Tensor, patch: Sequence[int], stride: int, overlap: float, device: Any
 ) -> torch.Tensor:
     """Lesion probability (1, z, y, x) on the working grid of a windowed (1, z, y, x) volume."""
     import torch
     from monai.inferers import sliding_window_inference
 
+    roi = inference_window(volume.shape[1:], patch, stride)
+
     with torch.no_grad():
         logits = sliding_window_inference(
             volume[None].to(device),
             roi_size=list(roi),
-            sw_batch_size=sw_batch_size,
+            sw_batch_size=1,
             predictor=net,
             overlap=overlap,
             mode="gaussian",

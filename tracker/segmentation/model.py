@@ -88,7 +88,7 @@ class SegmentationModel:
         volume = scale_window(
             to_working_grid(np.asarray(image, dtype=np.float32), spacing_zyx, self.work_spacing), self.window
         )
-        prob = sliding_probability(self.net, volume, self.patch, self.overlap, dev)
+        prob = sliding_probability(self.net, volume, self.patch, 2 ** (len(self.channels) - 1), self.overlap, dev)
         self.net.to("cpu")
         return from_working_grid(prob, self.work_spacing, spacing_zyx, np.shape(image))
 

@@ -143,12 +143,14 @@ def _sampler(cfg: SegmentationConfig, patch: Sequence[int]) -> Any:
     return sampler
 
 
-def _pooled_dice(net: Any, prepared: Sequence[dict], patch: Sequence[int], overlap: float, device: Any) -> float:
+def _pooled_dice(
+    net: Any, prepared: Sequence[dict], patch: Sequence[int], stride: int, overlap: float, device: Any
+) -> float:
     """Voxel Dice at probability 0.5 pooled over the validation scans (on the working grid)."""
     inter = total = 0.0
     net.eval()
     for d in prepared:
-        pred = sliding_probability(net, d["image"], patch, overlap, device) > 0.5
+        pred = sliding_probability(net, d["image"], patch, stride, overlap, device) > 0.5
         truth = d["label"] > 0.5
         inter += float((pred & truth).sum())
         total += float(pred.sum() + truth.sum())
@@ -203,7 +205,7 @@ def train_segmentation(
                 losses.append(float(loss.detach()))
             mean_loss = float(np.mean(losses)) if losses else float("nan")
             if epoch % cfg.val_every == 0 or epoch == cfg.max_epochs:
-                dice = _pooled_dice(net, val_data, patch, cfg.overlap, device)
+                dice = _pooled_dice(net, val_data, patch, cfg.stride, cfg.overlap, device)
                 history.append(round(dice, 4))
                 if dice > best_dice:
                     best_dice, best_epoch, best_state, checks_since = dice, epoch, copy.deepcopy(net.state_dict()), 0
