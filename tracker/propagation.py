@@ -296,7 +296,8 @@ def _two_class(values: np.ndarray, intensity: IntensityPrior, min_voxels: float)
     sign = 1.0 if prior_contrast >= 0 else -1.0
     surround, contrast = intensity.surround_mean, prior_contrast
     for _ in range(_TWO_CLASS_STEPS):
-        lesion_side = sign * (values - (surround + 0.5 * contrast)) > 0
+        offset = sign * (values - surround)
+        lesion_side = (offset > 0.5 * abs(contrast)) & (offset <= _BEYOND * abs(prior_contrast))
         if lesion_side.all():
             break
         surround = float(np.median(values[~lesion_side]))
@@ -325,17 +326,23 @@ def _candidate(
     reach = config.search_mm + config.search_fraction * radius
     box = _box(prior.mask, _margin(reach + config.smooth_mm, spacing_zyx))
     mask = prior.mask[box]
-    img = _smooth(image[box], spacing_zyx, config.smooth_mm)
+    raw = np.asarray(image[box], dtype=float)
     distance = _distance_mm(mask, spacing_zyx)
     search = distance <= reach
-    values = img[search & ~others[box]]
-    if values.size < 10:
+    if (search & ~others[box]).sum() < 10:
         return "no surround in the follow-up's field of view"
-    surround, contrast, noise = _two_class(values, prior.intensity, config.min_volume_mm3 / voxel)
+    # far beyond the lesion's level is another tissue (lung next to a hypodense liver lesion, bone), not lesion;
+    # it takes the surround's level before smoothing, so that its blurred rim does not look like the lesion
+    prior_c = prior.intensity.contrast
+    sign = 1.0 if prior_c >= 0 else -1.0
+    beyond = _BEYOND * abs(prior_c) + 3.0 * prior.intensity.surround_sd
+    level0, _, _ = _two_class(raw[search & ~others[box]], prior.intensity, config.min_volume_mm3 / voxel)
+    other = sign * (raw - level0) > beyond
+    img = _smooth(np.where(other, level0, raw), spacing_zyx, config.smooth_mm)
+    surround, contrast, noise = _two_class(
+        img[search & ~others[box] & ~other], prior.intensity, config.min_volume_mm3 / voxel
+    )
     logit_p = _logit(probability[box]) if probability is not None else None
-    # far beyond the lesion's level is another tissue (lung next to a hypodense liver lesion, bone), not lesion
-    sign = 1.0 if contrast >= 0 else -1.0
-    beyond = max(_BEYOND * abs(contrast), abs(contrast) + 3.0 * noise)
     # log prior odds of lesion: neutral on the warped lesion, falling off outside it (growth costs evidence)
     spatial = distance / config.decay_mm if config.decay_mm > 0 else np.zeros_like(distance)
     ball = _ball(config.open_mm, spacing_zyx)
@@ -345,7 +352,7 @@ def _candidate(
         llr = c / noise**2 * (img - (surround + level * c)) - spatial
         if logit_p is not None:
             llr = llr + logit_p
-        lesion_like = (llr > 0) & search & (sign * (img - surround) <= beyond)
+        lesion_like = (llr > 0) & search & ~other
         opened = _attached(ndimage.binary_opening(lesion_like, structure=ball), distance, config.attach_mm)
         if opened.sum() * voxel >= config.min_volume_mm3:
             # the opening cut the bridges; give back the rims it shaved off the lesion itself
