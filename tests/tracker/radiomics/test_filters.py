@@ -232,3 +232,24 @@ def test_band_filter_in_a_box_equals_the_full_transform_cut_to_the_box(shape: tu
             assert all(0.4 < k.size / n < 0.6 for k, n in zip(keep[:-1], (shape[a] for a in axes[:-1]), strict=True))
         got = band_filter_box(image, axes, simoncelli_band(shape, axes, level), box)
         np.testing.assert_allclose(got, full, atol=1e-5 * np.abs(full).max())
+
+
+@pytest.mark.parametrize("mode", ["3D", "2D"])
+def test_log_shared_passes_equal_the_sum_of_the_per_axis_terms(mode: str) -> None:
+    from scipy import ndimage
+
+    from tracker.radiomics.filters.spatial import log_filter
+
+    image = np.random.default_rng(10).normal(size=(11, 13, 15)) * 100.0
+    spacing = (2.0, 1.0, 0.8)
+    spec = _spec(kind="log", sigma_mm=1.5, mode=mode, boundary="mirror")
+    axes = (0, 1, 2) if mode == "3D" else (1, 2)
+    truth = np.zeros(image.shape)
+    for ax in axes:
+        term = image
+        for other in axes:
+            sigma = 1.5 / spacing[other]
+            order = 2 if other == ax else 0
+            term = ndimage.gaussian_filter1d(term, sigma, axis=other, order=order, mode="reflect", truncate=4.0)
+        truth += term
+    np.testing.assert_allclose(log_filter(image, spacing, spec), truth, atol=1e-12 * np.abs(truth).max())

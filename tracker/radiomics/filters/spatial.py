@@ -46,21 +46,29 @@ def mean_filter(image: np.ndarray, spacing: tuple[float, ...], spec: dict[str, A
 
 
 def log_filter(image: np.ndarray, spacing: tuple[float, ...], spec: dict[str, Any]) -> np.ndarray:
-    """Laplacian of Gaussian, scale ``sigma_mm``, kernel cut at ``truncate`` standard deviations."""
+    """Laplacian of Gaussian, scale ``sigma_mm``, kernel cut at ``truncate`` standard deviations.
+
+    The sum over axes of the second derivative along one axis and the Gaussian along the others, with the
+    passes they share computed once (7 one-dimensional passes in 3D instead of 9; they commute, so the same
+    response)."""
     from scipy import ndimage
 
     axes = filter_axes(spec)
     mode = SCIPY_MODE[spec["boundary"]]
     sigma = [float(spec["sigma_mm"]) / float(s) for s in spacing]
-    out = np.zeros_like(image, dtype=np.float64)
-    for ax in axes:
-        term = image
-        for other in axes:
-            term = ndimage.gaussian_filter1d(
-                term, sigma[other], axis=other, order=2 if other == ax else 0, mode=mode, truncate=spec["truncate"]
-            )
-        out += term
-    return out
+
+    def gauss(a: np.ndarray, ax: int, order: int) -> np.ndarray:
+        return ndimage.gaussian_filter1d(a, sigma[ax], axis=ax, order=order, mode=mode, truncate=spec["truncate"])
+
+    # with axes (..., a, b), b the last: d2_b G_a + G_b d2_a, then over each earlier axis c:
+    # result = d2_c (G_a G_b x) + G_c (result so far)
+    b = axes[-1]
+    smooth = gauss(image, b, 0)
+    out = gauss(image, b, 2)
+    for ax in reversed(axes[:-1]):
+        out = gauss(out, ax, 0) + gauss(smooth, ax, 2)
+        smooth = gauss(smooth, ax, 0) if ax != axes[0] else smooth
+    return np.asarray(out, dtype=np.float64)
 
 
 def laws_kernels(name: str, n_axes: int) -> list[np.ndarray]:
