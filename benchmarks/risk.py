@@ -1,8 +1,9 @@
-"""Risk-model benchmark: RNN vs baseline Cox vs landmark Cox at visit landmarks, and training time.
+"""Risk-model benchmark: every kind (rnn, landmark Cox, blend, auto) vs baseline Cox at visit landmarks, the
+restated bars (issue 18) with the kind auto picks, 90 % interval coverage, calibration, and training time.
 
 Usage:
     python benchmarks/risk.py [--source simulator|toy] [--n-patients 300] [--folds 5] [--bootstrap 200]
-                              [--seed 0] [--n-ensemble N]
+                              [--seeds 0,1,2] [--n-ensemble N] [--no-combined] [--jobs 3]
 
 Prints, per landmark, time-dependent C (Antolini), Uno's C at 12/24 months, integrated Brier score and
 calibration error at 12/24 months (estimate [95% bootstrap CI] over patients of out-of-fold predictions, both per
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 TARGET_VS_BASELINE = 0.05
 TARGET_VS_LANDMARK = 0.02
 TOLERANCE_VS_LANDMARK = 0.01
+ROOM_SHARE = 0.5  # restated bar: >= 50 % of the oracle_scans room at landmarks >= 3, averaged over the seeds
+KINDS = ("rnn", "cox_landmark", "blend", "auto")  # the registrable kinds (cox_landmark = kind landmark-cox)
+COVERAGE_HORIZON = 12.0
 TIMING_PATIENTS, TIMING_VISITS, TIMING_FEATURES = 500, 6, 100
 METRICS = ("c_td", "uno_c_12m", "uno_c_24m", "ibs", "calib_12m", "calib_24m")
 
@@ -129,20 +133,24 @@ CEILINGS = ("oracle_scans", "oracle_latent", "oracle")
 
 
 def print_table(table: pd.DataFrame) -> None:
-    models = ("rnn", "cox_baseline", "cox_landmark", "km", *CEILINGS)
-    diffs = ("rnn-cox_baseline", "rnn-cox_landmark", *(f"{m}-cox_landmark" for m in CEILINGS))
+    models = ("rnn", "cox_baseline", "cox_landmark", "blend", "auto", "km", *CEILINGS)
+    diffs = (*(f"{a}-{b}" for a, b in PAIRED), *(f"{m}-cox_landmark" for m in CEILINGS))
+    metrics = (*METRICS, "calib_slope_12m", "calib_intercept_12m")
     for k in sorted(table["landmark"].unique()):
         sub = table[table["landmark"] == k]
         n, e = int(sub["n_patients"].iloc[0]), int(sub["n_events"].iloc[0])
         print(f"\nLandmark {k} (scored from visit {k}; {n} patients, {e} events within the horizon)")
         for pooling, what in POOLINGS.items():
             print(f"  {pooling}: {what}")
-            print(f"  {'model':<26}" + "".join(f"{m:>24}" for m in METRICS))
+            print(f"  {'model':<26}" + "".join(f"{m:>24}" for m in metrics))
             part = sub[sub["pooling"] == pooling]
             for model in (*models, *diffs):
                 rows = part[part["model"] == model].set_index("metric")
                 if not rows.empty:
-                    print(f"  {model:<26}" + "".join(f"{fmt(rows.loc[m]):>24}" for m in METRICS))
+                    print(
+                        f"  {model:<26}"
+                        + "".join(f"{(fmt(rows.loc[m]) if m in rows.index else '-'):>24}" for m in metrics)
+                    )
 
 
 def check_targets(table: pd.DataFrame) -> list[str]:
@@ -185,16 +193,86 @@ def check_targets(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _fmt_ci(row: pd.Series) -> str:
+    return f"{row['estimate']:.3f}" if not np.isfinite(row["ci_low"]) else fmt(row)
+
+
+def check_bars(tables: list[pd.DataFrame], model: str = "auto") -> list[str]:
+    """The restated bars of issue 18 for ``model`` (per fold, which governs), each marked MET or NOT MET:
+    never below the landmark Cox by more than TOLERANCE_VS_LANDMARK C at any landmark and seed; >= baseline Cox +
+    TARGET_VS_BASELINE from landmark 2 on (mean over seeds); on the simulator >= ROOM_SHARE of the oracle_scans room
+    at landmarks >= 3, averaged over the seeds."""
+    c = [t[(t["metric"] == "c_td") & (t["pooling"] == "per_fold")].set_index(["model", "landmark"]) for t in tables]
+    lines = []
+    for k in sorted(set(tables[0]["landmark"])):
+        d_lm = [t.loc[(f"{model}-cox_landmark", k), "estimate"] for t in c if (f"{model}-cox_landmark", k) in t.index]
+        if not d_lm:
+            continue
+        worst = min(d_lm)
+        ok = "MET" if worst >= -TOLERANCE_VS_LANDMARK else "NOT MET"
+        line = f"landmark {k}: {model} - landmark Cox = " + ", ".join(f"{d:+.3f}" for d in d_lm)
+        line += f" (per seed; bar >= -{TOLERANCE_VS_LANDMARK}: {ok})"
+        if k >= 2:
+            d_b = float(np.mean([t.loc[(f"{model}-cox_baseline", k), "estimate"] for t in c]))
+            line += f"; - baseline Cox = {d_b:+.3f} mean (bar >= {TARGET_VS_BASELINE}: "
+            line += f"{'MET' if d_b >= TARGET_VS_BASELINE else 'NOT MET'})"
+        rooms = [
+            t.loc[("oracle_scans-cox_landmark", k), "estimate"]
+            for t in c
+            if ("oracle_scans-cox_landmark", k) in t.index
+        ]
+        if k >= 3 and len(rooms) == len(d_lm):
+            room, gain = float(np.mean(rooms)), float(np.mean(d_lm))
+            share = gain / room if room > 0 else float("nan")
+            ok_r = "MET" if room > 0 and share >= ROOM_SHARE else "NOT MET"
+            line += f"; takes {gain:+.3f} of the oracle_scans room {room:+.3f} = {share:.0%} "
+            line += f"(bar >= {ROOM_SHARE:.0%}: {ok_r})"
+        lines.append(line)
+    return lines
+
+
+def interval_coverage(preds: dict, cfg: SurvivalModelConfig) -> pd.DataFrame:
+    """Per landmark and model with a band: how often the 90 % interval of the 12-month risk contains the
+    oracle_scans risk, the mean width, and the factor by which the half-widths would have to be multiplied to
+    contain it 90 % of the time (held-out folds: the models never saw these patients)."""
+    from tracker.survival.intervals import coverage, half_width, scale_for_coverage
+
+    grid = np.asarray(cfg.grid_months)
+    h = np.array([COVERAGE_HORIZON])
+    rows = []
+    for k, pred in preds.items():
+        _, _, curves = pred.arrays()
+        if "oracle_scans" not in curves:
+            continue
+        truth = survival_at(curves["oracle_scans"], grid, h)
+        for model, (lower, upper) in pred.bands().items():
+            s, lo, hi = (survival_at(c, grid, h) for c in (curves[model], lower, upper))
+            hw = half_width(s, lo)
+            rows.append(
+                {
+                    "landmark": k,
+                    "model": model,
+                    "n": len(s),
+                    "coverage": coverage(1 - hi[:, 0], 1 - lo[:, 0], 1 - truth[:, 0]),
+                    "mean_width": float(np.mean(hi - lo)),
+                    "scale_needed": scale_for_coverage(s, hw, truth) if np.any(hw > 0) else float("nan"),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def print_calibration(preds: dict, cfg: SurvivalModelConfig, landmark: int) -> None:
     if landmark not in preds:
         return
     months, events, curves = preds[landmark].arrays()
     events = np.where(months > cfg.horizon_months, 0, events)
     for h in (12.0, 24.0):
-        print(f"\nCalibration at {h:g} months, landmark {landmark} (quintiles of predicted risk; observed = 1 - KM)")
-        for model in ("rnn", "cox_baseline", "cox_landmark"):
+        print(f"\nReliability at {h:g} months, landmark {landmark} (deciles of predicted risk; observed = 1 - KM)")
+        for model in ("rnn", "cox_baseline", "cox_landmark", "blend", "auto"):
+            if model not in curves:
+                continue
             risk = 1.0 - survival_at(curves[model], np.asarray(cfg.grid_months), np.array([h]))[:, 0]
-            tab = calibration_table(months, events, risk, h, groups=5)
+            tab = calibration_table(months, events, risk, h, groups=10)
             pairs = "  ".join(f"{p:.2f}/{o:.2f}" for p, o in zip(tab["predicted"], tab["observed"], strict=True))
             print(f"  {model:<14} predicted/observed: {pairs}")
 
@@ -252,14 +330,70 @@ def _replace(cfg: SurvivalModelConfig, **kw) -> SurvivalModelConfig:
     return dataclasses.replace(cfg, **kw)
 
 
+def run_seed(args: argparse.Namespace, cfg: SurvivalModelConfig, seed: int) -> tuple[str, pd.DataFrame, pd.DataFrame]:
+    """One seed's cohort, cross-validation and scoring: (its printed report, the metric table, interval coverage)."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        source = args.source or ("simulator" if simulator_available() else "toy")
+        visits, events, lesions, latent, sim_cfg = load_cohort(source, args.n_patients, seed)
+        print(
+            f"\n=== Seed {seed}. Source {source}: {visits['patient_id'].nunique()} patients, {len(visits)} visits, "
+            f"{int(events['event'].sum())} events; {args.folds}-fold patient-grouped CV, {args.bootstrap} bootstrap "
+            f"draws; RNN: ensemble of {cfg.n_ensemble}, hidden {cfg.hidden_size}, lr {cfg.learning_rate}"
+        )
+        t0 = time.perf_counter()
+        landmarks = tuple(int(k) for k in args.landmarks.split(","))
+        preds = cross_validated_predictions(
+            visits,
+            events,
+            cfg,
+            args.folds,
+            seed,
+            landmarks,
+            progress=lambda s: print(f"  seed {seed}: {s}", file=sys.stderr),
+            combined=not args.no_combined,
+        )
+        paired = PAIRED
+        if latent is not None:
+            add_oracle(preds, events, lesions, latent, sim_cfg, cfg, seed)
+            paired = (*PAIRED, *((m, "cox_landmark") for m in CEILINGS))
+        table = score_predictions(preds, cfg, (12.0, 24.0), args.bootstrap, seed, paired)
+        print(f"(cross-validation + scoring {time.perf_counter() - t0:.0f} s)")
+        print_table(table)
+        picks = {k: p.auto_picks for k, p in preds.items() if p.auto_picks}
+        if picks:
+            print(f"\nauto picked per fold: {next(iter(picks.values()))}")
+        bad = {k: p.cox_fits_not_converged for k, p in preds.items() if p.cox_fits_not_converged}
+        if bad:
+            print(
+                f"\nNote: lifelines Cox fits that warned of non-convergence, per landmark: {bad} (penalizer "
+                f"{cfg.cox_penalizer}); their coefficients are the last Newton-Raphson iterate"
+            )
+        print("\nTargets of issue 5 for the RNN (C = Antolini time-dependent C of out-of-fold predictions):")
+        for line in check_targets(table):
+            print("  " + line)
+        cov = interval_coverage(preds, cfg)
+        if not cov.empty:
+            print(f"\n90 % interval of the {COVERAGE_HORIZON:g}-month risk vs the oracle_scans risk (held-out folds):")
+            print(cov.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        print_calibration(preds, cfg, 2)
+    return buf.getvalue(), table.assign(seed=seed), cov.assign(seed=seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", choices=("simulator", "toy"), default=None)
     parser.add_argument("--n-patients", type=int, default=300)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--bootstrap", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None, help="one seed (default: --seeds)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; the restated bars average over them")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run side by side in this many processes")
     parser.add_argument("--landmarks", default="1,2,3,4")
+    parser.add_argument("--no-combined", action="store_true", help="skip the kinds blend and auto (no inner CV)")
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--timing-only", action="store_true")
     parser.add_argument(
@@ -271,47 +405,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.n_ensemble is not None:
         cfg = _replace(cfg, n_ensemble=args.n_ensemble)
     if args.timing_only:
-        timing(cfg, args.seed, tuple(args.devices.split(",")))
+        timing(cfg, args.seed or 0, tuple(args.devices.split(",")))
         return 0
-    source = args.source or ("simulator" if simulator_available() else "toy")
-    if source == "simulator" and not simulator_available():
+    if args.source == "simulator" and not simulator_available():
         print("tracker.simulator.latent_tables is not available; use --source toy", file=sys.stderr)
         return 1
-    visits, events, lesions, latent, sim_cfg = load_cohort(source, args.n_patients, args.seed)
-    print(
-        f"Source {source}: {visits['patient_id'].nunique()} patients, {len(visits)} visits, "
-        f"{int(events['event'].sum())} events; {args.folds}-fold patient-grouped CV, {args.bootstrap} bootstrap draws; "
-        f"RNN: ensemble of {cfg.n_ensemble}, hidden {cfg.hidden_size}, lr {cfg.learning_rate}"
-    )
-    t0 = time.perf_counter()
-    landmarks = tuple(int(k) for k in args.landmarks.split(","))
-    preds = cross_validated_predictions(
-        visits, events, cfg, args.folds, args.seed, landmarks, progress=lambda s: print("  " + s, file=sys.stderr)
-    )
-    paired = PAIRED
-    if latent is not None:
-        add_oracle(preds, events, lesions, latent, sim_cfg, cfg, args.seed)
-        paired = (
-            *PAIRED,
-            ("oracle", "cox_landmark"),
-            ("oracle_latent", "cox_landmark"),
-            ("oracle_scans", "cox_landmark"),
-        )
-    table = score_predictions(preds, cfg, (12.0, 24.0), args.bootstrap, args.seed, paired)
-    print(f"(cross-validation + scoring {time.perf_counter() - t0:.0f} s)")
-    print_table(table)
-    bad = {k: p.cox_fits_not_converged for k, p in preds.items() if p.cox_fits_not_converged}
-    if bad:
-        print(
-            f"\nNote: lifelines Cox fits that warned of non-convergence, per landmark: {bad} (penalizer "
-            f"{cfg.cox_penalizer}); their coefficients are the last Newton-Raphson iterate"
-        )
-    print("\nTargets (C = Antolini time-dependent C of out-of-fold predictions, per fold and pooled):")
-    for line in check_targets(table):
-        print("  " + line)
-    print_calibration(preds, cfg, 2)
+    seeds = [args.seed] if args.seed is not None else [int(v) for v in args.seeds.split(",")]
+    if args.jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(args.jobs, len(seeds))) as pool:
+            results = list(pool.map(run_seed, [args] * len(seeds), [cfg] * len(seeds), seeds))
+    else:
+        results = [run_seed(args, cfg, seed) for seed in seeds]
+    for text, _, _ in results:
+        print(text, end="")
+    tables = [t for _, t, _ in results]
+    print(f"\n=== Restated bars of issue 18, per fold (governs), seeds {seeds}; C = Antolini time-dependent C")
+    for model in ("auto", "rnn", "blend"):
+        if any((t["model"] == model).any() for t in tables):
+            print(f"  {model}{' (the kind that meets them or not)' if model == 'auto' else ''}:")
+            for line in check_bars(tables, model):
+                print("    " + line)
+    cov = pd.concat([c for _, _, c in results], ignore_index=True)
+    if not cov.empty:
+        summary = cov.groupby("model").agg(coverage=("coverage", "mean"), scale_needed=("scale_needed", "median"))
+        print("\n=== 90 % interval coverage of the oracle_scans 12-month risk, mean over seeds and landmarks:")
+        print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
     if not args.skip_timing:
-        timing(cfg, args.seed, tuple(args.devices.split(",")))
+        timing(cfg, seeds[0], tuple(args.devices.split(",")))
     return 0
 
 

@@ -256,10 +256,15 @@ def model_evaluate(
     bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples for CIs.")] = 200,
     seed: SeedOpt = 0,
     epochs: EpochsOpt = None,
+    combined: Annotated[
+        bool,
+        typer.Option("--combined/--no-combined", help="Also the kinds blend and auto (an inner CV in every fold)."),
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Cross-validated RNN vs Cox baselines (C-index, time-dependent AUC, Brier, calibration) with bootstrap CIs."""
-    from tracker.survival import evaluate_models
+    """Cross-validated kinds side by side (rnn, landmark Cox, blend, auto) and the baseline Cox: C-index, Uno's C,
+    Brier, calibration slope/intercept and error, with bootstrap CIs, and a reliability table."""
+    from tracker.survival.evaluate import evaluate_report
 
     if (visits is None) != (events is None):
         raise MetatrackError("give both --visits and --events, or neither (then the database is used)")
@@ -272,13 +277,32 @@ def model_evaluate(
     from tracker.survival.data import check_user_tables
 
     check_user_tables(v, e, _config(epochs))
-    table = evaluate_models(
-        v, e, _config(epochs), folds=folds, seed=seed, n_bootstrap=bootstrap, progress=lambda msg: output.log(msg)
+    report = evaluate_report(
+        v,
+        e,
+        _config(epochs),
+        folds=folds,
+        seed=seed,
+        n_bootstrap=bootstrap,
+        progress=lambda msg: output.log(msg),
+        combined=combined,
     )
+    rows = report["metrics"].to_dict(orient="records")
+    rel = report["reliability"]
     if as_json:
-        output.print_json(table.to_dict(orient="records"))
-    else:
-        output.print_table(table.to_dict(orient="records"))
+        output.print_json({"metrics": rows, "reliability": rel, "auto_picks": report["auto_picks"]})
+        return
+    output.print_table(rows)
+    output.print_table(
+        [
+            {"model": m, "decile": r["group"], "n": r["n"], "predicted": r["predicted"], "observed": r["observed"]}
+            for m, table in rel["models"].items()
+            for r in table
+        ],
+        title=f"reliability at {rel['horizon_months']:g} months from landmark {rel['landmark']} (observed: 1 - KM)",
+    )
+    if report["auto_picks"]:
+        output.log(f"auto picked per fold: {', '.join(report['auto_picks'])}")
 
 
 @jobs_app.command("list")

@@ -104,3 +104,28 @@ def test_landmark_cox_kind_trains_registers_and_scores(cli, tmp_path: Path, home
     assert test.statistic > 0.25 and test.pvalue < 0.01  # measured slopes are noisy (0.2 per reading): ~0.37 seen
     bad = run("model", "train", *files, "--kind", "forest", code=1)
     assert "model kind 'forest' is unknown" in bad.stderr
+
+
+def test_auto_kind_records_its_choice_calibration_and_predicts_intervals(cli, tmp_path: Path) -> None:
+    """`--kind auto`: the inner-CV choice and reason, the calibration in `model show`, and `model predict --json`
+    with lower <= risk <= upper beside each risk."""
+    run, _ = cli
+    visits, events = synthetic_tables(120, seed=23)
+    visits[["patient_id", "time_days", *FEATURES]].to_csv(tmp_path / "v.csv", index=False)
+    events[["patient_id", "time_days", "event"]].to_csv(tmp_path / "e.csv", index=False)
+    files = ["--visits", str(tmp_path / "v.csv"), "--events", str(tmp_path / "e.csv")]
+    out = json.loads(run("model", "train", *files, "--kind", "auto", "--epochs", "5", "--json").stdout)
+    assert out["model"] == "auto-metastasis:1"
+    assert out["inner_cv"]["chosen"] in ("landmark-cox", "rnn", "blend") and "IBS" in out["inner_cv"]["reason"]
+    shown = json.loads(run("model", "show", out["model"], "--json").stdout)
+    assert shown["hyperparameters"]["kind"] == "auto"
+    after = [c for c in shown["calibration"] if c["when"] == "after" and c["horizon_months"] == 12.0]
+    assert len(after) == 1 and len(after[0]["reliability"]) == 10
+    pred = json.loads(run("model", "predict", "--model", out["model"], *files[:2], "--json").stdout)
+    assert pred["interval_level"] == 0.9 and len(pred["predictions"]) == 120
+    for p in pred["predictions"]:
+        assert [r["horizon_months"] for r in p["risks"]] == [6.0, 12.0, 24.0]
+        assert all(r["lower"] <= r["risk"] <= r["upper"] for r in p["risks"])
+        assert p["risk_12m"] == p["risks"][1]["risk"]
+    rnn = json.loads(run("model", "train", *files, "--epochs", "2", "--json").stdout)
+    assert json.loads(run("model", "show", rnn["model"], "--json").stdout)["calibration"].startswith("none")

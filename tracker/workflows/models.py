@@ -103,8 +103,16 @@ def list_versions(engine: Engine) -> list[dict[str, Any]]:
 
 
 def show(engine: Engine, spec: str) -> dict[str, Any]:
+    """Everything about one version, with its calibration: the recalibration's slope and intercept per horizon
+    and the reliability of its inner cross-validation (kinds blend and auto), or a note that the kind has none."""
     with session_scope(engine) as s:
-        return registry.show_model(s, spec)
+        info = registry.show_model(s, spec)
+    metrics = info.get("metrics") or {}
+    kind = (info.get("hyperparameters") or {}).get("kind", "rnn")
+    info["calibration"] = metrics.get("calibration") or (
+        f"none: kind {kind} is not recalibrated (kinds blend and auto are, on their inner cross-validation)"
+    )
+    return info
 
 
 def promote(engine: Engine, spec: str) -> tuple[str, str]:
