@@ -6,22 +6,26 @@ module finds the lesion again on the follow-up:
 
 1. A bounded search region: the voxels within ``search_mm + search_fraction * r`` of the warped lesion (``r`` the
    radius of the sphere of its volume), so that growth, shrinkage and a few mm of misregistration are reachable.
-2. A two-class intensity model on the lightly smoothed follow-up: the surround's level is re-measured on the
-   follow-up (median of a shell around the prior, other priors excluded), the lesion's level is the surround's
-   plus the contrast of the last sighting (the scan's calibration may differ; nothing is assumed of CT), and one
-   EM-like step re-estimates the lesion's level from the region found when it is large enough. The per-voxel
-   evidence is the two-Gaussian log-likelihood ratio plus, when given, the logit of the model's probability;
-   intensities far beyond the lesion's level (lung beside a hypodense liver lesion) are another tissue.
-3. The connected components of lesion-like voxels touching the warped lesion (within ``attach_mm``) with holes
-   filled. A region that lies on the search boundary is leakage: the threshold is raised towards the lesion's
-   level until it does not, and what stays on the boundary lowers the confidence.
-4. Voxels claimed by two tracks go to the nearer warped lesion.
-5. A confidence in [0, 1] from the evidence (a contrast-to-noise z of the found region against its surround on
-   the follow-up's raw intensities, combined with the model's mean probability), the consistency with the prior
-   (volume ratio) and leakage. Below ``min_confidence`` or ``min_volume_mm3`` a track is not found.
+2. A two-class intensity model on the lightly smoothed follow-up, seeded by the last sighting (two-means steps
+   on the search region): the surround's level and noise are re-measured on the follow-up (its calibration may
+   differ; nothing is assumed of CT), the lesion's contrast is the prior's, re-estimated within [0.8, 1.5] x.
+   Tissue far beyond the lesion's level (lung beside a hypodense liver lesion, bone) is another tissue: never
+   lesion, and given the surround's level before smoothing so that its blurred rim does not look like one.
+3. Per voxel, the two-Gaussian log-likelihood ratio, plus the logit of the model's probability when given, minus
+   a spatial prior (neutral on the warped lesion, one log-odds per ``decay_mm`` outside it): lesion where > 0.
+   The components touching the warped lesion (within ``attach_mm``), opened against thin bridges, holes filled.
+4. Leakage (a region lying on the search boundary): the threshold is raised towards the lesion's level; a region
+   that still leaks (a neighbour of the lesion's density) is cut at ``leak_clip_mm`` and loses confidence.
+5. Voxels claimed by two tracks go to the nearer warped lesion.
+6. A confidence in [0, 1]: evidence x consistency x leakage. Evidence: the region's contrast on the follow-up's raw
+   intensities (median against the median of its surround) as a fraction of the last sighting's, and as a
+   contrast-to-noise at the smoothing scale; with a probability map, ``1 - (1 - e)(1 - mean p)``. Consistency: the
+   volume ratio to the prior (a Gaussian in log ratio; a speck where a large lesion was counts little).
+   Below ``min_confidence`` or ``min_volume_mm3`` a track is not found, with the reason.
 
-A lesion that vanished leaves nothing lesion-like at its place: no region, or a few noise voxels with a small
-z, so it is reported in ``not_found``; the prior's shape is never returned by itself.
+A lesion that vanished leaves nothing lesion-like at its place: no region, or a speck of noise or texture with
+little contrast and a small volume, so it is reported in ``not_found``; the prior's shape is never returned by
+itself.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ _P_CLIP = 1e-3
 _LEAK_LEVELS = (0.5, 0.6, 0.7, 0.8)
 # Bounds of the EM step's change of the contrast (a lesion may fade or brighten, not reverse).
 _EM_RATIO = (0.8, 1.5)
+# Two-means steps of the intensity model.
 _TWO_CLASS_STEPS = 3
 # The surround's noise is measured within this many contrasts of its level.
 _NOISE_WINDOW = 2.0
@@ -113,7 +118,7 @@ class PropagationConfig:
         Outside the warped lesion, a voxel's log prior odds of being lesion fall by one per ``decay_mm``: growth
         needs clear intensity evidence, a look-alike surround does not leak in (0: no spatial prior).
     shell_mm
-        Width of the shell around the warped lesion where the surround's level is measured on the follow-up.
+        Width of the shell around the found region where its surround is measured for the confidence.
     smooth_mm
         Sigma of the Gaussian smoothing against noise before the voxels are classified.
     open_mm
@@ -356,7 +361,7 @@ def _candidate(
         opened = _attached(ndimage.binary_opening(lesion_like, structure=ball), distance, config.attach_mm)
         if opened.sum() * voxel >= config.min_volume_mm3:
             # the opening cut the bridges; give back the rims it shaved off the lesion itself
-            return opened | (lesion_like & ndimage.binary_dilation(opened, structure=ball))
+            return np.asarray(opened | (lesion_like & ndimage.binary_dilation(opened, structure=ball)))
         return _attached(lesion_like, distance, config.attach_mm)
 
     region = region_at(0.5, contrast)
