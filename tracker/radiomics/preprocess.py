@@ -137,7 +137,7 @@ def prepare(
         src_sl_t = tuple(src_sl)
         out_shape = tuple(b - a for a, b in zip(starts, stops, strict=True))
         grid_img = resample(crop(src_sl_t), local_off, steps, out_shape, order)
-        pv = resample(roi[src_sl_t].astype(np.float64), local_off, steps, out_shape, m_order)
+        pv = resample_mask(roi[src_sl_t], local_off, steps, out_shape, m_order)
         grid_mask = pv >= res["mask_threshold"] - 1e-9
     if cfg["round_intensities"]:
         grid_img = np.round(grid_img)
@@ -199,7 +199,7 @@ def _along_axis(a: np.ndarray, m: np.ndarray, ax: int) -> np.ndarray:
     shape = list(a.shape)
     shape[ax] = m.shape[0]
     out = np.empty(shape)
-    block = 64 if m.shape[1] > 192 else m.shape[0]
+    block = 16 if m.shape[1] > 64 else m.shape[0]
     for j0 in range(0, m.shape[0], block):
         rows = m[j0 : j0 + block]
         used = np.flatnonzero(rows.any(axis=0))
@@ -246,6 +246,34 @@ def resample(
     for ax in sorted(moving, key=lambda a: out_shape[a] / image.shape[a]):
         out = _along_axis(out, axis_matrix(out.shape[ax], out_shape[ax], offsets[ax], steps[ax], order), ax)
     return np.ascontiguousarray(out)
+
+
+def resample_mask(
+    mask: np.ndarray, offsets: list[float], steps: list[float], out_shape: tuple[int, ...], order: int
+) -> np.ndarray:
+    """``resample`` of a boolean mask (as float64 partial volumes); linear: only the new voxels whose taps reach
+    the mask's bounding box are interpolated (the others are 0; a cubic spline reaches further, and nearest
+    neighbours' ties could round the other way on a shifted grid)."""
+    if order != 1 or not mask.any():
+        return resample(mask.astype(np.float64), offsets, steps, out_shape, order)
+    lo, hi = bounding_box(mask)
+    out = np.zeros(out_shape)
+    src, dst, offs = [], [], []
+    for ax in range(mask.ndim):
+        # new voxels at positions within one voxel of the box (or beyond the image's edge the box touches: the
+        # edge voxel extends), and the source voxels their taps read
+        j0 = 0 if lo[ax] == 0 else max(0, math.floor((lo[ax] - 1 - offsets[ax]) / steps[ax]))
+        j1 = out_shape[ax] if hi[ax] == mask.shape[ax] - 1 else math.ceil((hi[ax] + 1 - offsets[ax]) / steps[ax]) + 1
+        j1 = max(min(j1, out_shape[ax]), j0)
+        a = max(0, int(lo[ax]) - 1)
+        b = min(mask.shape[ax], int(hi[ax]) + 2)
+        src.append(slice(a, b))
+        dst.append(slice(j0, j1))
+        offs.append(offsets[ax] + j0 * steps[ax] - a)
+    shape = tuple(d.stop - d.start for d in dst)
+    if all(shape):
+        out[tuple(dst)] = resample(mask[tuple(src)].astype(np.float64), offs, steps, shape, order)
+    return out
 
 
 def filtered(prep: Prepared, spec: dict[str, Any], families: list[str] | None = None) -> Prepared:

@@ -12,7 +12,15 @@ from tracker.radiomics.config import load_config
 from tracker.radiomics.histogram import ivh_features
 from tracker.radiomics.local_intensity import local_intensity_features, sphere_kernel, sphere_sums
 from tracker.radiomics.morphology import _weighted_pair_sums, ellipsoid_area, morphology_features, mvee
-from tracker.radiomics.preprocess import PEAK_RADIUS_MM, discretise, grid_axis, prepare, resample, resegment
+from tracker.radiomics.preprocess import (
+    PEAK_RADIUS_MM,
+    discretise,
+    grid_axis,
+    prepare,
+    resample,
+    resample_mask,
+    resegment,
+)
 
 
 def test_grid_axis_matches_ibsi_ct_phantom_dimensions() -> None:
@@ -70,6 +78,18 @@ def test_resample_by_axis_equals_scipy_affine_transform(order: int) -> None:
     )
     got = resample(image, offsets, steps, (3, 410, 2), order)
     assert np.abs(got - expected).max() < 1e-11 * np.abs(image).max()
+
+
+def test_resample_mask_in_its_box_equals_the_whole_resampling() -> None:
+    # linear partial volumes are 0 beyond one voxel of the mask's box, except where the box touches the edge
+    rng = np.random.default_rng(11)
+    for lo, hi in (((3, 5, 4), (7, 12, 9)), ((0, 5, 4), (7, 17, 9)), ((3, 0, 0), (11, 3, 14))):
+        mask = np.zeros((11, 17, 14), bool)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        mask[box] = rng.random(mask[box].shape) < 0.7
+        args = ([-0.4, 0.3, 0.0], [1 / 3, 1.3, 0.977], (34, 14, 16))
+        expected = resample(mask.astype(np.float64), *args, 1)
+        np.testing.assert_allclose(resample_mask(mask, *args, 1), expected, atol=1e-13)
 
 
 def test_discretisation_fixed_bin_size_and_number() -> None:
