@@ -30,14 +30,14 @@ class SegmentationConfig:
 
     patch_mm: float = 96.0  # cube side of a training patch
     max_patch_voxels: int = 64  # the working spacing is never finer than patch_mm / this
-    max_epochs: int = 60
-    min_epochs: int = 10
-    patience: int = 4  # validation checks without improvement before stopping
-    val_every: int = 2  # epochs between validation checks
+    max_epochs: int = 40
+    min_epochs: int = 12
+    patience: int = 3  # validation checks without improvement before stopping
+    val_every: int = 3  # epochs between validation checks
     samples_per_scan: int = 4  # patches drawn from each training scan per epoch
     pos_neg: tuple[float, float] = (2.0, 1.0)  # lesion-centred : background-centred patches
     batch_size: int = 4
-    learning_rate: float = 2e-3
+    learning_rate: float = 5e-3
     channels: tuple[int, ...] = (16, 32, 64, 128)
     num_res_units: int = 1
     val_fraction: float = 0.2  # of the patients (at least one), for early stopping and thresholds
