@@ -235,7 +235,7 @@ def interval_coverage(preds: dict, cfg: SurvivalModelConfig) -> pd.DataFrame:
     """Per landmark and model with a band: how often the 90 % interval of the 12-month risk contains the
     oracle_scans risk, the mean width, and the factor by which the half-widths would have to be multiplied to
     contain it 90 % of the time (held-out folds: the models never saw these patients)."""
-    from tracker.survival.intervals import coverage, half_width, scale_for_coverage
+    from tracker.survival.intervals import Z_90, coverage, half_width, scale_for_coverage
 
     grid = np.asarray(cfg.grid_months)
     h = np.array([COVERAGE_HORIZON])
@@ -255,7 +255,8 @@ def interval_coverage(preds: dict, cfg: SurvivalModelConfig) -> pd.DataFrame:
                     "n": len(s),
                     "coverage": coverage(1 - hi[:, 0], 1 - lo[:, 0], 1 - truth[:, 0]),
                     "mean_width": float(np.mean(hi - lo)),
-                    "scale_needed": scale_for_coverage(s, hw, truth) if np.any(hw > 0) else float("nan"),
+                    # the factor on the current half-widths that would contain the truth 90 % of the time
+                    "scale_needed": scale_for_coverage(s, hw / Z_90, truth) if np.any(hw > 0) else float("nan"),
                 }
             )
     return pd.DataFrame(rows)

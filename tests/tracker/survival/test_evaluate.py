@@ -95,3 +95,26 @@ def test_per_fold_scores_rank_within_each_fitted_model():
     c = table[(table["metric"] == "c_td") & (table["model"] == "rnn")].set_index("pooling")["estimate"]
     assert c["per_fold"] == pytest.approx(1.0)
     assert c["pooled"] < 0.8
+
+
+def test_every_kind_side_by_side_with_bands_and_calibration():
+    """combined=True: blend and auto are scored beside the RNN and the Cox fits (auto's pick recorded per fold),
+    every band brackets its curves, and the calibration slope/intercept rows are point estimates."""
+    from tracker.survival.evaluate import reliability, score_predictions
+
+    visits, events, _ = toy_cohort(ToyCohortConfig(n_patients=100, n_noise_features=1), seed=8)
+    cfg = SurvivalModelConfig(max_epochs=10, min_epochs=10, n_ensemble=2)
+    preds = cross_validated_predictions(visits, events, cfg, folds=2, seed=0, landmarks=(1, 2), combined=True)
+    pred = preds[2]
+    assert {"rnn", "cox_landmark", "blend", "auto"} <= set(pred.curves) and len(pred.auto_picks) == 2
+    _, _, curves = pred.arrays()
+    for model, (lower, upper) in pred.bands().items():
+        assert np.all(lower <= curves[model] + 1e-12) and np.all(curves[model] <= upper + 1e-12)
+    table = score_predictions(preds, cfg, (12.0,), n_bootstrap=2, seed=0)
+    cal = table[(table["metric"] == "calib_slope_12m") & (table["pooling"] == "pooled")].set_index(
+        ["model", "landmark"]
+    )
+    assert set(cal.index.get_level_values("model")) >= {"rnn", "cox_landmark", "blend", "auto"}
+    assert cal["estimate"].between(0.05, 20.0).all() and cal["ci_low"].isna().all()  # point estimates only
+    deciles = reliability(preds, cfg, "auto", 2, 12.0)
+    assert sum(r["n"] for r in deciles) == len(np.concatenate(pred.months))
