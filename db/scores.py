@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from db.jobs import db_timestamp, executemany
 from db.models import ModelVersion, Registration, RiskScore, Scan
+from db.visits import SQL_IN_CHUNK
 
 
 def row_stats(session: Session, model_version_id: int | None = None) -> tuple[int, int, datetime | None]:
@@ -47,8 +48,8 @@ def scans_needing_review(session: Session, scan_ids: list[int]) -> set[int]:
     if not scan_ids:
         return set()
     flagged: set[int] = set()
-    for chunk in range(0, len(scan_ids), 10_000):
-        ids = scan_ids[chunk : chunk + 10_000]
+    for chunk in range(0, len(scan_ids), SQL_IN_CHUNK):
+        ids = scan_ids[chunk : chunk + SQL_IN_CHUNK]
         flagged |= {
             int(i)
             for i, reasons in session.execute(select(Scan.id, Scan.review_reasons).where(Scan.id.in_(ids)))
