@@ -34,13 +34,15 @@ from tracker.segmentation.inference import (
 from tracker.segmentation.model import SegmentationModel, build_net
 
 EpochProgress = Callable[[int, int, float], None]
+MIN_HIT_DICE = 0.1  # a blob over half the scan touches every lesion: touching alone is not finding
 
 
 @dataclass(frozen=True)
 class Detection:
     """Lesion-level results on some scans at one (threshold, minimum volume): lesions at least
-    ``cfg.min_diameter_mm`` found (any overlap with a kept component), kept components touching no lesion, and the
-    Dice of each such lesion with the components touching it."""
+    ``cfg.min_diameter_mm`` found (Dice >= :data:`MIN_HIT_DICE` with the kept components touching it), kept
+    components mostly outside every lesion (less than :data:`MIN_HIT_DICE` of their voxels in one), and the Dice
+    of each found lesion with the components touching it."""
 
     threshold: float
     min_volume_mm3: float
@@ -277,22 +279,22 @@ def detections(
         for thr in cfg.thresholds:
             comp, n = ndimage.label(prob > thr, structure=CONNECTIVITY)
             comp_size = np.bincount(comp.ravel(), minlength=n + 1)
+            in_lesions = np.bincount(comp[truth > 0], minlength=n + 1)
+            true_positive = in_lesions >= MIN_HIT_DICE * np.maximum(comp_size, 1)
             both = (truth > 0) & (comp > 0)
             pairs, overlap = np.unique(np.stack([truth[both], comp[both]]), axis=1, return_counts=True)
             for vmin in cfg.min_volumes_mm3:
                 kept = comp_size * voxel >= vmin
                 kept[0] = False
-                touched = np.zeros(n + 1, dtype=bool)
                 dice = []
-                found = 0
                 for lesion, size in big.items():
                     sel = (pairs[0] == lesion) & kept[pairs[1]]
                     if sel.any():
-                        found += 1
                         inter = float(overlap[sel].sum())
                         dice.append(2.0 * inter / (size + float(comp_size[pairs[1][sel]].sum())))
-                touched[pairs[1]] = True
-                fp = int((kept & ~touched).sum())
+                found = sum(d >= MIN_HIT_DICE for d in dice)
+                dice = [d for d in dice if d >= MIN_HIT_DICE]
+                fp = int((kept & ~true_positive).sum())
                 acc = counts.setdefault((thr, vmin), [0, 0, 0, 0, []])
                 acc[0] += len(big)
                 acc[1] += found

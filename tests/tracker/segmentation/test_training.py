@@ -101,3 +101,13 @@ def test_thresholds_maximise_recall_within_the_false_positive_budget() -> None:
     best = choose_thresholds([prob], [example], cfg)
     assert (best.threshold, best.min_volume_mm3, best.recall, best.false_positives) == (0.5, 100.0, 1.0, 0)
     assert best.dice == (1.0,)
+
+
+def test_a_blob_over_everything_finds_nothing() -> None:
+    labels = np.zeros((20, 20, 20), np.int16)
+    labels[2:8, 2:8, 2:8] = 1
+    prob = np.full(labels.shape, 0.9, np.float32)  # one component over the whole scan
+    example = SegmentationExample("P", np.zeros(labels.shape, np.float32), (2.0, 2.0, 2.0), labels)
+    cfg = dataclasses.replace(CFG, thresholds=(0.5,), min_volumes_mm3=(0.0,))
+    best = choose_thresholds([prob], [example], cfg)
+    assert (best.recall, best.false_positives, best.dice) == (0.0, 1, ())
