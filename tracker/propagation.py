@@ -2,13 +2,15 @@
 
 Pure computation on numpy arrays (z, y, x). The caller warps each open track's mask from the latest scan where it
 was seen onto the follow-up's grid (the registration) and measures its :class:`IntensityPrior` on that scan; this
-module finds the lesion again on the follow-up:
+module finds the lesion again on the follow-up. The prior's surround is measured beyond the lesion's partial-volume
+rim: at 4 mm the rim of a small lesion is a third lesion, and a contrast measured against it halves, which drew the
+threshold into the surround and doubled small lesions' volumes.
 
 1. A bounded search region: the voxels within ``search_mm + search_fraction * r`` of the warped lesion (``r`` the
    radius of the sphere of its volume), so that growth, shrinkage and a few mm of misregistration are reachable.
 2. A two-class intensity model on the lightly smoothed follow-up, seeded by the last sighting (two-means steps
    on the search region): the surround's level and noise are re-measured on the follow-up (its calibration may
-   differ; nothing is assumed of CT), the lesion's contrast is the prior's, re-estimated within [0.8, 1.5] x.
+   differ; nothing is assumed of CT), the lesion's contrast is the prior's, re-estimated within [0.9, 1.5] x.
    Tissue far beyond the lesion's level (lung beside a hypodense liver lesion, bone) is another tissue: never
    lesion, and given the surround's level before smoothing so that its blurred rim does not look like one.
 3. Per voxel, the two-Gaussian log-likelihood ratio, plus the logit of the model's probability when given, minus
@@ -44,8 +46,10 @@ from tracker.lesions import CONNECTIVITY_26, DEFAULT_MIN_VOLUME_MM3
 _P_CLIP = 1e-3
 # Threshold levels tried against leakage, as fractions of the way from the surround's level to the lesion's.
 _LEAK_LEVELS = (0.5, 0.6, 0.7, 0.8)
-# Bounds of the EM step's change of the contrast (a lesion may fade or brighten, not reverse).
-_EM_RATIO = (0.8, 1.5)
+# Bounds of the EM step's change of the contrast (a lesion may fade or brighten, not reverse). Not below 0.9: the
+# lesion-side voxels of a vanished lesion (noise past the midpoint) have a median of about 0.8 of the contrast, and a
+# contrast lowered to it lowers the threshold into the surround's texture.
+_EM_RATIO = (0.9, 1.5)
 # Two-means steps of the intensity model.
 _TWO_CLASS_STEPS = 3
 # The surround's noise is measured within this many contrasts of its level.
@@ -196,6 +200,13 @@ def _robust(values: np.ndarray) -> tuple[float, float]:
     return med, _MAD_TO_SD * float(np.median(np.abs(values - med)))
 
 
+def _filled_slices(body: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+    """``body`` in ``box`` with the holes of each axial (z) slice filled: a body mask thresholded above air leaves
+    the lungs out, and a lung nodule's surround would be only its own partial-volume rim and the chest wall."""
+    filled = np.stack([ndimage.binary_fill_holes(s) for s in np.asarray(body[box[0]], dtype=bool)])
+    return np.asarray(filled[:, box[1], box[2]], dtype=bool)
+
+
 def intensity_prior(
     image: np.ndarray,
     labels: np.ndarray,
@@ -205,8 +216,9 @@ def intensity_prior(
     shell_mm: float = 5.0,
     body: np.ndarray | None = None,
 ) -> IntensityPrior:
-    """The intensities of lesion ``label`` of ``labels`` on ``image``, and of a ``shell_mm`` shell around it (other
-    lesions and, when ``body`` is given, voxels outside the body excluded).
+    """The intensities of lesion ``label`` of ``labels`` on ``image``, and of a ``shell_mm`` shell around it that
+    starts beyond the voxels touching the lesion (its partial-volume rim); other lesions and, when ``body`` is
+    given, voxels outside the body (its axial slices' holes filled: the lungs are inside) are left out.
 
     Raises
     ------
@@ -218,11 +230,14 @@ def intensity_prior(
     lesion = labels == label
     if not lesion.any():
         raise MetatrackError(f"intensity prior: label {label} has no voxel in the mask")
-    box = _box(lesion, _margin(shell_mm, spacing_zyx))
+    box = _box(lesion, _margin(shell_mm, spacing_zyx) + 1)
     img, les = np.asarray(image[box], dtype=float), lesion[box]
-    shell = (_distance_mm(les, spacing_zyx) <= shell_mm) & (labels[box] == 0)
+    # the voxels touching the lesion hold part of it (partial volume: at 4 mm a small lesion's first outer layer
+    # is about a third lesion), so the surround's shell starts beyond them
+    touching = ndimage.binary_dilation(les, structure=CONNECTIVITY_26)
+    shell = (_distance_mm(touching, spacing_zyx) <= shell_mm) & ~touching & (labels[box] == 0)
     if body is not None:
-        shell &= body[box]
+        shell &= _filled_slices(body, box)
     inside = img[les]
     around = img[shell] if shell.any() else img[~les]
     if around.size == 0:

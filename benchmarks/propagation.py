@@ -1,0 +1,207 @@
+"""Propagation benchmark: the volume a propagated lesion is found with against its true volume, by lesion size
+and voxel spacing.
+
+Cases come from the cohort simulator (``tracker.simulator``): each scan's true lesion mask (voxel centre inside
+the lesion) is carried into the next scan by the simulator's TRUE deformation (nearest neighbour), its
+:func:`tracker.propagation.intensity_prior` measured on the earlier scan, and :func:`tracker.propagation.propagate`
+run on the later scan, which has no mask. A lesion that keeps one component on both scans (no merge, split or
+vanishing) is scored: found volume / true volume, binned by the true lesion's equivalent-sphere diameter; a lesion
+not found counts as missed (not in the ratio). Vanished lesions are counted as found (false) or not.
+
+``--process`` adds the acceptance case of ``tests/tracker/workflows/test_process_recist.py`` (4 mm patient, the
+first follow-up without its mask, through ``process`` and the real affine registration): each propagated lesion
+against the drawn mask.
+
+Usage::
+
+    python benchmarks/propagation.py --spacings 2,3,4 --patients 4
+    python benchmarks/propagation.py --spacings 4 --patients 2 --process
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tracker.propagation import Prior, intensity_prior, propagate
+
+FOV_MM = (288.0, 288.0, 192.0)  # x, y, z: the test cohort's field of view
+DIAMETER_BINS_MM = (0.0, 8.0, 12.0, 16.0, 24.0, 40.0, math.inf)
+
+
+def warp_by_truth(patient: dict[str, Any], k: int, prev_labels: np.ndarray, prev_grid: Any, grid: Any) -> np.ndarray:
+    """Scan k-1's label array pulled onto scan k's grid (nearest neighbour) through the simulator's true maps."""
+    from tracker.simulator import true_map_to_baseline, true_map_to_scan
+
+    zz, yy, xx = np.indices(grid.array_shape)
+    q = grid.index_to_physical(np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1))
+    p = true_map_to_baseline(patient, k, q)
+    r = true_map_to_scan(patient, k - 1, p) if k > 1 else p
+    j = np.rint(prev_grid.physical_to_index(r)).astype(int)
+    inside = np.all((j >= 0) & (j < np.asarray(prev_grid.shape)), axis=1)
+    out = np.zeros(len(j), dtype=prev_labels.dtype)
+    out[inside] = prev_labels[j[inside, 2], j[inside, 1], j[inside, 0]]
+    return out.reshape(grid.array_shape)
+
+
+def diameter_mm(volume_mm3: float) -> float:
+    return 2.0 * (3.0 * volume_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)
+
+
+def simulated_rows(spacing: float, patients: int, seed: int, pairs: int) -> list[dict[str, Any]]:
+    """One row per scored lesion: spacing, true and found volume (0: not found), organ, confidence."""
+    from tracker.simulator import SimulationConfig
+    from tracker.simulator.cohort import simulate_patient
+
+    shape = tuple(round(f / spacing) for f in FOV_MM)
+    cfg = SimulationConfig(
+        n_patients=patients,
+        seed=seed,
+        shape=shape,  # type: ignore[arg-type]
+        spacing=(spacing,) * 3,
+        min_followups=pairs,
+        max_followups=pairs + 1,
+        workers=1,
+    )
+    rows: list[dict[str, Any]] = []
+    for index in range(patients):
+        result = simulate_patient(cfg, index)
+        patient, scans = result["truth"], result["scans"]
+        for k in range(1, min(pairs, len(scans) - 1) + 1):
+            prev, cur = scans[k - 1], scans[k]
+            warped = warp_by_truth(patient, k, prev["mask"], prev["grid"], cur["grid"])
+            ids_prev = {int(a): set(b) for a, b in patient["scans"][k - 1]["labels"].items()}
+            ids_cur = {int(a): set(b) for a, b in patient["scans"][k]["labels"].items()}
+            sp_prev, sp = tuple(prev["grid"].spacing[::-1]), tuple(cur["grid"].spacing[::-1])
+            vox = float(np.prod(sp))
+            priors, truth = [], {}
+            for label, ids in sorted(ids_prev.items()):
+                intensity = intensity_prior(prev["image"], prev["mask"], label, sp_prev, body=prev["organs"] > 0)
+                priors.append(Prior(label, warped == label, intensity))
+                now = [a for a, b in ids_cur.items() if b & ids]
+                one_to_one = len(now) == 1 and ids_cur[now[0]] == ids
+                truth[label] = (now[0] if one_to_one else None, bool(now))
+            res = propagate(cur["image"], sp, priors)
+            label_of = {t: lab for lab, t in res.track_of_label.items()}
+            for label, (now_label, present) in truth.items():
+                organ = patient["lesions"][min(ids_prev[label])]["organ"]
+                found = float((res.labels == label_of[label]).sum()) * vox if label in label_of else 0.0
+                conf = res.confidence[label_of[label]] if label in label_of else 0.0
+                if now_label is not None:
+                    true = float((cur["mask"] == now_label).sum()) * vox
+                    rows.append(dict(spacing=sp, true=true, found=found, organ=organ, conf=conf, gone=False))
+                elif not present:
+                    rows.append(dict(spacing=sp, true=0.0, found=found, organ=organ, conf=conf, gone=True))
+    return rows
+
+
+def process_rows() -> list[dict[str, Any]]:
+    """The acceptance case: the 4 mm patient's first follow-up without its mask, through ``process``."""
+    import SimpleITK as sitk
+
+    import tracker.propagation as propagation
+    from db import migrate
+    from db.session import make_engine
+    from tracker.records import Settings
+    from tracker.simulator import SimulationConfig, simulate_cohort
+    from tracker.store import FileStore
+    from tracker.workflows.ingest import ingest_many, read_manifest
+    from tracker.workflows.process import process_scans
+
+    sim = SimulationConfig(n_patients=1, seed=3, shape=(64, 64, 48), spacing=(4.0,) * 3, hard_case_prob=1.0)
+    calls: list[tuple[Any, Any]] = []
+    original = propagation.propagate
+
+    def spy(image: np.ndarray, spacing: Any, priors: Any, **kw: Any) -> Any:
+        out = original(image, spacing, priors, **kw)
+        calls.append(((image, spacing, priors), out))
+        return out
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        simulate_cohort(sim, root / "cohort")
+        manifest = (root / "cohort" / "manifest.csv").read_text().splitlines()
+        header, row = manifest[0].split(","), manifest[2].split(",")
+        drawn_path = root / "cohort" / row[header.index("mask")]
+        drawn = sitk.GetArrayFromImage(sitk.ReadImage(str(drawn_path)))
+        shutil.move(drawn_path, root / "drawn.nii.gz")
+        row[header.index("mask")] = ""
+        manifest[2] = ",".join(row)
+        (root / "cohort" / "manifest.csv").write_text("\n".join(manifest) + "\n")
+        engine = make_engine(f"sqlite:///{root / 'mt.db'}")
+        migrate.upgrade(engine)
+        store = FileStore(root / "store")
+        ingest_many(engine, store, read_manifest(root / "cohort" / "manifest.csv"))
+        propagation.propagate = spy  # the pipeline imports it at call time
+        try:
+            process_scans(engine, store, Settings(preset="affine", features=False), root / "work")
+        finally:
+            propagation.propagate = original
+    (_, spacing, priors), res = calls[0]
+    vox = float(np.prod(spacing))
+    rows = []
+    for prior in priors:
+        # the drawn lesion is the drawn label the warped prior overlaps most
+        under = drawn[prior.mask & (drawn > 0)]
+        drawn_label = int(np.bincount(under).argmax()) if under.size else 0
+        true = float((drawn == drawn_label).sum()) * vox if drawn_label else 0.0
+        label = next((lab for lab, t in res.track_of_label.items() if t == prior.track_number), None)
+        found = float((res.labels == label).sum()) * vox if label is not None else 0.0
+        conf = res.confidence[label] if label is not None else 0.0
+        rows.append(
+            dict(spacing=spacing, true=true, found=found, organ=f"T{prior.track_number}", conf=conf, gone=true == 0)
+        )
+        print(f"  T{prior.track_number}: true {true:7.0f} mm3  found {found:7.0f} mm3  confidence {conf:.2f}")
+    return rows
+
+
+def table(rows: list[dict[str, Any]], title: str) -> None:
+    """Median found/true per equivalent-diameter bin (n scored, n missed), vanished lesions found."""
+    print(title)
+    print(f"  {'diameter mm':>12} {'n':>4} {'missed':>6} {'median':>7} {'q25':>6} {'q75':>6}")
+    scored = [r for r in rows if not r["gone"]]
+    for lo, hi in itertools.pairwise(DIAMETER_BINS_MM):
+        inbin = [r for r in scored if lo <= diameter_mm(r["true"]) < hi]
+        if not inbin:
+            continue
+        ratios = np.array([r["found"] / r["true"] for r in inbin if r["found"] > 0])
+        missed = sum(r["found"] == 0 for r in inbin)
+        med, q25, q75 = np.percentile(ratios, [50, 25, 75]) if ratios.size else (np.nan,) * 3
+        print(f"  {lo:5.0f}-{hi:<6.0f} {len(inbin):4d} {missed:6d} {med:7.2f} {q25:6.2f} {q75:6.2f}")
+    gone = [r for r in rows if r["gone"]]
+    if gone:
+        print(f"  vanished: {len(gone)}, found anyway: {sum(r['found'] > 0 for r in gone)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spacings", default="2,3,4", help="isotropic simulation spacings, mm")
+    parser.add_argument("--patients", type=int, default=4)
+    parser.add_argument("--pairs", type=int, default=1, help="consecutive scan pairs per patient")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--process", action="store_true", help="also the 4 mm acceptance case through process")
+    args = parser.parse_args()
+    everything: list[dict[str, Any]] = []
+    for s in (float(v) for v in args.spacings.split(",") if args.patients > 0):
+        rows = simulated_rows(s, args.patients, args.seed, args.pairs)
+        everything += rows
+        table(rows, f"spacing {s:g} mm (true deformation), {args.patients} patients")
+    if len(args.spacings.split(",")) > 1 and args.patients > 0:
+        table(everything, "all spacings")
+    if args.process:
+        print("acceptance case through process (affine registration)")
+        table(process_rows(), "acceptance case")
+
+
+if __name__ == "__main__":
+    main()
