@@ -21,14 +21,14 @@ import numpy as np
 
 INTERVAL_LEVEL = 0.9
 Z_90 = 1.6448536269514722  # standard normal quantile at 0.95: a two-sided 90 % interval
-# the factor on Z_90 * spread that made the 90 % interval of the 12-month risk contain the oracle_scans risk 90 % of
-# the time on held-out folds of a simulator cohort used for nothing else (seed 7, 150 patients, 3 folds, RNN
-# ensembles of 3: `benchmarks/risk.py --seeds 7 --n-patients 150 --folds 3 --n-ensemble 3 --no-combined`, column
-# scale_needed, median over landmarks 1-4; with the factors at 1 the coverage was 0.49 (rnn) and 0.66 (Cox)).
-# Ensemble members share their training patients, so their spread misses most of the estimation error and all of
-# the model's bias; the Cox's delta method misses the baseline hazard's error and the bias. "blend" and "auto"
-# combine their members' scaled half-widths.
-INTERVAL_SCALES = {"rnn": 3.3, "landmark-cox": 1.75}
+# the factor on Z_90 * spread that makes the 90 % interval of the 12-month risk contain the oracle_scans risk 90 % of
+# the time on held-out folds of the simulator (benchmarks/risk.py, column scale_needed). First fitted on seed 7 alone
+# (150 patients, 3 folds, RNN ensembles of 3: rnn 3.3, Cox 1.75; at 1 the coverage was 0.49 and 0.66); with those,
+# seeds 0-2 (300 patients, 5 folds) covered 0.80 (rnn), 0.81 (Cox), 0.83 (blend), 0.78 (auto) and needed x1.3 more:
+# the factors below. Ensemble members share their training patients, so their spread misses most of the estimation
+# error and all of the model's bias; the Cox's delta method misses the baseline hazard's error and the bias.
+# "blend" and "auto" combine their members' scaled half-widths.
+INTERVAL_SCALES = {"rnn": 4.3, "landmark-cox": 2.3}
 REVIEW_WIDEN = 2.0  # half-width factor for a visit whose scan needs review
 _EPS = 1e-12
 
