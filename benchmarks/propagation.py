@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tracker.propagation import Prior, intensity_prior, propagate
+from tracker.propagation import Prior, PropagationConfig, intensity_prior, propagate
 
 FOV_MM = (288.0, 288.0, 192.0)  # x, y, z: the test cohort's field of view
 DIAMETER_BINS_MM = (0.0, 8.0, 12.0, 16.0, 24.0, 40.0, math.inf)
@@ -58,7 +58,9 @@ def diameter_mm(volume_mm3: float) -> float:
     return 2.0 * (3.0 * volume_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)
 
 
-def simulated_rows(spacing: float, patients: int, seed: int, pairs: int) -> list[dict[str, Any]]:
+def simulated_rows(
+    spacing: float, patients: int, seed: int, pairs: int, config: PropagationConfig
+) -> list[dict[str, Any]]:
     """One row per scored lesion: spacing, true and found volume (0: not found), organ, confidence."""
     from tracker.simulator import SimulationConfig
     from tracker.simulator.cohort import simulate_patient
@@ -91,7 +93,7 @@ def simulated_rows(spacing: float, patients: int, seed: int, pairs: int) -> list
                 now = [a for a, b in ids_cur.items() if b & ids]
                 one_to_one = len(now) == 1 and ids_cur[now[0]] == ids
                 truth[label] = (now[0] if one_to_one else None, bool(now))
-            res = propagate(cur["image"], sp, priors)
+            res = propagate(cur["image"], sp, priors, config=config)
             label_of = {t: lab for lab, t in res.track_of_label.items()}
             for label, (now_label, present) in truth.items():
                 organ = patient["lesions"][min(ids_prev[label])]["organ"]
@@ -190,10 +192,12 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=1, help="consecutive scan pairs per patient")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--process", action="store_true", help="also the 4 mm acceptance case through process")
+    parser.add_argument("--set", action="append", default=[], help="a PropagationConfig field, name=value")
     args = parser.parse_args()
+    config = PropagationConfig(**{k: float(v) for k, v in (kv.split("=") for kv in args.set)})
     everything: list[dict[str, Any]] = []
     for s in (float(v) for v in args.spacings.split(",") if args.patients > 0):
-        rows = simulated_rows(s, args.patients, args.seed, args.pairs)
+        rows = simulated_rows(s, args.patients, args.seed, args.pairs, config)
         everything += rows
         table(rows, f"spacing {s:g} mm (true deformation), {args.patients} patients")
     if len(args.spacings.split(",")) > 1 and args.patients > 0:

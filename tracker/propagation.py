@@ -8,20 +8,24 @@ threshold into the surround and doubled small lesions' volumes.
 
 1. A bounded search region: the voxels within ``search_mm + search_fraction * r`` of the warped lesion (``r`` the
    radius of the sphere of its volume), so that growth, shrinkage and a few mm of misregistration are reachable.
-2. A two-class intensity model on the lightly smoothed follow-up, seeded by the last sighting (two-means steps
-   on the search region): the surround's level and noise are re-measured on the follow-up (its calibration may
-   differ; nothing is assumed of CT), the lesion's contrast is the prior's, re-estimated within [0.9, 1.5] x.
+2. A two-class intensity model on the lightly smoothed follow-up (a fifth of the lesion's radius, from half a voxel
+   to ``smooth_mm``: a wider smoothing moves a small lesion's edge inwards), seeded by the last sighting
+   (two-means steps on the search region): the surround's level and noise are re-measured on the follow-up (its
+   calibration may differ; nothing is assumed of CT), the lesion's contrast is the prior's, re-estimated within
+   [0.9, 1.5] x.
    Tissue far beyond the lesion's level (lung beside a hypodense liver lesion, bone) is another tissue: never
    lesion, and given the surround's level before smoothing so that its blurred rim does not look like one.
 3. Per voxel, the two-Gaussian log-likelihood ratio, plus the logit of the model's probability when given, minus
    a spatial prior (neutral on the warped lesion, one log-odds per ``decay_mm`` outside it): lesion where > 0.
-   The components touching the warped lesion (within ``attach_mm``), opened against thin bridges, holes filled.
+   The components touching the warped lesion (within ``attach_mm``), opened against thin bridges, holes filled;
+   other tracks' warped lesions are theirs (an adjacent lesion of the same density is not leakage).
 4. Leakage (a region lying on the search boundary): the threshold is raised towards the lesion's level; a region
    that still leaks (a neighbour of the lesion's density) is cut at ``leak_clip_mm`` and loses confidence.
 5. Voxels claimed by two tracks go to the nearer warped lesion.
 6. A confidence in [0, 1]: evidence x consistency x leakage. Evidence: the region's contrast on the follow-up's raw
    intensities (median against the median of its surround) as a fraction of the last sighting's, and as a
-   contrast-to-noise at the smoothing scale; with a probability map, ``1 - (1 - e)(1 - mean p)``. Consistency: the
+   contrast-to-noise at the smoothing scale (of at most the last sighting's contrast: a faint lesion's region cut
+   from noise shows the noise it selected); with a probability map, ``1 - (1 - e)(1 - mean p)``. Consistency: the
    volume ratio to the prior (a Gaussian in log ratio; a speck where a large lesion was counts little).
    Below ``min_confidence`` or ``min_volume_mm3`` a track is not found, with the reason.
 
@@ -124,7 +128,12 @@ class PropagationConfig:
     shell_mm
         Width of the shell around the found region where its surround is measured for the confidence.
     smooth_mm
-        Sigma of the Gaussian smoothing against noise before the voxels are classified.
+        Sigma of the Gaussian smoothing against noise before the voxels are classified, at most; a small lesion's
+        is ``smooth_radius_fraction`` of its radius (from its last volume), but not under half a voxel per axis:
+        a smoothing wide against the lesion moves its edge inwards (at 2 mm spacing, 8-12 mm lesions were found at
+        0.78 of their volume with a 2 mm sigma; ``benchmarks/propagation.py``).
+    smooth_radius_fraction
+        See ``smooth_mm``.
     open_mm
         Radius of the morphological opening that cuts thin bridges from the lesion into look-alike surround.
     min_volume_mm3
@@ -143,6 +152,7 @@ class PropagationConfig:
     decay_mm: float = 3.0
     shell_mm: float = 5.0
     smooth_mm: float = 2.0
+    smooth_radius_fraction: float = 0.2
     open_mm: float = 3.0
     min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3
     min_confidence: float = 0.45
@@ -299,12 +309,13 @@ def _attached(lesion_like: np.ndarray, distance: np.ndarray, attach_mm: float) -
     return np.asarray(ndimage.binary_fill_holes(region), dtype=bool)
 
 
-def _smooth(image: np.ndarray, spacing_zyx: Sequence[float], sigma_mm: float) -> np.ndarray:
-    """Gaussian smoothing of sigma ``sigma_mm`` against noise (a median filter keeps edges better but loses small
-    and thin lesions: measured worse on the simulator)."""
-    if sigma_mm <= 0:
+def _smooth(image: np.ndarray, spacing_zyx: Sequence[float], sigma_mm: float | np.ndarray) -> np.ndarray:
+    """Gaussian smoothing of sigma ``sigma_mm`` (per axis when an array) against noise (a median filter keeps edges
+    better but loses small and thin lesions: measured worse on the simulator)."""
+    spacing = np.asarray(spacing_zyx, dtype=float)
+    sigma = np.broadcast_to(np.asarray(sigma_mm, dtype=float), spacing.shape) / spacing
+    if not (sigma > 0).any():
         return np.asarray(image, dtype=float)
-    sigma = sigma_mm / np.asarray(spacing_zyx, dtype=float)
     return np.asarray(ndimage.gaussian_filter(np.asarray(image, dtype=float), sigma=sigma, mode="nearest"))
 
 
@@ -358,7 +369,9 @@ def _candidate(
     beyond = _BEYOND * abs(prior_c) + 3.0 * prior.intensity.surround_sd
     level0, _, _ = _two_class(raw[search & ~others[box]], prior.intensity, config.min_volume_mm3 / voxel)
     other = sign * (raw - level0) > beyond
-    img = _smooth(np.where(other, level0, raw), spacing_zyx, config.smooth_mm)
+    spacing = np.asarray(spacing_zyx, dtype=float)
+    sigma = np.clip(config.smooth_radius_fraction * radius, 0.5 * spacing, config.smooth_mm)
+    img = _smooth(np.where(other, level0, raw), spacing_zyx, sigma)
     surround, contrast, noise = _two_class(
         img[search & ~others[box] & ~other], prior.intensity, config.min_volume_mm3 / voxel
     )
@@ -372,7 +385,9 @@ def _candidate(
         llr = c / noise**2 * (img - (surround + level * c)) - spatial
         if logit_p is not None:
             llr = llr + logit_p
-        lesion_like = (llr > 0) & search & ~other
+        # another track's warped lesion is that track's (each voxel goes to the nearest warped lesion): left out
+        # here, a lesion of the same density next to this one is no leak into a look-alike surround
+        lesion_like = (llr > 0) & search & ~other & ~others[box]
         opened = _attached(ndimage.binary_opening(lesion_like, structure=ball), distance, config.attach_mm)
         if opened.sum() * voxel >= config.min_volume_mm3:
             # the opening cut the bridges; give back the rims it shaved off the lesion itself
@@ -420,7 +435,9 @@ def _confidence(
     # surround reaches only about half of it: the threshold) and against the surround's noise at the smoothing scale
     observed = float(np.median(img[region])) - level
     ratio = observed / contrast if contrast != 0.0 else 0.0
-    cnr = abs(observed) / cand.noise if ratio > 0 else 0.0
+    # the contrast-to-noise is at most the last sighting's: a faint lesion's region, cut from noise at the
+    # threshold, shows the contrast of the noise it selected, and its edge is as uncertain as its contrast is faint
+    cnr = min(abs(observed), abs(contrast)) / cand.noise if ratio > 0 else 0.0
     evidence = float(np.clip((ratio - _RATIO_NONE) / (_RATIO_FULL - _RATIO_NONE), 0.0, 1.0))
     evidence *= float(np.clip((cnr - _CNR_NONE) / (_CNR_FULL - _CNR_NONE), 0.0, 1.0))
     if probability is not None:

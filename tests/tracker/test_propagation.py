@@ -161,6 +161,33 @@ def test_intensity_prior_measures_lesion_and_shell():
         intensity_prior(image, labels, 3, SPACING)
 
 
+def test_intensity_prior_surround_starts_beyond_the_partial_volume_rim():
+    """The voxels touching a lesion hold part of it (here half its contrast): the surround is measured beyond them,
+    so a small lesion at coarse spacing keeps its full contrast (the rim halved it, doubling its volume)."""
+    image = np.full(SHAPE, 10.0)
+    small = _ellipsoid(CENTRE_MM, (4.0, 4.0, 4.0))
+    rim = ndimage.binary_dilation(small, structure=np.ones((3, 3, 3), dtype=bool)) & ~small
+    image[small], image[rim] = 50.0, 30.0
+    prior = intensity_prior(image, small.astype(np.int32), 1, SPACING)
+    assert (prior.surround_mean, prior.contrast) == (10.0, 40.0)
+
+
+def test_intensity_prior_body_keeps_the_lungs():
+    """A body mask thresholded above air leaves the lungs out; the prior fills each axial slice's holes, so a lung
+    nodule's surround is lung (-850), not its own rim and the chest wall."""
+    grid = np.indices(SHAPE, dtype=float) * np.asarray(SPACING)[:, None, None, None]
+    torso = ((grid[1] - 64.0) / 60.0) ** 2 + ((grid[2] - 64.0) / 60.0) ** 2 <= 1.0
+    lung = ((grid[1] - 64.0) / 40.0) ** 2 + ((grid[2] - 64.0) / 40.0) ** 2 <= 1.0
+    image = np.where(torso, 40.0, -1000.0)
+    image[lung] = -850.0
+    nodule = _ellipsoid(CENTRE_MM + np.array([0.0, 30.0, 0.0]), (6.0, 6.0, 6.0))  # 4 mm from the chest wall
+    image[nodule] = 40.0
+    body = image > -500.0
+    assert not body[lung & ~nodule].any()
+    prior = intensity_prior(image, nodule.astype(np.int32), 1, SPACING, body=body)
+    assert (prior.surround_mean, prior.contrast) == (-850.0, 890.0)
+
+
 def test_mask_off_grid_is_an_error():
     prior = Prior(3, np.zeros((2, 2, 2), dtype=bool), IntensityPrior(70.0, 15.0, 40.0, 15.0, 500.0))
     with pytest.raises(MetatrackError, match="track 3"):
