@@ -24,8 +24,8 @@ threshold into the surround and doubled small lesions' volumes.
 5. Voxels claimed by two tracks go to the nearer warped lesion.
 6. A confidence in [0, 1]: evidence x consistency x leakage. Evidence: the region's contrast on the follow-up's raw
    intensities (median against the median of its surround) as a fraction of the last sighting's, and as a
-   contrast-to-noise at the smoothing scale (of at most the last sighting's contrast: a faint lesion's region cut
-   from noise shows the noise it selected); with a probability map, ``1 - (1 - e)(1 - mean p)``. Consistency: the
+   contrast-to-noise at the smoothing scale (shrunk towards the two-class model's contrast: a faint lesion's region
+   cut from noise shows the noise it selected); with a probability map, ``1 - (1 - e)(1 - mean p)``. Consistency: the
    volume ratio to the prior (a Gaussian in log ratio; a speck where a large lesion was counts little).
    Below ``min_confidence`` or ``min_volume_mm3`` a track is not found, with the reason.
 
@@ -271,6 +271,7 @@ class _Candidate:
     distance: np.ndarray  # mm to the warped lesion, in the box
     search: np.ndarray  # bool, the search region in the box
     noise: float  # sd of the smoothed follow-up's surround
+    contrast: float  # the lesion's contrast on the smoothed follow-up (the two-class model's)
     clipped: bool  # leaked, and cut at leak_clip_mm from the warped lesion
 
 
@@ -410,7 +411,7 @@ def _candidate(
         region = _attached(region & (distance <= config.leak_clip_mm), distance, config.attach_mm)
     if not region.any():
         return "no lesion-like voxels"
-    return _Candidate(box, region, distance, search, noise, clipped)
+    return _Candidate(box, region, distance, search, noise, contrast, clipped)
 
 
 def _confidence(
@@ -435,9 +436,12 @@ def _confidence(
     # surround reaches only about half of it: the threshold) and against the surround's noise at the smoothing scale
     observed = float(np.median(img[region])) - level
     ratio = observed / contrast if contrast != 0.0 else 0.0
-    # the contrast-to-noise is at most the last sighting's: a faint lesion's region, cut from noise at the
-    # threshold, shows the contrast of the noise it selected, and its edge is as uncertain as its contrast is faint
-    cnr = min(abs(observed), abs(contrast)) / cand.noise if ratio > 0 else 0.0
+    # the contrast-to-noise of the region's and the lesion's contrast (the two-class model's, within [0.9, 1.5] x
+    # the last sighting's; their geometric mean when the region's is larger): a faint lesion's region, cut from
+    # noise at the threshold, shows the contrast of the noise it selected, and its edge is as uncertain as the
+    # lesion is faint
+    shown = min(abs(observed), math.sqrt(abs(observed * cand.contrast)))
+    cnr = shown / cand.noise if ratio > 0 else 0.0
     evidence = float(np.clip((ratio - _RATIO_NONE) / (_RATIO_FULL - _RATIO_NONE), 0.0, 1.0))
     evidence *= float(np.clip((cnr - _CNR_NONE) / (_CNR_FULL - _CNR_NONE), 0.0, 1.0))
     if probability is not None:
