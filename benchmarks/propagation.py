@@ -12,6 +12,15 @@ not found counts as missed (not in the ratio). Vanished lesions are counted as f
 first follow-up without its mask, through ``process`` and the real affine registration): each propagated lesion
 against the drawn mask.
 
+Measured (``--spacings 2,3,4 --patients 6 --pairs 2``), median found/true by equivalent diameter <8, 8-12,
+12-16, 16-24, 24-40, >=40 mm; before the partial-volume rim was left out of the prior's surround and the
+smoothing followed the lesion's size, then after:
+
+- 2 mm: 0.67 0.96 1.09 1.01 0.97 1.18 (5 of 9 under 8 mm missed) -> 1.13 1.09 1.04 0.94 0.96 1.18 (none missed)
+- 3 mm: 0.67 1.00 1.22 1.06 1.00 0.99 (2 missed) -> 1.17 1.12 1.19 1.00 0.94 1.00 (2 missed)
+- 4 mm: 1.00 1.09 1.40 1.27 0.98 0.84 (4 missed) -> 1.12 1.21 1.13 1.16 0.94 0.84 (4 missed)
+- the acceptance case (4 mm, registration): T1 1.88, T5 2.00, T7 0.69 -> 1.25, 1.00, 1.06; all within 0.70-1.25
+
 Usage::
 
     python benchmarks/propagation.py --spacings 2,3,4 --patients 4
