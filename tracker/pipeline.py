@@ -171,7 +171,8 @@ def _intensity_priors(ctx: PatientContext, min_lesion_mm3: float, shell_mm: floa
         arr = sitk.GetArrayFromImage(img).astype(np.float64)
         labels = sitk.GetArrayFromImage(_source_labels(src.mask, min_lesion_mm3))
         spacing = cast(tuple[float, float, float], tuple(float(v) for v in reversed(img.GetSpacing())))
-        body = _body_mask(arr, None, src.modality)
+        organ_map = sitk.GetArrayFromImage(_read(src.organs)) if src.organs else None
+        body = _body_mask(arr, organ_map, src.modality)  # without an organ map: intensity_prior fills the lungs
         for t in tracks:
             out[t.number] = intensity_prior(arr, labels, t.last_label, spacing, shell_mm=shell_mm, body=body)
     return out
