@@ -66,7 +66,8 @@ def print_timeline(data: dict[str, Any]) -> None:
     output.print_table(rows, cols, title=f"patient {data['patient_id']}")
     if data.get("calendar_risk"):
         cols = ["as_of", "model", "endpoint", "horizon_months", "risk"]
-        output.print_table(data["calendar_risk"], cols, title=f"patient {data['patient_id']}: risk by calendar date")
+        rows = [{**r, "risk": _risk_text(r)} for r in data["calendar_risk"]]
+        output.print_table(rows, cols, title=f"patient {data['patient_id']}: risk by calendar date")
 
 
 def _risk_text(entry: dict[str, Any]) -> str:
