@@ -47,7 +47,7 @@ class SegmentationConfig:
     overlap: float = 0.25  # sliding-window overlap
     min_diameter_mm: float = 10.0  # lesions this large (equivalent-sphere diameter) count for detection metrics
     max_fp_per_scan: float = 0.5
-    thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     min_volumes_mm3: tuple[float, ...] = (0.0, 30.0, 60.0, 120.0, 250.0)
     threads: int = 2  # torch CPU threads while training (fixed: results depend on it)
     seed: int = 0
