@@ -32,6 +32,7 @@ from db.results import _blob_path
 from tracker.errors import MetatrackError
 from tracker.exports.records import ExportLesion, ExportScan
 from tracker.exports.tables import KEY_COLUMNS
+from tracker.segmentation import SEGMENTATION_ENDPOINT
 from tracker.store import FileStore
 
 # The lesion stream's columns, in the order `lesion_stream` yields them (the feature part is long: one tag a row).
@@ -165,7 +166,9 @@ def processed_scans(session: Session, store: FileStore, external_id: str) -> lis
 
 
 def provenance(session: Session, config_ids: Sequence[int] | None = None) -> dict[str, Any]:
-    """What made the exported numbers: feature configs, active harmonisations, promoted risk models."""
+    """What made the exported numbers: feature configs, active harmonisations, promoted risk and segmentation
+    models."""
+    promoted = list(session.scalars(select(ModelVersion).where(ModelVersion.state == ModelState.PROMOTED)))
     configs = select(FeatureConfig).order_by(FeatureConfig.id)
     if config_ids is not None:
         configs = configs.where(FeatureConfig.id.in_(list(config_ids)))
@@ -180,6 +183,12 @@ def provenance(session: Session, config_ids: Sequence[int] | None = None) -> dic
         ],
         "risk_models": [
             {"model": f"{m.name}:{m.version}", "endpoint": m.endpoint, "versions": m.versions}
-            for m in session.scalars(select(ModelVersion).where(ModelVersion.state == ModelState.PROMOTED))
+            for m in promoted
+            if m.endpoint != SEGMENTATION_ENDPOINT
+        ],
+        "segmentation_models": [
+            {"model": f"{m.name}:{m.version}", "versions": m.versions, "metrics": m.metrics}
+            for m in promoted
+            if m.endpoint == SEGMENTATION_ENDPOINT
         ],
     }

@@ -22,8 +22,6 @@ from db.models import (
     Lesion,
     LesionTrack,
     Mask,
-    ModelState,
-    ModelVersion,
     Patient,
     PatientFeature,
     RecistAssessment,
@@ -34,16 +32,17 @@ from db.models import (
     TrackDelta,
     TrackLink,
 )
+from db.registry import promoted_model
 from db.types import rowcount, table_of, utcnow
 from tracker.errors import MetatrackError
 from tracker.records import LesionSource, OpenTrack, PatientContext, ScanFiles, ScanOutcome, SegmentationRef, Settings
+from tracker.segmentation import SEGMENTATION_ENDPOINT
 
 if TYPE_CHECKING:
     from tracker.recist import TargetSelection, VisitAssessment
     from tracker.store import FileStore, StoredFile
 
 ENGINE_NAME = "metatrack-radiomics"
-SEGMENTATION_KIND = "segmentation"  # the registry kind of lesion segmentation models (`tracker.segmentation`)
 IN_CHUNK = 5000  # values per IN (...) list
 # `registrations` columns and the registration engine's metric each one holds (`registration.engine._quality`).
 REGISTRATION_METRIC_KEYS = {
@@ -209,11 +208,9 @@ def load_context(session: Session, store: FileStore, scan: Scan) -> PatientConte
 
 
 def promoted_segmentation(session: Session, store: FileStore) -> SegmentationRef | None:
-    """The promoted segmentation model (a registry row whose kind is "segmentation"), if any."""
-    for mv in session.scalars(select(ModelVersion).where(ModelVersion.state == ModelState.PROMOTED)):
-        if (mv.hyperparameters or {}).get("kind") == SEGMENTATION_KIND:
-            return SegmentationRef(mv.id, _blob_path(session, store, mv.file_sha256))
-    return None
+    """The promoted segmentation model (endpoint `tracker.segmentation.SEGMENTATION_ENDPOINT`), if any."""
+    mv = promoted_model(session, SEGMENTATION_ENDPOINT)
+    return SegmentationRef(mv.id, _blob_path(session, store, mv.file_sha256)) if mv is not None else None
 
 
 def _patient_features(session: Session, scan_ids: list[int]) -> dict[int, dict[str, float | None]]:

@@ -33,6 +33,8 @@ PURE = (
     "tracker/featurefiles.py",
     "tracker/demo_model.py",
     "tracker/dicom/",
+    "tracker/propagation.py",
+    "tracker/segmentation/",
     "tracker/exports/",
     "tracker/reports/",
     "tracker/radiomics/",

@@ -13,6 +13,7 @@ from db import jobs, registry
 from db.session import session_scope
 from db.visits import event_row_date, event_table, import_events, model_inputs, visit_table
 from tracker.errors import MetatrackError
+from tracker.segmentation import SEGMENTATION_ENDPOINT
 from tracker.store import StoreUnit
 
 if TYPE_CHECKING:
@@ -94,6 +95,11 @@ def load(engine: Engine, store: FileStore, spec: str) -> tuple[str, SurvivalMode
 
     with session_scope(engine) as s:
         mv = registry.get_version(s, spec)
+        if mv.endpoint == SEGMENTATION_ENDPOINT:
+            raise MetatrackError(
+                f"model {mv.name}:{mv.version} is a segmentation model: use `metatrack segment apply --model "
+                f"{mv.name}:{mv.version}`"
+            )
         return f"{mv.name}:{mv.version}", cached_model(mv.file_sha256, lambda: registry.model_file_bytes(store, mv))
 
 

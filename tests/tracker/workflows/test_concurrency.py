@@ -50,10 +50,10 @@ _DIE_IN_SAVE = """
 import os, signal, sys
 import tracker.workflows.process as P
 real = P.save_outcome
-def save_outcome(session, scan_id, outcome, settings, baseline_id, transforms=None):
+def save_outcome(session, scan_id, outcome, settings, baseline_id, transforms=None, derived=None):
     if transforms is not None:  # a follow-up's transform files are in the store, its transaction is open
         os.kill(os.getpid(), signal.SIGKILL)
-    return real(session, scan_id, outcome, settings, baseline_id, transforms)
+    return real(session, scan_id, outcome, settings, baseline_id, transforms, derived)
 P.save_outcome = save_outcome
 """
 _DIE_MID_WRITE = """
