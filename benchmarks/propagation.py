@@ -48,21 +48,6 @@ FOV_MM = (288.0, 288.0, 192.0)  # x, y, z: the test cohort's field of view
 DIAMETER_BINS_MM = (0.0, 8.0, 12.0, 16.0, 24.0, 40.0, math.inf)
 
 
-def warp_by_truth(patient: dict[str, Any], k: int, prev_labels: np.ndarray, prev_grid: Any, grid: Any) -> np.ndarray:
-    """Scan k-1's label array pulled onto scan k's grid (nearest neighbour) through the simulator's true maps."""
-    from tracker.simulator import true_map_to_baseline, true_map_to_scan
-
-    zz, yy, xx = np.indices(grid.array_shape)
-    q = grid.index_to_physical(np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1))
-    p = true_map_to_baseline(patient, k, q)
-    r = true_map_to_scan(patient, k - 1, p) if k > 1 else p
-    j = np.rint(prev_grid.physical_to_index(r)).astype(int)
-    inside = np.all((j >= 0) & (j < np.asarray(prev_grid.shape)), axis=1)
-    out = np.zeros(len(j), dtype=prev_labels.dtype)
-    out[inside] = prev_labels[j[inside, 2], j[inside, 1], j[inside, 0]]
-    return out.reshape(grid.array_shape)
-
-
 def diameter_mm(volume_mm3: float) -> float:
     return 2.0 * (3.0 * volume_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0)
 
@@ -71,7 +56,7 @@ def simulated_rows(
     spacing: float, patients: int, seed: int, pairs: int, config: PropagationConfig
 ) -> list[dict[str, Any]]:
     """One row per scored lesion: spacing, true and found volume (0: not found), organ, confidence."""
-    from tracker.simulator import SimulationConfig
+    from tracker.simulator import SimulationConfig, true_warp_labels
     from tracker.simulator.cohort import simulate_patient
 
     shape = tuple(round(f / spacing) for f in FOV_MM)
@@ -90,7 +75,7 @@ def simulated_rows(
         patient, scans = result["truth"], result["scans"]
         for k in range(1, min(pairs, len(scans) - 1) + 1):
             prev, cur = scans[k - 1], scans[k]
-            warped = warp_by_truth(patient, k, prev["mask"], prev["grid"], cur["grid"])
+            warped = true_warp_labels(patient, k, prev["mask"], prev["grid"], cur["grid"])
             ids_prev = {int(a): set(b) for a, b in patient["scans"][k - 1]["labels"].items()}
             ids_cur = {int(a): set(b) for a, b in patient["scans"][k]["labels"].items()}
             sp_prev, sp = tuple(prev["grid"].spacing[::-1]), tuple(cur["grid"].spacing[::-1])

@@ -211,25 +211,10 @@ def test_mask_off_grid_is_an_error():
 TEN_MM_SPHERE_MM3 = 524.0
 
 
-def _warp_by_truth(patient, k: int, prev_labels: np.ndarray, prev_grid, grid) -> np.ndarray:
-    """Scan k-1's label array pulled onto scan k's grid (nearest neighbour) through the simulator's true maps."""
-    from tracker.simulator import true_map_to_baseline, true_map_to_scan
-
-    zz, yy, xx = np.indices(grid.array_shape)
-    q = grid.index_to_physical(np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1))
-    p = true_map_to_baseline(patient, k, q)
-    r = true_map_to_scan(patient, k - 1, p) if k > 1 else p
-    j = np.rint(prev_grid.physical_to_index(r)).astype(int)
-    inside = np.all((j >= 0) & (j < np.asarray(prev_grid.shape)), axis=1)
-    out = np.zeros(len(j), dtype=prev_labels.dtype)
-    out[inside] = prev_labels[j[inside, 2], j[inside, 1], j[inside, 0]]
-    return out.reshape(grid.array_shape)
-
-
 @pytest.fixture(scope="module")
 def simulated():
     """Patient 7 of a small 3 mm cohort, its first follow-up: ten lesions, one of them gone (a lung nodule)."""
-    from tracker.simulator import SimulationConfig
+    from tracker.simulator import SimulationConfig, true_warp_labels
     from tracker.simulator.cohort import simulate_patient
 
     cfg = SimulationConfig(
@@ -237,7 +222,7 @@ def simulated():
     )
     result = simulate_patient(cfg, 7)
     patient, (prev, cur) = result["truth"], result["scans"][:2]
-    warped = _warp_by_truth(patient, 1, prev["mask"], prev["grid"], cur["grid"])
+    warped = true_warp_labels(patient, 1, prev["mask"], prev["grid"], cur["grid"])
     ids_prev = {int(k): set(v) for k, v in patient["scans"][0]["labels"].items()}
     ids_cur = {int(k): set(v) for k, v in patient["scans"][1]["labels"].items()}
     spacing_prev, spacing = tuple(prev["grid"].spacing[::-1]), tuple(cur["grid"].spacing[::-1])

@@ -53,6 +53,7 @@ from tracker.simulator.truth import (
     true_lesion_membership,
     true_map_to_baseline,
     true_map_to_scan,
+    true_warp_labels,
 )
 from tracker.simulator.writer import load_truth
 
@@ -70,4 +71,5 @@ __all__ = [
     "true_lesion_membership",
     "true_map_to_baseline",
     "true_map_to_scan",
+    "true_warp_labels",
 ]

@@ -30,6 +30,22 @@ def true_map_to_scan(truth_patient: dict[str, Any], scan_index: int, pts_baselin
     return to_scan(_scan(truth_patient, scan_index)["transform"], np.atleast_2d(pts_baseline))
 
 
+def true_warp_labels(
+    truth_patient: dict[str, Any], scan_index: int, labels: np.ndarray, labels_grid: Any, grid: Any
+) -> np.ndarray:
+    """Scan ``scan_index - 1``'s label array (on ``labels_grid``) pulled onto scan ``scan_index``'s ``grid`` through
+    the true maps, nearest neighbour (0 where the earlier scan does not reach)."""
+    zz, yy, xx = np.indices(grid.array_shape)
+    q = grid.index_to_physical(np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1))
+    p = true_map_to_baseline(truth_patient, scan_index, q)
+    r = true_map_to_scan(truth_patient, scan_index - 1, p) if scan_index > 1 else p
+    j = np.rint(labels_grid.physical_to_index(r)).astype(int)
+    inside = np.all((j >= 0) & (j < np.asarray(labels_grid.shape)), axis=1)
+    out = np.zeros(len(j), dtype=labels.dtype)
+    out[inside] = labels[j[inside, 2], j[inside, 1], j[inside, 0]]
+    return out.reshape(grid.array_shape)
+
+
 def true_lesion_membership(truth_patient: dict[str, Any], scan_index: int, pts_scan: np.ndarray) -> np.ndarray:
     """Boolean (n_lesions, N): whether each scan point lies inside each true lesion at that scan's day.
 
