@@ -166,6 +166,7 @@ class Tally:
     dice: list[float] = dataclasses.field(default_factory=list)
     new: int = 0
     new_found: int = 0
+    new_any_size: int = 0
     false_positives: int = 0
     false_by_source: dict[str, int] = dataclasses.field(default_factory=dict)
     follow_ups: int = 0
@@ -219,6 +220,7 @@ def score_patient(
             voxel_mm3 = float(np.prod(scan["grid"]["spacing"]))
             previous = {i for v in truth["scans"][k - 1]["labels"].values() for i in v}
             for label, true_ids in ids.items():
+                tally.new_any_size += not true_ids & seen
                 size = counts[label].sum() if label < len(counts) else 0
                 if (6.0 * size * voxel_mm3 / np.pi) ** (1 / 3) < MIN_DIAMETER_MM:
                     continue
@@ -318,6 +320,7 @@ def summary(tally: Tally, run: dict[str, Any]) -> dict[str, Any]:
             "follow_ups": tally.follow_ups,
             "lesions_seen_before": tally.prev,
             "new_lesions": tally.new,
+            "new_lesions_any_size": tally.new_any_size,
             "false_positives": tally.false_positives,
             "false_positives_by_source": tally.false_by_source,
             "links_true": tally.links_true,
@@ -482,7 +485,8 @@ def print_table(results: dict[str, Any]) -> None:
         counts = modes[m]["counts"]
         errors = f"; errors: {modes[m]['errors']}" if modes[m]["errors"] else ""
         print(
-            f"{m}: {counts['lesions_seen_before']} lesions seen before, {counts['new_lesions']} new, "
+            f"{m}: {counts['lesions_seen_before']} lesions seen before, {counts['new_lesions']} new "
+            f"({counts['new_lesions_any_size']} of any size), "
             f"{counts['false_positives']} false positives {counts['false_positives_by_source']}, "
             f"{counts['links_found']}/{counts['links_true']} links found/true, processed in "
             f"{modes[m]['process_wall_s']:.0f} s ({modes[m]['process_cpu_s']:.0f} s CPU){errors}"
