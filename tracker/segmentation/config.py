@@ -10,6 +10,8 @@ import numpy as np
 
 from tracker.errors import MetatrackError
 
+LOSSES = ("dice_ce", "dice_focal")
+
 
 @dataclass(frozen=True)
 class SegmentationExample:
@@ -41,8 +43,9 @@ class SegmentationConfig:
     channels: tuple[int, ...] = (16, 32, 64, 128)
     num_res_units: int = 1
     val_fraction: float = 0.2  # of the patients (at least one), for early stopping and thresholds
-    window_percentiles: tuple[float, float] = (0.5, 99.5)
-    window_margin_mm: float = 10.0  # voxels this close to a lesion count for the intensity window
+    window_percentiles: tuple[float, float] = (25.0, 75.0)  # of the voxels inside lesions
+    window_margin_iqr: float = 2.0  # the window's margin beyond those percentiles, in lesion-intensity IQRs
+    loss: str = "dice_ce"  # "dice_ce" or "dice_focal"; Dice over the whole batch (a background patch has none)
     flips: bool = True
     overlap: float = 0.25  # sliding-window overlap
     min_diameter_mm: float = 10.0  # lesions this large (equivalent-sphere diameter) count for detection metrics
@@ -57,6 +60,8 @@ class SegmentationConfig:
             raise MetatrackError(f"segmentation patch {self.patch_mm} mm: expected a positive size")
         if self.max_epochs < 1 or self.min_epochs < 0:
             raise MetatrackError(f"segmentation epochs {self.max_epochs}: expected at least 1")
+        if self.loss not in LOSSES:
+            raise MetatrackError(f"segmentation loss {self.loss!r}: expected one of {', '.join(LOSSES)}")
         if len(self.channels) < 2:
             raise MetatrackError(f"segmentation channels {self.channels}: expected at least 2 levels")
 

@@ -145,6 +145,16 @@ def _sampler(cfg: SegmentationConfig, patch: Sequence[int]) -> Any:
     return sampler
 
 
+def _loss(name: str) -> Any:
+    """Dice (over the whole batch: a background patch alone has no Dice to learn from) plus cross-entropy or focal
+    loss, on sigmoid outputs."""
+    from monai.losses import DiceCELoss, DiceFocalLoss
+
+    if name == "dice_focal":
+        return DiceFocalLoss(sigmoid=True, batch=True)
+    return DiceCELoss(sigmoid=True, batch=True)
+
+
 def _pooled_dice(
     net: Any, prepared: Sequence[dict], patch: Sequence[int], stride: int, overlap: float, device: Any
 ) -> float:
@@ -164,7 +174,6 @@ def train_segmentation(
 ) -> SegmentationModel:
     """Train a 3-D U-Net on labelled scans and choose its detection thresholds on the validation patients."""
     import torch
-    from monai.losses import DiceCELoss
 
     started = time.perf_counter()
     train_ex, val_ex = split_patients(examples, cfg.val_fraction, cfg.seed)
@@ -173,9 +182,8 @@ def train_segmentation(
     window = intensity_window(
         [e.image for e in train_ex],
         [e.lesions for e in train_ex],
-        [e.spacing_zyx for e in train_ex],
         cfg.window_percentiles,
-        cfg.window_margin_mm,
+        cfg.window_margin_iqr,
     )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     history: list[float] = []
@@ -184,7 +192,7 @@ def train_segmentation(
         val_data = [_prepare(e, work, window, patch) for e in val_ex]
         net = build_net(cfg.channels, cfg.num_res_units).to(device)
         optimiser = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
-        loss_fn = DiceCELoss(sigmoid=True)
+        loss_fn = _loss(cfg.loss)
         sampler = _sampler(cfg, patch)
         shuffle = torch.Generator().manual_seed(cfg.seed)
         best_dice, best_epoch, best_state, checks_since = -1.0, 0, copy.deepcopy(net.state_dict()), 0

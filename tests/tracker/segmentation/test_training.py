@@ -11,6 +11,7 @@ from tests.tracker.segmentation.spheres import CFG, SPACING, cohort, sphere_scan
 from tracker.errors import MetatrackError
 from tracker.segmentation import SEGMENTATION_KIND
 from tracker.segmentation.config import SegmentationExample
+from tracker.segmentation.inference import intensity_window
 from tracker.segmentation.model import segmentation_model_from_bytes
 from tracker.segmentation.training import choose_thresholds, split_patients, train_segmentation
 
@@ -42,8 +43,8 @@ def test_metadata_and_thresholds(trained) -> None:
     assert trained.threshold in CFG.thresholds and trained.min_volume_mm3 in CFG.min_volumes_mm3
     assert set(meta["versions"]) == {"torch", "monai"} and meta["seed"] == 0 and len(meta["data_fingerprint"]) == 64
     assert meta["metrics"]["lesion_recall"] == 1.0 and meta["metrics"]["fp_per_scan"] <= CFG.max_fp_per_scan
-    lo, hi = trained.window  # percentiles of voxels in and near the spheres: background ~0, spheres ~40
-    assert -40.0 < lo < -10.0 and 50.0 < hi < 90.0
+    lo, hi = trained.window  # sphere voxels 40 +- 10 (quartiles ~33, ~47) widened by 2 IQRs: ~6..74
+    assert 0.0 < lo < 12.0 and 68.0 < hi < 80.0
 
 
 def test_bytes_round_trip(trained) -> None:
@@ -111,3 +112,14 @@ def test_a_blob_over_everything_finds_nothing() -> None:
     cfg = dataclasses.replace(CFG, thresholds=(0.5,), min_volumes_mm3=(0.0,))
     best = choose_thresholds([prob], [example], cfg)
     assert (best.recall, best.false_positives, best.dice) == (0.0, 1, ())
+
+
+def test_intensity_window_comes_from_the_lesions_not_the_body() -> None:
+    image = np.full((10, 10, 101), -1000.0, np.float32)  # air and lung around the lesion do not widen the window
+    labels = np.zeros(image.shape, np.int16)
+    image[5, 5, :] = np.arange(101.0)  # lesion voxels 0..100: quartiles 25 and 75, IQR 50
+    labels[5, 5, :] = 1
+    assert intensity_window([image], [labels], (25.0, 75.0), 2.0) == (-75.0, 175.0)
+    assert intensity_window([image], [labels], (0.0, 100.0), 0.0) == (0.0, 100.0)
+    lo, hi = intensity_window([image], [np.zeros_like(labels)], (0.0, 100.0), 0.0)  # no lesion: every voxel
+    assert (lo, hi) == (-1000.0, 100.0)
