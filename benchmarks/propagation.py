@@ -21,10 +21,15 @@ smoothing followed the lesion's size, then after:
 - 4 mm: 1.00 1.09 1.40 1.27 0.98 0.84 (4 missed) -> 1.12 1.21 1.13 1.16 0.94 0.84 (4 missed)
 - the acceptance case (4 mm, registration): T1 1.88, T5 2.00, T7 0.69 -> 1.25, 1.00, 1.06; all within 0.70-1.25
 
+``--compare HOME REFERENCE`` reads two data homes holding the same patients (e.g. ``benchmarks/segmentation.py
+--keep``: ``propagation`` and ``reference``) and, for each follow-up whose RECIST response differs, names the
+component that differs (targets, non-targets, new lesions) and the lesion behind it (``recist_causes``).
+
 Usage::
 
     python benchmarks/propagation.py --spacings 2,3,4 --patients 4
     python benchmarks/propagation.py --spacings 4 --patients 2 --process
+    python benchmarks/propagation.py --patients 0 --compare /tmp/segfull/propagation /tmp/segfull/reference
 """
 
 from __future__ import annotations
@@ -161,6 +166,81 @@ def process_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def _lesion_cause(mine: dict[str, Any] | None, ref: dict[str, Any] | None, key: str, what: str) -> str:
+    """One lesion's part in a RECIST difference: missed, found though gone, or measured over / under."""
+    if mine is None:
+        return f"{what} missed"
+    if ref is None:
+        return f"{what} found, absent from the reference"
+    return f"{what} {'over' if mine[key] > ref[key] else 'under'}estimated"
+
+
+def _gap(mine: dict[int, dict[str, Any]], ref: dict[int, dict[str, Any]], track: int, key: str) -> float:
+    """|mine - reference| of one track's lesion measure (0 for a lesion absent on one side)."""
+    return abs(float(mine[track][key] if track in mine else 0.0) - float(ref[track][key] if track in ref else 0.0))
+
+
+def recist_causes(mine: dict[str, Any], ref: dict[str, Any]) -> list[tuple[int, str, str]]:
+    """(scan index, differing component, cause) for each follow-up of one patient's timeline ``mine`` whose RECIST
+    response differs from the reference timeline ``ref``; a component's cause is its largest contributor (the
+    target of the largest long-axis difference, the non-target of the largest volume difference), or a nadir or
+    baseline set on an earlier scan when this scan's sum agrees within 5 mm."""
+    out: list[tuple[int, str, str]] = []
+    for k, (m_scan, r_scan) in enumerate(zip(mine["scans"], ref["scans"], strict=True)):
+        m, r = m_scan["recist"], r_scan["recist"]
+        if k == 0 or r is None or r.get("response") is None or (m and m["response"] == r["response"]):
+            continue
+        mine_les = {les["track_id"]: les for les in m_scan["lesions"]}
+        ref_les = {les["track_id"]: les for les in r_scan["lesions"]}
+        tracks = set(mine_les) | set(ref_les)
+        role = {t: (mine_les.get(t) or ref_les[t])["recist_role"] for t in tracks}
+        if m is None:
+            out.append((k, "all", "no assessment"))
+            continue
+        if m["new_lesions"] != r["new_lesions"]:
+            out.append((k, "new", "new lesion not found" if r["new_lesions"] else "false new lesion"))
+        if m["target_response"] != r["target_response"]:
+            targets = [t for t in tracks if role[t] == "target"]
+            if abs((m["sum_mm"] or 0.0) - (r["sum_mm"] or 0.0)) < 5.0 or not targets:
+                out.append((k, "target", "nadir or baseline from an earlier scan"))
+            else:
+                t = max(targets, key=lambda t: _gap(mine_les, ref_les, t, "long_axis_mm"))
+                out.append((k, "target", _lesion_cause(mine_les.get(t), ref_les.get(t), "long_axis_mm", "target")))
+        if m["non_target_response"] != r["non_target_response"]:
+            nts = [t for t in tracks if role[t] == "non-target"]
+            if not nts:
+                out.append((k, "non-target", "nadir from an earlier scan"))
+            else:
+                t = max(nts, key=lambda t: _gap(mine_les, ref_les, t, "volume_mm3"))
+                cause = _lesion_cause(mine_les.get(t), ref_les.get(t), "volume_mm3", "non-target")
+                out.append((k, "non-target", cause))
+    return out
+
+
+def compare_homes(home: Path, reference: Path) -> None:
+    """Print the follow-ups whose RECIST response differs between two data homes, and the causes counted."""
+    from collections import Counter
+
+    from db.session import make_engine
+    from tracker.workflows.views import patients, timeline
+
+    engines = make_engine(f"sqlite:///{home / 'metatrack.db'}"), make_engine(f"sqlite:///{reference / 'metatrack.db'}")
+    compared = 0
+    differing: set[tuple[str, int]] = set()
+    causes: Counter[str] = Counter()
+    for row in patients(engines[1]):
+        pid = str(row["patient_id"])
+        mine, ref = timeline(engines[0], pid), timeline(engines[1], pid)
+        compared += sum(s["recist"] is not None and s["recist"].get("response") is not None for s in ref["scans"][1:])
+        for k, part, cause in recist_causes(mine, ref):
+            print(f"  {pid} scan {k}: {part}: {cause}")
+            causes[f"{part}: {cause}"] += 1
+            differing.add((pid, k))
+    print(f"follow-ups compared {compared}, response differs in {len(differing)}; causes (one may have several):")
+    for cause, n in causes.most_common():
+        print(f"  {n:3d}  {cause}")
+
+
 def table(rows: list[dict[str, Any]], title: str) -> None:
     """Median found/true per equivalent-diameter bin (n scored, n missed), vanished lesions found."""
     print(title)
@@ -187,6 +267,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--process", action="store_true", help="also the 4 mm acceptance case through process")
     parser.add_argument("--set", action="append", default=[], help="a PropagationConfig field, name=value")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("HOME", "REFERENCE"), help="RECIST causes")
     args = parser.parse_args()
     config = PropagationConfig(**{k: float(v) for k, v in (kv.split("=") for kv in args.set)})
     everything: list[dict[str, Any]] = []
@@ -196,6 +277,8 @@ def main() -> None:
         table(rows, f"spacing {s:g} mm (true deformation), {args.patients} patients")
     if len(args.spacings.split(",")) > 1 and args.patients > 0:
         table(everything, "all spacings")
+    if args.compare:
+        compare_homes(*args.compare)
     if args.process:
         print("acceptance case through process (affine registration)")
         table(process_rows(), "acceptance case")
