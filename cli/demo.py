@@ -24,6 +24,7 @@ DEMO_SEGMENTATION_MODEL = "demo-lesions"
 STEPS = 8
 # ~100 s of CPU (2 threads) on the 3-patient demo; so short a training rarely finds a lesion on its own: propagation
 # finds the tracked ones, and `metatrack segment train` trains a full model
+DEMO_SEGMENTATION_MIN_RECALL = 0.5  # the demo promotes its small model only when it finds this share of lesions
 DEMO_SEGMENTATION_EPOCHS = 4
 
 
@@ -147,8 +148,9 @@ def _ensure_model(state: AppState, seed: int) -> None:
 
 
 def _ensure_segmentation_model(state: AppState, seed: int) -> None:
-    """Train a small segmentation model on the ingested scans' masks and promote it, unless one is promoted
-    already: it finds new lesions on the follow-up without a mask."""
+    """Train a small segmentation model on the ingested scans' masks, unless one is promoted already, and promote
+    it when it finds at least `DEMO_SEGMENTATION_MIN_RECALL` of the held-out lesions: it then finds new lesions on
+    the follow-up without a mask (which gets its tracked lesions by propagation either way)."""
     from tracker.workflows import segmentation
 
     engine, store = state.engine(), state.store()
@@ -167,14 +169,20 @@ def _ensure_segmentation_model(state: AppState, seed: int) -> None:
     )
     with output.progress("train", cfg.max_epochs, state.progress) as advance:
         info = segmentation.train(
-            engine, store, cfg, name=DEMO_SEGMENTATION_MODEL, promote=True, progress=lambda e, n, loss: advance()
+            engine, store, cfg, name=DEMO_SEGMENTATION_MODEL, promote=False, progress=lambda e, n, loss: advance()
         )
     recall, fp = info.get("lesion_recall"), info.get("fp_per_scan")
-    found = (
-        f": on the patients held out it finds {recall:.0%} of the lesions >= 10 mm, {fp:.1f} false positives per scan"
-        if isinstance(recall, float) and isinstance(fp, float)
-        else ""
-    )
-    output.log(
-        f"    registered and promoted {info['model']}{found} (a full model: `metatrack segment train --promote`)"
-    )
+    if not (isinstance(recall, float) and isinstance(fp, float)):
+        output.log(f"    registered {info['model']}; no validation figures: not promoted")
+        return
+    found = f"on the patients held out it finds {recall:.0%} of the lesions >= 10 mm, {fp:.1f} false positives per scan"
+    if recall < DEMO_SEGMENTATION_MIN_RECALL:
+        # a model that misses most lesions would only add noise: the follow-up's lesions come from propagation
+        output.log(
+            f"    registered {info['model']}, not promoted: {found} (a full model: `metatrack segment train --promote`)"
+        )
+        return
+    from tracker.workflows.models import promote
+
+    promote(engine, info["model"])
+    output.log(f"    registered and promoted {info['model']}: {found}")
