@@ -12,6 +12,7 @@ CFG = SegmentationConfig(
     patch_mm=64.0,
     channels=(4, 8, 16),
     max_epochs=10,
+    samples_per_scan=4,
     min_epochs=10,
     val_every=5,
     learning_rate=1e-2,
