@@ -112,14 +112,16 @@ def deterministic(seed: int, threads: int, cpu: bool) -> Iterator[None]:
 
 def _prepare(e: SegmentationExample, work: Sequence[float], window: Sequence[float], patch: Sequence[int]) -> dict:
     """The example on the working grid: windowed image and binary label (1, z, y, x), padded to the patch, with
-    the foreground/background indices the patch sampler draws from."""
+    the foreground/background indices the patch sampler draws from (background: unclipped voxels only)."""
     from monai.transforms import FgBgToIndicesd, SpatialPadd
 
     image = scale_window(to_working_grid(np.asarray(e.image, np.float32), e.spacing_zyx, work), window)
     label = to_working_grid((np.asarray(e.lesions) > 0).astype(np.float32), e.spacing_zyx, work, label=True)
     d = SpatialPadd(["image", "label"], spatial_size=list(patch))({"image": image, "label": label})
     d = {k: plain(v) for k, v in d.items()}
-    return dict(FgBgToIndicesd("label")(d))
+    # background patches centre on voxels inside the window (above its clipped floor): the tissue a lesion can be
+    # mistaken for, not the air, lung or fat that clips to 0
+    return dict(FgBgToIndicesd("label", image_key="image", image_threshold=0.0)(d))
 
 
 def _sampler(cfg: SegmentationConfig, patch: Sequence[int]) -> Any:
