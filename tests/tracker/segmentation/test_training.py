@@ -13,7 +13,7 @@ from tracker.segmentation import SEGMENTATION_KIND
 from tracker.segmentation.config import SegmentationExample
 from tracker.segmentation.inference import intensity_window
 from tracker.segmentation.model import segmentation_model_from_bytes
-from tracker.segmentation.training import choose_thresholds, split_patients, train_segmentation
+from tracker.segmentation.training import _prepare, choose_thresholds, split_patients, train_segmentation
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +123,14 @@ def test_intensity_window_comes_from_the_lesions_not_the_body() -> None:
     assert intensity_window([image], [labels], (0.0, 100.0), 0.0) == (0.0, 100.0)
     lo, hi = intensity_window([image], [np.zeros_like(labels)], (0.0, 100.0), 0.0)  # no lesion: every voxel
     assert (lo, hi) == (-1000.0, 100.0)
+
+
+def test_background_patches_centre_on_tissue_inside_the_window() -> None:
+    image = np.full((16, 16, 16), -1000.0, np.float32)  # air: clips to the window's floor
+    image[:, :, 8:] = 50.0  # tissue inside the window
+    labels = np.zeros(image.shape, np.int16)
+    labels[4:6, 4:6, 10:12] = 1
+    d = _prepare(SegmentationExample("P", image, SPACING, labels), SPACING, (0.0, 100.0), (16, 16, 16))
+    bg = np.asarray(d["label_bg_indices"])
+    assert bg.size == 16 * 16 * 8 - 8 and (np.asarray(d["image"]).ravel()[bg] == 0.5).all()
+    assert np.asarray(d["label_fg_indices"]).size == 8
