@@ -24,8 +24,8 @@ TAGS = ("morph_volume", "stat_mean")
 
 def _keys(lesion_id: int, region: str | None, track: int | None = 1) -> tuple:
     cfg = ("ct_default", "ab" * 32, "engine 0.1") if region else (None, None, None)
-    keys = ("P1", "2024-01-02", 7, lesion_id, lesion_id, track, "new", "target", "liver", 100.0, 9.0, 6.0, "given", None)
-    return (*keys, region, *cfg)
+    lesion = ("P1", "2024-01-02", 7, lesion_id, lesion_id, track, "new", "target", "liver", 100.0, 9.0, 6.0)
+    return (*lesion, "given", None, region, *cfg)
 
 
 def _long_rows() -> list[tuple]:
