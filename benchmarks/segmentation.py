@@ -186,7 +186,8 @@ def overlap_map(true: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.nda
     counts = np.bincount(t * nf + f, minlength=(int(t.max(initial=0)) + 1) * nf).reshape(-1, nf)
     best = np.zeros(nf, np.int64)
     touching = counts[1:, :].sum(axis=0) > 0
-    best[touching] = counts[1:, touching].argmax(axis=0) + 1
+    if touching.any():  # a scan without true lesions: nothing touches one
+        best[touching] = counts[1:, touching].argmax(axis=0) + 1
     best[0] = 0
     return counts, best
 
