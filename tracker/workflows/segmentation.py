@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from db import registry
+from db import registry, results
 from db.segmentation import labelled_scans
 from db.session import session_scope
 from tracker.errors import MetatrackError
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from db.models import ModelVersion
+    from tracker.records import SegmentationRef
     from tracker.segmentation.config import SegmentationConfig, SegmentationExample
     from tracker.segmentation.model import SegmentationModel
     from tracker.store import FileStore
@@ -104,13 +105,10 @@ def _check_kind(mv: ModelVersion) -> None:
         raise MetatrackError(f"model {mv.name}:{mv.version} is a {kind} risk model, not a segmentation model")
 
 
-def promoted_segmentation(engine: Engine, store: FileStore) -> tuple[int, Path] | None:
-    """(model_version id, the model file in the store) of the promoted segmentation model; None when none is."""
+def promoted_segmentation(engine: Engine, store: FileStore) -> SegmentationRef | None:
+    """The promoted segmentation model (its registry row and file), as `process` finds it; None when none is."""
     with session_scope(engine) as s:
-        mv = registry.promoted_model(s, SEGMENTATION_ENDPOINT)
-        if mv is None:
-            return None
-        return mv.id, store.find(mv.file_sha256, registry.MODEL_SUFFIX)
+        return results.promoted_segmentation(s, store)
 
 
 def segmentation_file(engine: Engine, store: FileStore, spec: str | None) -> tuple[str, Path]:

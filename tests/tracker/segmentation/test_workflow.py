@@ -47,7 +47,7 @@ def test_register_promote_load_apply(engine: Engine, tmp_path: Path) -> None:
     assert second["lesion_recall"] == model.metadata["metrics"]["lesion_recall"]
     found = segmentation.promoted_segmentation(engine, store)
     assert found is not None
-    mv_id, path = found
+    mv_id, path = found.model_version_id, found.path
     with session_scope(engine) as s:
         mv = registry.get_version(s, "seg:2")
         assert (mv.id, mv.endpoint, mv.hyperparameters["kind"], mv.features) == (
