@@ -9,6 +9,7 @@ registered to the patient's baseline; registration lists apply to a point in lis
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -61,9 +62,11 @@ def _frame_transforms(src: ScanFiles, dst: ScanFiles) -> list[Path]:
     return [*src.inverse, *dst.forward]
 
 
+@functools.lru_cache(maxsize=8)
 def _source_labels(path: Path, min_lesion_mm3: float) -> sitk.Image:
     """A processed scan's lesion label map as its processing numbered it (``label_lesions`` numbers a binary
-    mask's components; a label map keeps its labels)."""
+    mask's components; a label map keeps its labels). Cached: matching and propagation both read it, and store
+    files never change."""
     import SimpleITK as sitk
 
     from tracker.lesions import Geometry, label_lesions
