@@ -187,8 +187,8 @@ def scan_risks(session: Session, endpoint: str | None, horizon_months: int) -> p
     """Risk at each scored scan under each promoted model (one endpoint, or all), sorted by endpoint, patient, date.
 
     Columns: endpoint, model_version_id, external_id, patient_id, scan_id, as_of_date, risk, known_at (when the
-    value became what it is: the newest change recorded for the row, else when the scan was processed, else when
-    the row was computed), reason (of that change; :data:`SCAN_PROCESSED` when none is recorded).
+    value became what it is: the newest change recorded for the row, else the earlier of when the scan was
+    processed and when the row was computed), reason (of that change; :data:`SCAN_PROCESSED` when none is recorded).
     """
     cols = [
         "endpoint",
@@ -248,7 +248,11 @@ def scan_risks(session: Session, endpoint: str | None, horizon_months: int) -> p
         )
         if df.empty:
             continue
-        first_known = df["processed"].where(df["processed"].notna(), df["computed"])
+        # re-processing moves processed_at; a score it left unchanged was known since it was first computed
+        first_known = [
+            c if p is None or pd.isna(p) or (c is not None and c < p) else p
+            for p, c in zip(df["processed"], df["computed"], strict=True)
+        ]
         changed = df["changed"].notna().to_numpy()
         df["known_at"] = np.where(changed, df["changed"], first_known)
         df["reason"] = df["reason"].where(changed, SCAN_PROCESSED)

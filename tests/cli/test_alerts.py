@@ -1,5 +1,6 @@
-"""`metatrack alerts` on SQLite and PostgreSQL: a threshold crossing and a rise fire once, an unchanged patient
-never, a RECIST response changed after re-processing once; the same call lists the same alerts."""
+"""`metatrack alerts` on SQLite and PostgreSQL: a threshold crossing and a rise fire once (also when the scans are
+re-processed and the risks stay), an unchanged patient never, a RECIST response changed after re-processing once;
+the same call lists the same alerts."""
 
 from __future__ import annotations
 
@@ -119,6 +120,9 @@ def test_since_file_lists_each_alert_once(cli, tmp_path: Path) -> None:
     assert json.loads(run(*ALERT_ARGS, "--since-file", str(state)).stdout) == every  # no file yet: everything
     assert oct(state.stat().st_mode & 0o777) == "0o600"
     assert json.loads(run(*ALERT_ARGS, "--since-file", str(state)).stdout) == []  # shown already
+    with session_scope(engine) as s:  # re-processed since, the risks unchanged: nothing new to say
+        s.execute(update(Scan).values(processed_at=datetime.now(UTC)))
+    assert json.loads(run(*ALERT_ARGS, "--since-file", str(state)).stdout) == []
     assert json.loads(run(*ALERT_ARGS, "--since", "2000-01-01T00:00:00Z").stdout) == every
     with session_scope(engine) as s:
         scan = s.scalar(select(Scan.id).where(Scan.patient_id == ids["B"], Scan.scan_date == DAYS[-1]))
