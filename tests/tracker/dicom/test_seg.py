@@ -1,5 +1,5 @@
-"""DICOM SEG masks (written by highdicom): segments chosen by number or label, fractional thresholded at 0.5, and a
-SEG of another frame of reference refused."""
+"""DICOM SEG masks (written by highdicom): segments chosen by number or label, fractional thresholded at 0.5, a
+SEG of another frame of reference refused, a SEG whose frames name no source slice placed by position."""
 
 from __future__ import annotations
 
@@ -67,3 +67,39 @@ def test_seg_on_another_frame_of_reference_is_refused(series: list[Path], tmp_pa
     seg = write_seg(tmp_path / "seg.dcm", series, {"met": LIVER > 0}, frame_of_reference_uid="1.2.3.9")
     with pytest.raises(MetatrackError, match=r"frame of reference 1\.2\.3\.9 is not the image's"):
         _read(series, seg)
+
+
+def _without_source_references(seg: Path, shift_mm: float = 0.0) -> Path:
+    """The SEG with its frames' Derivation Image Sequences removed (as some writers leave them out), each frame's
+    position moved by `shift_mm` along z."""
+    import pydicom
+
+    ds = pydicom.dcmread(seg)
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        del item.DerivationImageSequence
+        position = item.PlanePositionSequence[0]
+        position.ImagePositionPatient = [
+            *position.ImagePositionPatient[:2],
+            position.ImagePositionPatient[2] + shift_mm,
+        ]
+    out = seg.with_name(f"noref{shift_mm:g}.dcm")
+    ds.save_as(out)
+    return out
+
+
+def test_seg_whose_frames_name_no_source_slice_is_placed_by_position(series: list[Path], tmp_path: Path) -> None:
+    seg = write_seg(tmp_path / "seg.dcm", series, {"liver met": LIVER > 0, "lung met": LUNG > 0})
+    mask, arr = _read(series, _without_source_references(seg), "2", "liver met")
+    assert np.array_equal(arr, _read(series, seg, "2", "liver met")[1])
+    assert int((arr == 1).sum()) == 12 and int((arr == 2).sum()) == 24
+    assert mask.notes == ("DICOM SEG frames name no source slice: placed on the image by their plane positions",)
+    soft = LIVER * 0.4 + _box(slice(1, 2), slice(2, 5), slice(3, 7), 0.2)
+    frac = write_seg(tmp_path / "frac.dcm", series, {"met": soft}, fractional=True)
+    assert np.array_equal(_read(series, _without_source_references(frac))[1] > 0, soft >= 0.5)
+
+
+def test_seg_frame_between_the_slices_is_refused(series: list[Path], tmp_path: Path) -> None:
+    seg = write_seg(tmp_path / "seg.dcm", series, {"met": LIVER > 0})
+    moved = _without_source_references(seg, shift_mm=1.0)  # slices are 2.5 mm apart
+    with pytest.raises(MetatrackError, match=r"^\S+noref1\.dcm: SEG frame 1: its position .* is not on one of the"):
+        _read(series, moved)
