@@ -855,8 +855,8 @@ class RtstructMaskReader:
         if context.segments:
             raise MetatrackError(f"{path}: --segment chooses DICOM SEG segments; an RTSTRUCT's ROIs take --roi")
         image = context.dicom.metadata if context.dicom else None
-        labels, names = read_rtstruct(path, reference, image, context.rois)
-        return MaskContent(_label_image(labels, reference), [path], names)
+        labels, names, notes = read_rtstruct(path, reference, image, context.rois)
+        return MaskContent(_label_image(labels, reference), [path], names, tuple(notes))
 
 
 class SegMaskReader:

@@ -134,8 +134,9 @@ def fill_even_odd(polygons: Sequence[np.ndarray], rows: int, columns: int) -> np
     return out
 
 
-def _roi_mask(ds: Any, number: int, name: str, path: Path, reference: sitk.Image) -> np.ndarray:
-    """One ROI's voxels (z, y, x) on the reference grid."""
+def _roi_mask(ds: Any, number: int, name: str, path: Path, reference: sitk.Image) -> tuple[np.ndarray, bool]:
+    """One ROI's voxels (z, y, x) on the reference grid, and whether a contour reaches beyond the image in-plane
+    (only the part inside is kept)."""
     size = reference.GetSize()
     spacing_z = float(reference.GetSpacing()[2])
     tol = max(SLICE_TOL_MM, SLICE_TOL_FRACTION * spacing_z) / spacing_z  # in slices
@@ -166,17 +167,22 @@ def _roi_mask(ds: Any, number: int, name: str, path: Path, reference: sitk.Image
     if not by_slice:
         raise MetatrackError(f"{path}: ROI {name!r} is empty (no contours)")
     out = np.zeros(size[::-1], dtype=bool)
+    clipped = False
     for k, polygons in by_slice.items():
         out[k] = fill_even_odd(polygons, size[1], size[0])
+        points = np.concatenate(polygons)
+        clipped |= bool((points < -0.5).any() or (points[:, 0] > size[0] - 0.5).any())
+        clipped |= bool((points[:, 1] > size[1] - 0.5).any())
     if not out.any():
         raise MetatrackError(f"{path}: ROI {name!r} encloses no voxel centre of the image")
-    return out
+    return out, clipped
 
 
 def read_rtstruct(
     path: Path, reference: sitk.Image, image: dict[str, Any] | None, rois: Sequence[str]
-) -> tuple[np.ndarray, dict[int, str]]:
-    """The chosen ROIs of an RTSTRUCT as a (z, y, x) uint16 label array on `reference`'s grid, and label -> name.
+) -> tuple[np.ndarray, dict[int, str], list[str]]:
+    """The chosen ROIs of an RTSTRUCT as a (z, y, x) uint16 label array on `reference`'s grid, label -> name, and
+    notes (an ROI cut at the image's edge).
 
     `image` is the reference series' kept headers (`Scan.dicom`); the RTSTRUCT must reference that series.
     """
@@ -194,6 +200,12 @@ def read_rtstruct(
     number_of = {n: k for k, n in numbers.items()}
     labels = np.zeros(reference.GetSize()[::-1], dtype=np.uint16)
     names: dict[int, str] = {}
+    notes = []
     for name in chosen:
-        paint(labels, names, _roi_mask(ds, number_of[name], name, path, reference), name, path, "ROI", "--roi")
-    return labels, names
+        inside, clipped = _roi_mask(ds, number_of[name], name, path, reference)
+        paint(labels, names, inside, name, path, "ROI", "--roi")
+        if clipped:
+            notes.append(
+                f"RTSTRUCT ROI {name!r} reaches beyond the image's edge: only its part inside the image is kept"
+            )
+    return labels, names, notes

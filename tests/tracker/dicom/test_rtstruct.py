@@ -1,5 +1,5 @@
-"""RTSTRUCT rasterisation: the IBSI CT phantom's GTV-1 against its NIfTI mask, even-odd holes, ROI choice and the
-contours and references that are refused."""
+"""RTSTRUCT rasterisation: the IBSI CT phantom's GTV-1 against its NIfTI mask, even-odd holes, ROI choice, the
+contours and references that are refused, and an ROI cut at the image's edge kept with a note."""
 
 from __future__ import annotations
 
@@ -64,6 +64,15 @@ def test_rois_become_labels_in_the_order_chosen(series: list[Path], tmp_path: Pa
     assert int((arr == 2).sum()) == 6 * 5 and set(np.flatnonzero((arr == 2).any(axis=(1, 2)))) == {2}
     assert int((arr == 1).sum()) == 2 * 2 and set(np.flatnonzero((arr == 1).any(axis=(1, 2)))) == {3}
     assert _read(series, rs, "GTV-[0-9]+").label_names == {1: "GTV-1", 2: "GTV-2"}  # a regular expression
+    assert mask.notes == ()
+
+
+def test_roi_cut_at_the_image_edge_is_kept_with_a_note(series: list[Path], tmp_path: Path) -> None:
+    # x from 8.5 to 14.5 mm on a 12-pixel-wide image (centres 0..11): centres 9, 10, 11 of 6 are inside
+    rs = write_rtstruct(tmp_path / "rs.dcm", series, {"GTV": [_square(8.5, 1.5, 14.5, 3.5, 4.0)]})
+    mask = _read(series, rs)
+    assert mask.voxel_count == 3 * 2
+    assert mask.notes == ("RTSTRUCT ROI 'GTV' reaches beyond the image's edge: only its part inside the image is kept",)
 
 
 SQUARE, ABOVE, BESIDE = _square(1.5, 1.5, 4.5, 4.5), _square(1.5, 1.5, 4.5, 4.5, 2.0), _square(3.5, 3.5, 6.5, 6.5)
