@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import case, literal, select
+from sqlalchemy.orm import Session, aliased
 
 from db.models import (
     FeatureConfig,
@@ -32,6 +32,7 @@ from db.results import _blob_path
 from tracker.errors import MetatrackError
 from tracker.exports.records import ExportLesion, ExportScan
 from tracker.exports.tables import KEY_COLUMNS
+from tracker.records import ChangeClass
 from tracker.segmentation import SEGMENTATION_ENDPOINT
 from tracker.store import FileStore
 
@@ -57,7 +58,11 @@ def feature_tags(session: Session, external_id: str | None = None) -> list[str]:
 
 def lesion_stream(session: Session, external_id: str | None = None, batch_rows: int = 5000) -> Iterator[list[tuple]]:
     """Batches of lesion rows (`LESION_STREAM_COLUMNS`, one feature value a row; a lesion without features is one
-    row with no region/tag), lesion by lesion, at most `batch_rows` rows a batch, read with ``yield_per``."""
+    row with no region/tag), lesion by lesion, at most `batch_rows` rows a batch, read with ``yield_per``.
+
+    A lesion other tracks merged into has change "merged", as in the timeline."""
+    merge = aliased(TrackLink)
+    merged_into = select(merge.id).where(merge.lesion_id == Lesion.id, merge.change == ChangeClass.MERGED).exists()
     q = (
         select(
             Patient.external_id,
@@ -66,7 +71,7 @@ def lesion_stream(session: Session, external_id: str | None = None, batch_rows: 
             Lesion.id,
             Lesion.label,
             LesionTrack.number,
-            TrackLink.change,
+            case((merged_into, literal(ChangeClass.MERGED, TrackLink.change.type)), else_=TrackLink.change),
             LesionTrack.recist_role,
             Lesion.organ,
             Lesion.volume_mm3,
@@ -128,18 +133,23 @@ def processed_scans(session: Session, store: FileStore, external_id: str) -> lis
     out = []
     for scan in scans:
         mask: Mask | None = lesions_mask(session, scan)
-        changes = {
-            t: c
-            for t, c in session.execute(
-                select(TrackLink.track_id, TrackLink.change).where(TrackLink.scan_id == scan.id)
-            )
-        }
+        links = session.execute(
+            select(TrackLink.track_id, TrackLink.lesion_id, TrackLink.change).where(TrackLink.scan_id == scan.id)
+        ).all()
+        changes = {t: c for t, _, c in links}
+        merged_into = {les for _, les, c in links if c == ChangeClass.MERGED}
         recist = session.scalar(select(RecistAssessment.response).where(RecistAssessment.scan_id == scan.id))
         lesions = [
             ExportLesion(
                 label=les.label,
                 track=numbers[les.track_id] if les.track_id is not None else None,
-                change=changes[les.track_id].value if les.track_id in changes else None,
+                change=(
+                    ChangeClass.MERGED.value
+                    if les.id in merged_into
+                    else changes[les.track_id].value
+                    if les.track_id in changes
+                    else None
+                ),
                 recist_role=roles.get(les.track_id) if les.track_id is not None else None,
                 organ=les.organ,
                 volume_mm3=les.volume_mm3,
