@@ -365,8 +365,8 @@ def run_seed(args: argparse.Namespace, cfg: SurvivalModelConfig, seed: int) -> t
         print(f"(cross-validation + scoring {time.perf_counter() - t0:.0f} s)")
         print_table(table)
         picks = {k: p.auto_picks for k, p in preds.items() if p.auto_picks}
-        if picks:
-            print(f"\nauto picked per fold: {next(iter(picks.values()))}")
+        for k, per_fold in picks.items():
+            print(f"auto picked at landmark {k}, per fold: {', '.join(per_fold)}")
         bad = {k: p.cox_fits_not_converged for k, p in preds.items() if p.cox_fits_not_converged}
         if bad:
             print(

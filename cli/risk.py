@@ -302,7 +302,8 @@ def model_evaluate(
         title=f"reliability at {rel['horizon_months']:g} months from landmark {rel['landmark']} (observed: 1 - KM)",
     )
     if report["auto_picks"]:
-        output.log(f"auto picked per fold: {', '.join(report['auto_picks'])}")
+        for landmark, picks in report["auto_picks"].items():
+            output.log(f"auto picked at landmark {landmark}, per fold: {', '.join(picks)}")
 
 
 @jobs_app.command("list")

@@ -1,27 +1,41 @@
-"""Model kinds "blend" and "auto": the RNN and the landmark Cox combined, chosen by inner cross-validation.
+"""Model kinds "blend" and "auto": the RNN and the landmark Cox combined, chosen per landmark by inner cross-validation.
 
 Training runs one inner patient-grouped cross-validation (INNER_FOLDS folds) of both kinds on the training data;
 every held-out visit is scored from that visit (each visit a landmark), with follow-up truncated at the horizon.
-On those out-of-fold curves:
+A model mixes the two curves, S = w_k S_rnn + (1 - w_k) S_cox, with the RNN's weight w_k of the visit's landmark k
+(visit index 1..MAX_LANDMARK; later visits use w of MAX_LANDMARK). On the out-of-fold curves, every weight of
+BLEND_WEIGHTS is scored per landmark (integrated Brier score, IBS, of the recalibrated mixture, and Antolini's
+time-dependent C, each after a recalibration on that landmark) and the weights are chosen:
 
-- blend: S = w S_rnn + (1 - w) S_cox (a mixture of the two curves), w on a grid of BLEND_WEIGHTS chosen by the
-  lowest integrated Brier score (IBS, mean over landmarks 1..MAX_LANDMARK) of the recalibrated mixture;
-- auto: the candidates landmark-cox (w = 0), rnn (w = 1) and blend (w chosen as above), by the same IBS; the
-  simplest candidate (in that order) within AUTO_TOLERANCE_IBS of the best is taken, so that small data sets keep
-  the Cox unless the RNN is clearly better; every candidate's inner-CV IBS and time-dependent C are recorded in
-  ``metadata["metrics"]["inner_cv"]`` with the reason.
+- **criterion** (:func:`best_of`): the options whose C is within max(C_TOLERANCE, one bootstrap standard error
+  of the paired difference) of the best C are tied on C (the "one standard error" rule of model selection); among
+  them the lowest IBS wins. The bars of issue 18 are on C, so C comes first; but C differences within their noise
+  (about 70-250 held-out patients per landmark) do not pick, and between near-ties the IBS, which also rewards the
+  scale of the risks and is a smoother function of the weight, decides. The earlier rule (IBS alone) chose the
+  RNN where it ranked the first visits 0.01 C worse than the Cox;
+- **shrinkage** (:func:`per_landmark`): one pooled choice on the scores averaged over landmarks; a landmark leaves
+  it only where its own choice beats the pooled one's C at that landmark by LANDMARK_Z (2) bootstrap standard
+  errors of the difference and at least LANDMARK_MARGIN_C, so that the noise of one landmark's few patients does
+  not pick. Landmarks with too few held-out patients or events keep the pooled choice;
+- **blend**: w_k from the whole grid BLEND_WEIGHTS;
+- **auto**: per landmark one of the candidates landmark-cox (w = 0), rnn (w = 1) and blend (its w_k); the pooled
+  pick is the simplest candidate (in that order) that meets the criterion with AUTO_TOLERANCE_IBS of slack in IBS,
+  so that small data sets keep the Cox unless the RNN is clearly better. An auto model that is the Cox at every
+  landmark keeps no RNN (and needs no torch).
 
-Then the kind's out-of-fold curves fit a recalibration per horizon (:mod:`tracker.survival.calibration`), stored
-in the model and applied to its predictions and intervals; the final members are trained on all the data.
+Every candidate's inner-CV IBS and C (pooled and per landmark), the weights and the reasons are recorded in
+``metadata["metrics"]["inner_cv"]``. Then the chosen per-landmark mixture's out-of-fold curves fit a recalibration
+per horizon (:mod:`tracker.survival.calibration`), stored in the model and applied to its predictions and
+intervals; the final members are trained on all the data.
 """
 
 from __future__ import annotations
 
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -37,16 +51,30 @@ if TYPE_CHECKING:
     from tracker.survival.landmark_cox import LandmarkCoxModel
     from tracker.survival.model import RiskModel
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one RNN weight per landmark ("weights"); 1: one weight for every visit ("weight")
 INNER_FOLDS = 3
 INNER_SEED_OFFSET = 1009  # inner fold models use seed + offset + fold, never the final model's seed
-BLEND_WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+BLEND_WEIGHTS = tuple(float(w) for w in np.round(np.linspace(0.0, 1.0, 11), 2))
+C_TOLERANCE = 0.005  # options within this C of the best are tied on C; the IBS decides between them
+LANDMARK_MARGIN_C = 0.005  # a landmark leaves the pooled choice only where its own beats it by this C there
+LANDMARK_Z = 2.0  # ... and by this many bootstrap standard errors of the C difference
 AUTO_TOLERANCE_IBS = 0.005
 CANDIDATES = ("landmark-cox", "rnn", "blend")  # simplest first
+CANDIDATE_WEIGHTS = {"landmark-cox": 0.0, "rnn": 1.0}
 MAX_LANDMARK = 4
 MIN_LANDMARK_PATIENTS = 20  # a landmark with fewer held-out patients is not scored
 MEMBERS_DIR = "members/"
 IBS_TIME_QUANTILE = 0.9
+C_DRAWS = 50  # bootstrap draws of each landmark's held-out patients: the noise of C differences
+DRAW_SEED = 7919
+Option = TypeVar("Option", bound=Hashable)
+
+
+def row_weights(weights: Sequence[float], visit_index: np.ndarray) -> np.ndarray:
+    """The RNN's weight of every row: that of its landmark (1-based visit index), the last one's after them."""
+    w = np.asarray(weights, dtype=np.float64)
+    k = np.clip(np.asarray(visit_index, dtype=np.int64), 1, len(w))
+    return w[k - 1]
 
 
 @dataclass
@@ -59,8 +87,11 @@ class OutOfFold:
     rnn: np.ndarray
     cox: np.ndarray
 
-    def curves(self, weight: float) -> np.ndarray:
-        return weight * self.rnn + (1.0 - weight) * self.cox
+    def curves(self, weights: float | Sequence[float]) -> np.ndarray:
+        """The mixture with one RNN weight for all rows or one per landmark."""
+        seq = [float(weights)] if np.isscalar(weights) else list(weights)  # type: ignore[arg-type]
+        w = row_weights(seq, self.landmark)[:, None]
+        return w * self.rnn + (1.0 - w) * self.cox
 
 
 def inner_predictions(
@@ -111,85 +142,216 @@ def inner_predictions(
     return OutOfFold(np.minimum(months, horizon), flag, landmark, s_rnn, s_cox)
 
 
-def score_out_of_fold(oof: OutOfFold, surv: np.ndarray, cfg: SurvivalModelConfig) -> dict[str, float]:
-    """Mean over landmarks 1..MAX_LANDMARK (those with enough held-out patients and events) of the IBS and of
-    Antolini's time-dependent C."""
+@dataclass(frozen=True, eq=False)
+class Scored:
+    """One option's inner-CV scores (at one landmark, or averaged over landmarks): IBS, C, and C on the bootstrap
+    draws of held-out patients (the same draws for every option, so differences are paired)."""
+
+    ibs: float
+    c_td: float
+    c_draws: np.ndarray
+
+    def to_json(self) -> dict[str, float]:
+        return {"ibs": self.ibs, "c_td": self.c_td}
+
+
+def landmark_scores(
+    oof: OutOfFold, surv: np.ndarray, cfg: SurvivalModelConfig, *, recalibrate: bool = False
+) -> dict[int, Scored]:
+    """Per landmark 1..MAX_LANDMARK with enough held-out patients and events: the IBS (NaN where the follow-up
+    spans one grid point) and Antolini's time-dependent C of the curves ``surv`` (rows as ``oof``), with C on
+    C_DRAWS bootstrap draws of the landmark's patients; with ``recalibrate`` each landmark's curves are first
+    recalibrated on that landmark's rows (so that a weight is judged at a landmark by what it is there, not by a
+    recalibration that fits the other landmarks)."""
     from tracker.survival.metrics import concordance_td, integrated_brier_score
 
     grid = np.asarray(cfg.grid_months)
-    ibs, c_td = [], []
+    out: dict[int, Scored] = {}
     for k in range(1, MAX_LANDMARK + 1):
         rows = oof.landmark == k
         if rows.sum() < MIN_LANDMARK_PATIENTS or oof.events[rows].sum() < 2:
             continue
         m, e, s = oof.months[rows], oof.events[rows], surv[rows]
+        if recalibrate:
+            s = fit_recalibration(m, e, s, cfg.grid_months).apply(s, cfg.grid_months)
         end = min(float(np.quantile(m, IBS_TIME_QUANTILE)), cfg.horizon_months)
         eval_times = grid[grid <= end]
-        if len(eval_times) > 1:
-            ibs.append(integrated_brier_score(m, e, s, grid, eval_times))
-        c_td.append(concordance_td(m, e, s, grid))
-    if not ibs:
+        ibs = integrated_brier_score(m, e, s, grid, eval_times) if len(eval_times) > 1 else float("nan")
+        draws = np.random.default_rng(DRAW_SEED + k).integers(0, len(m), (C_DRAWS, len(m)))
+        c_draws = np.array([concordance_td(m[d], e[d], s[d], grid) for d in draws])
+        out[k] = Scored(float(ibs), float(concordance_td(m, e, s, grid)), c_draws)
+    return out
+
+
+def mean_scores(by_landmark: Mapping[int, Scored]) -> Scored:
+    """The mean over the scored landmarks of the IBS and of C (NaNs skipped), draw by draw."""
+    if not by_landmark:
         raise MetatrackError("blend/auto: no landmark has enough held-out patients and events to compare the kinds")
-    return {"ibs": float(np.mean(ibs)), "c_td": float(np.nanmean(c_td)), "landmarks_scored": len(ibs)}
+    ibs = np.array([s.ibs for s in by_landmark.values()])
+    c = np.array([s.c_td for s in by_landmark.values()])
+    with np.errstate(all="ignore"):
+        draws = np.nanmean(np.stack([s.c_draws for s in by_landmark.values()]), axis=0)
+    return Scored(
+        float(np.nanmean(ibs)) if np.isfinite(ibs).any() else float("nan"),
+        float(np.nanmean(c)) if np.isfinite(c).any() else float("nan"),
+        draws,
+    )
+
+
+def score_out_of_fold(oof: OutOfFold, surv: np.ndarray, cfg: SurvivalModelConfig) -> dict[str, float]:
+    """Mean over landmarks 1..MAX_LANDMARK (those with enough held-out patients and events) of the IBS and C."""
+    return mean_scores(landmark_scores(oof, surv, cfg)).to_json()
+
+
+def c_noise(a: Scored, b: Scored) -> float:
+    """The bootstrap standard error of C(a) - C(b) (paired draws); 0 where it cannot be estimated."""
+    d = a.c_draws - b.c_draws
+    d = d[np.isfinite(d)]
+    return float(d.std(ddof=1)) if len(d) > 1 else 0.0
+
+
+def best_of(scores: Mapping[Option, Scored], order: Sequence[Option], ibs_slack: float = 0.0) -> Option:
+    """The criterion: the options whose C is within max(C_TOLERANCE, one bootstrap standard error of the
+    difference) of the best C are tied on C; among them the first in ``order`` whose IBS is within ``ibs_slack``
+    of their lowest IBS (NaN C counts as worst, NaN IBS as highest)."""
+    c = {o: scores[o].c_td if np.isfinite(scores[o].c_td) else -np.inf for o in order}
+    ibs = {o: scores[o].ibs if np.isfinite(scores[o].ibs) else np.inf for o in order}
+    top = max(order, key=lambda o: c[o])
+    tied = [o for o in order if c[o] >= c[top] - max(C_TOLERANCE, c_noise(scores[top], scores[o]))]
+    low = min(ibs[o] for o in tied)
+    return next(o for o in tied if ibs[o] <= low + ibs_slack)
+
+
+def per_landmark(
+    scores: Mapping[int, Mapping[Option, Scored]], pooled: Option, order: Sequence[Option], ibs_slack: float = 0.0
+) -> list[tuple[Option, str]]:
+    """Per landmark 1..MAX_LANDMARK, (choice, why): the landmark's own :func:`best_of` where its C beats the pooled
+    choice's there by max(LANDMARK_MARGIN_C, LANDMARK_Z bootstrap standard errors of the difference), else the
+    pooled choice."""
+    out: list[tuple[Option, str]] = []
+    for k in range(1, MAX_LANDMARK + 1):
+        if k not in scores:
+            out.append((pooled, "pooled choice (too few held-out patients or events to score this landmark)"))
+            continue
+        own = best_of(scores[k], order, ibs_slack)
+        gain = scores[k][own].c_td - scores[k][pooled].c_td
+        need = max(LANDMARK_MARGIN_C, LANDMARK_Z * c_noise(scores[k][own], scores[k][pooled]))
+        if own != pooled and gain >= need:
+            out.append((own, f"own choice: C {gain:+.3f} over the pooled choice here (needed {need:.3f})"))
+        else:
+            out.append((pooled, f"pooled choice (the landmark's own best gains C {gain:+.3f}, needed {need:.3f})"))
+    return out
 
 
 @dataclass
 class Choice:
-    """What the inner cross-validation decided: the blend weight, auto's pick, every candidate's scores, and the
-    recalibration fitted on each candidate's out-of-fold curves."""
+    """What the inner cross-validation decided: the blend's RNN weight per landmark, auto's candidate per landmark,
+    the scores behind them, and the recalibration fitted on each kind's out-of-fold curves."""
 
-    blend_weight: float
-    auto_kind: str
-    scores: dict[str, dict[str, float]]
-    weight_scores: dict[str, float]
-    calibrations: dict[str, Recalibration]
+    blend_weights: tuple[float, ...]
+    auto_picks: tuple[str, ...]
+    auto_pooled: str
+    scores: dict[str, dict[str, float]]  # per candidate (landmark-cox, rnn, blend): mean over landmarks
+    landmark_scores: dict[str, dict[int, dict[str, float]]]  # per candidate and landmark
+    weight_scores: dict[str, dict[str, float]]  # per weight of BLEND_WEIGHTS: mean over landmarks
+    kind_scores: dict[str, dict[str, Any]]  # blend and auto as chosen (per-landmark mixtures, recalibrated)
+    calibrations: dict[str, Recalibration]  # blend and auto
     calibration_reports: dict[str, list[dict[str, Any]]]
+    reasons: dict[str, list[str]]  # blend and auto: why, per landmark
     reason: str
 
-    def weight(self, kind: str) -> float:
-        """The RNN's weight in the kind's mixture ("blend", "auto" or a candidate)."""
-        pick = self.auto_kind if kind == "auto" else kind
-        return {"landmark-cox": 0.0, "rnn": 1.0}.get(pick, self.blend_weight)
+    def weights(self, kind: str) -> tuple[float, ...]:
+        """The RNN's weight per landmark in the kind's mixture ("blend", "auto" or a candidate)."""
+        if kind == "auto":
+            return tuple(
+                self.blend_weights[i] if p == "blend" else CANDIDATE_WEIGHTS[p] for i, p in enumerate(self.auto_picks)
+            )
+        if kind == "blend":
+            return self.blend_weights
+        return (CANDIDATE_WEIGHTS[kind],) * MAX_LANDMARK
 
-    def candidate(self, kind: str) -> str:
-        return self.auto_kind if kind == "auto" else kind
+    def pick_label(self, landmark: int) -> str:
+        """Auto's candidate at a landmark (later visits: the last), with the blend's weight."""
+        i = min(landmark, len(self.auto_picks)) - 1
+        p = self.auto_picks[i]
+        return f"blend {self.blend_weights[i]:g}" if p == "blend" else p
+
+
+def _simplest(pick: str, weight: float) -> str:
+    """A blend whose weight is 0 or 1 is the landmark Cox or the RNN."""
+    if pick == "blend" and weight in (0.0, 1.0):
+        return "rnn" if weight == 1.0 else "landmark-cox"
+    return pick
 
 
 def choose(oof: OutOfFold, cfg: SurvivalModelConfig) -> Choice:
-    """The blend weight and auto's candidate from the out-of-fold curves, with their recalibrations.
+    """The blend's and auto's per-landmark weights from the out-of-fold curves (see the module), with their
+    recalibrations.
 
-    Every candidate is scored after its own recalibration (part of what the kind predicts), so that a model which
-    ranks well but is off in scale is not passed over for it.
+    Every weight is scored at every landmark after a recalibration on that landmark's curves (part of what the kind
+    predicts), so that a mixture which ranks well but is off in scale is not passed over for it.
     """
     grid = cfg.grid_months
+    by_weight = {w: landmark_scores(oof, oof.curves(w), cfg, recalibrate=True) for w in BLEND_WEIGHTS}
+    pooled_w = {w: mean_scores(s) for w, s in by_weight.items()}
+    landmarks = sorted(by_weight[BLEND_WEIGHTS[0]])
+    w_pool = best_of(pooled_w, BLEND_WEIGHTS)
+    blend = per_landmark({k: {w: by_weight[w][k] for w in BLEND_WEIGHTS} for k in landmarks}, w_pool, BLEND_WEIGHTS)
+    blend_weights = tuple(w for w, _ in blend)
 
-    def recalibrated(w: float) -> tuple[Recalibration, np.ndarray]:
-        curves = oof.curves(w)
-        recal = fit_recalibration(oof.months, oof.events, curves, grid)
-        return recal, recal.apply(curves, grid)
-
-    weight_scores = {f"{w:g}": score_out_of_fold(oof, recalibrated(w)[1], cfg)["ibs"] for w in BLEND_WEIGHTS}
-    blend_w = float(min(BLEND_WEIGHTS, key=lambda w: weight_scores[f"{w:g}"]))
-    weights = {"landmark-cox": 0.0, "rnn": 1.0, "blend": blend_w}
-    scores = {c: score_out_of_fold(oof, recalibrated(w)[1], cfg) for c, w in weights.items()}
-    best = min(s["ibs"] for s in scores.values())
-    pick = next(c for c in CANDIDATES if scores[c]["ibs"] <= best + AUTO_TOLERANCE_IBS)
-    reason = (
-        f"inner {INNER_FOLDS}-fold CV IBS: "
-        + ", ".join(f"{c} {scores[c]['ibs']:.4f} (C {scores[c]['c_td']:.3f})" for c in CANDIDATES)
-        + f"; blend weight of the RNN {blend_w:g}; {pick} is the simplest within {AUTO_TOLERANCE_IBS} IBS of the best"
+    cand_by_landmark: dict[str, dict[int, Scored]] = {
+        "landmark-cox": by_weight[0.0],
+        "rnn": by_weight[1.0],
+        "blend": {k: by_weight[blend_weights[k - 1]][k] for k in landmarks},
+    }
+    cand_pooled = {c: mean_scores(s) for c, s in cand_by_landmark.items()}
+    auto_pool = best_of(cand_pooled, CANDIDATES, AUTO_TOLERANCE_IBS)
+    auto = per_landmark(
+        {k: {c: cand_by_landmark[c][k] for c in CANDIDATES} for k in landmarks},
+        auto_pool,
+        CANDIDATES,
+        AUTO_TOLERANCE_IBS,
     )
+    auto_picks = tuple(_simplest(c, blend_weights[i]) for i, (c, _) in enumerate(auto))
+    choice_weights = {
+        "blend": blend_weights,
+        "auto": tuple(blend_weights[i] if p == "blend" else CANDIDATE_WEIGHTS[p] for i, p in enumerate(auto_picks)),
+    }
+    kind_scores: dict[str, dict[str, Any]] = {}
     calibrations, reports = {}, {}
-    for c, w in weights.items():
-        curves = oof.curves(w)
-        calibrations[c], fixed = recalibrated(w)
-        reports[c] = [
+    for kind, weights in choice_weights.items():
+        curves = oof.curves(weights)
+        recal = fit_recalibration(oof.months, oof.events, curves, grid)
+        fixed = recal.apply(curves, grid)
+        calibrations[kind] = recal
+        kind_scores[kind] = {**score_out_of_fold(oof, fixed, cfg), "weights_rnn": list(weights)}
+        reports[kind] = [
             {"when": when, **calibration_at(oof.months, oof.events, 1.0 - _at(s, grid, h), h)}
             for h in CALIBRATION_HORIZONS
             if h <= grid[-1]
             for when, s in (("before", curves), ("after", fixed))
         ]
-    return Choice(blend_w, pick, scores, weight_scores, calibrations, reports, reason)
+    reason = (
+        f"inner {INNER_FOLDS}-fold CV, mean over landmarks of IBS (C): "
+        + ", ".join(f"{c} {cand_pooled[c].ibs:.4f} ({cand_pooled[c].c_td:.3f})" for c in CANDIDATES)
+        + f"; pooled pick {auto_pool} (the simplest within max({C_TOLERANCE}, 1 bootstrap SE) C of the best C and "
+        + f"{AUTO_TOLERANCE_IBS} IBS of the lowest among those); per landmark: "
+        + ", ".join(f"L{k} {c}" for k, c in enumerate(auto_picks, start=1))
+        + f"; blend weights of the RNN {', '.join(f'{w:g}' for w in blend_weights)} (pooled {w_pool:g})"
+    )
+    return Choice(
+        blend_weights,
+        auto_picks,
+        auto_pool,
+        {c: s.to_json() for c, s in cand_pooled.items()},
+        {c: {k: s.to_json() for k, s in by_k.items()} for c, by_k in cand_by_landmark.items()},
+        {f"{w:g}": s.to_json() for w, s in pooled_w.items()},
+        kind_scores,
+        calibrations,
+        reports,
+        {"blend": [why for _, why in blend], "auto": [why for _, why in auto]},
+        reason,
+    )
 
 
 def _at(surv: np.ndarray, grid: list[float], h: float) -> np.ndarray:
@@ -200,60 +362,72 @@ def _at(surv: np.ndarray, grid: list[float], h: float) -> np.ndarray:
 
 @dataclass
 class CombinedModel(VisitPredictions):
-    """Kinds "blend" and "auto": S = weight * S_rnn + (1 - weight) * S_cox, then recalibrated. A member with
-    weight 0 is not kept (an auto model that picked the Cox needs no torch)."""
+    """Kinds "blend" and "auto": S = w_k S_rnn + (1 - w_k) S_cox with the RNN weight w_k of the visit's landmark
+    (``weights[k - 1]``; later visits the last), then recalibrated. A member that no landmark uses is not kept (an
+    auto model that is the Cox at every landmark needs no torch)."""
 
     kind: str
     cfg: SurvivalModelConfig
     standardizer: Standardizer
     rnn: RiskModel | None
     cox: LandmarkCoxModel | None
-    weight: float
+    weights: tuple[float, ...]
     calibration: Recalibration | None
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in ("blend", "auto"):
             raise MetatrackError(f"combined model: kind {self.kind!r} is not blend or auto")
-        if (self.weight > 0 and self.rnn is None) or (self.weight < 1 and self.cox is None):
-            raise MetatrackError(f"combined model: weight {self.weight} needs a member that is missing")
+        self.weights = tuple(float(w) for w in self.weights)
+        if not self.weights or not all(0.0 <= w <= 1.0 for w in self.weights):
+            raise MetatrackError(f"combined model: RNN weights {list(self.weights)} must be 1 or more values in [0, 1]")
+        if (self.uses_rnn and self.rnn is None) or (self.uses_cox and self.cox is None):
+            raise MetatrackError(f"combined model: weights {list(self.weights)} need a member that is missing")
         self._default_hyperparameters()
 
-    def _members(self) -> list[tuple[float, VisitPredictions]]:
-        out: list[tuple[float, VisitPredictions]] = []
-        if self.weight > 0 and self.rnn is not None:
-            out.append((self.weight, self.rnn))
-        if self.weight < 1 and self.cox is not None:
-            out.append((1.0 - self.weight, self.cox))
-        return out
+    @property
+    def uses_rnn(self) -> bool:
+        return any(w > 0 for w in self.weights)
+
+    @property
+    def uses_cox(self) -> bool:
+        return any(w < 1 for w in self.weights)
+
+    def _mix(
+        self, score: Callable[[VisitPredictions], tuple[pd.DataFrame, np.ndarray, np.ndarray]]
+    ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        """(index, mixed curves, mixed second array) of the members' ``score`` outputs, weighted per row."""
+        kept = (self.rnn if self.uses_rnn else None, self.cox if self.uses_cox else None)
+        parts = [(m, score(m)) for m in kept if m is not None]
+        index = parts[0][1][0]
+        if len(parts) == 1:
+            _, (_, s, x) = parts[0]
+            return index, s, x
+        (_, (_, s_r, x_r)), (_, (idx_c, s_c, x_c)) = parts
+        if not index["visit_index"].equals(idx_c["visit_index"]):
+            raise MetatrackError("combined model: the members scored different visits")
+        w = row_weights(self.weights, index["visit_index"].to_numpy())[:, None]
+        return index, w * s_r + (1.0 - w) * s_c, w * x_r + (1.0 - w) * x_c
 
     def interval_half_width(self, visits: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-        """(index, mixed curves before recalibration, weighted sum of the members' 90 % half-widths)."""
-        index: pd.DataFrame | None = None
-        surv: np.ndarray | None = None
-        hw: np.ndarray | None = None
-        for w, member in self._members():
-            idx, s, h = member.interval_half_width(visits)
-            if index is None:
-                index, surv, hw = idx, w * s, w * h
-            else:
-                if not index["visit_index"].equals(idx["visit_index"]):
-                    raise MetatrackError("combined model: the members scored different visits")
-                surv, hw = surv + w * s, hw + w * h  # type: ignore[operator]
-        assert index is not None and surv is not None and hw is not None
-        return index, surv, hw
+        """(index, mixed curves before recalibration, 90 % half-width): the members' half-widths mixed with the
+        weights, times the kind's width scale (:data:`~tracker.survival.intervals.INTERVAL_SCALES`)."""
+        from tracker.survival.intervals import INTERVAL_SCALES
+
+        index, surv, hw = self._mix(lambda m: m.interval_half_width(visits))
+        return index, surv, hw * INTERVAL_SCALES.get(self.kind, 1.0)
 
     def _calibrated(self, surv: np.ndarray) -> np.ndarray:
         return surv if self.calibration is None else self.calibration.apply(surv, self.grid_months)
 
     def survival_all_visits(self, visits: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
         """The recalibrated mixture of the members' curves from every visit."""
-        index: pd.DataFrame | None = None
-        surv: np.ndarray | None = None
-        for w, member in self._members():
-            idx, s = member.survival_all_visits(visits)
-            index, surv = (idx, w * s) if index is None else (index, surv + w * s)  # type: ignore[operator]
-        assert index is not None and surv is not None
+
+        def curves(m: VisitPredictions) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+            index, s = m.survival_all_visits(visits)
+            return index, s, s
+
+        index, surv, _ = self._mix(curves)
         return index, self._calibrated(surv)
 
     def survival_interval_all_visits(
@@ -267,14 +441,15 @@ class CombinedModel(VisitPredictions):
         return index, self._calibrated(surv), self._calibrated(lower), self._calibrated(upper)
 
     def to_bytes(self) -> bytes:
-        """The zip: ``model.json`` (weight, recalibration, metadata) and each kept member's own model file."""
-        members = [(f"{MEMBERS_DIR}{m.kind}.zip", m.to_bytes()) for m in (self.rnn, self.cox) if m is not None]
+        """The zip: ``model.json`` (weights, recalibration, metadata) and each kept member's own model file."""
+        kept = (self.rnn if self.uses_rnn else None, self.cox if self.uses_cox else None)
+        members = [(f"{MEMBERS_DIR}{m.kind}.zip", m.to_bytes()) for m in kept if m is not None]
         header = {
             "kind": self.kind,
             "format_version": FORMAT_VERSION,
             "config": self.cfg.to_dict(),
             **standardizer_to_json(self.standardizer),
-            "weight": self.weight,
+            "weights": list(self.weights),
             "calibration": None if self.calibration is None else self.calibration.to_json(),
             "members": [name for name, _ in members],
             "metadata": self.metadata,
@@ -283,23 +458,25 @@ class CombinedModel(VisitPredictions):
 
 
 def combined_from_zip(header: dict[str, Any], zf: zipfile.ZipFile) -> CombinedModel:
-    """Rebuild a blend/auto model: its members are model files inside its zip."""
+    """Rebuild a blend/auto model: its members are model files inside its zip. Format 1 (one weight for every
+    visit) reads as a single-landmark list of weights."""
     from tracker.survival.kinds import model_from_bytes
     from tracker.survival.landmark_cox import LandmarkCoxModel
     from tracker.survival.model import RiskModel
 
-    check_version(header, (FORMAT_VERSION,))
+    version = check_version(header, (1, FORMAT_VERSION))
     members = [model_from_bytes(zf.read(name)) for name in header["members"]]
     rnn = next((m for m in members if isinstance(m, RiskModel)), None)
     cox = next((m for m in members if isinstance(m, LandmarkCoxModel)), None)
     cal = header.get("calibration")
+    weights = (float(header["weight"]),) if version == 1 else tuple(float(w) for w in header["weights"])
     return CombinedModel(
         str(header["kind"]),
         SurvivalModelConfig.from_dict(header["config"]),
         standardizer_from_json(header),
         rnn,
         cox,
-        float(header["weight"]),
+        weights,
         None if cal is None else Recalibration.from_json(cal),
         header["metadata"],
     )
@@ -319,36 +496,50 @@ class CombinedFit:
     def model(self, kind: str) -> CombinedModel:
         """The "blend" or "auto" model of this fit."""
         c = self.choice
-        w = c.weight(kind)
-        pick = c.candidate(kind)
+        weights = c.weights(kind)
+        uses_rnn = any(w > 0 for w in weights)
+        per_landmark = [
+            {
+                "landmark": k,
+                "chosen": c.pick_label(k) if kind == "auto" else f"blend {w:g}",
+                "weight_rnn": w,
+                "why": why,
+            }
+            for k, (w, why) in enumerate(zip(weights, c.reasons[kind], strict=True), start=1)
+        ]
         metrics = {
             **{k: v for k, v in self.cox.metadata["metrics"].items() if k.startswith("n_")},
             "train_seconds": self.seconds,
             "inner_cv": {
                 "folds": INNER_FOLDS,
                 "candidates": c.scores,
-                "blend_weights_ibs": c.weight_scores,
-                "chosen": pick,
+                "candidates_per_landmark": {
+                    cand: {str(k): s for k, s in by_k.items()} for cand, by_k in c.landmark_scores.items()
+                },
+                "blend_weights_scores": c.weight_scores,
+                "chosen": c.auto_pooled if kind == "auto" else "blend",
+                "chosen_scores": c.kind_scores[kind],
+                "per_landmark": per_landmark,
                 "reason": c.reason,
             },
-            "weight_rnn": w,
-            "calibration": c.calibration_reports[pick],
+            "weights_rnn": list(weights),
+            "calibration": c.calibration_reports[kind],
         }
         return CombinedModel(
             kind,
             self.cox.cfg,
             self.cox.standardizer,
-            self.rnn if w > 0 else None,
-            self.cox if w < 1 else None,
-            w,
-            c.calibrations[pick],
+            self.rnn if uses_rnn else None,
+            self.cox if any(w < 1 for w in weights) else None,
+            weights,
+            c.calibrations[kind],
             {
                 "features": self.cox.metadata["features"],
                 "candidate_features": self.cox.metadata["candidate_features"],
                 "relevance": self.cox.metadata["relevance"],
                 "hyperparameters": {**self.cox.cfg.to_dict(), "inner_folds": INNER_FOLDS},
                 "metrics": metrics,
-                "versions": library_versions(FORMAT_VERSION, torch=w > 0),
+                "versions": library_versions(FORMAT_VERSION, torch=uses_rnn),
                 "seed": self.seed,
                 "data_fingerprint": self.visits_fingerprint,
             },
@@ -364,8 +555,8 @@ def fit_combined(
     progress: Callable[[int, int, float], None] | None = None,
     need_rnn: bool = True,
 ) -> CombinedFit:
-    """Inner CV, choice, and the final members on all the data (the RNN only if ``need_rnn`` or auto picks one
-    with it)."""
+    """Inner CV, choice, and the final members on all the data (the RNN only if ``need_rnn`` or auto uses it at
+    some landmark)."""
     from tracker.survival.landmark_cox import train_landmark_cox
     from tracker.survival.model import train_model
 
@@ -373,7 +564,8 @@ def fit_combined(
     oof = inner_predictions(visits, events, cfg, seed, progress=progress)
     choice = choose(oof, cfg)
     cox = train_landmark_cox(visits, events, cfg, seed=seed)
-    rnn = train_model(visits, events, cfg, seed=seed) if need_rnn or choice.weight("auto") > 0 else None
+    use_rnn = need_rnn or any(w > 0 for w in choice.weights("auto"))
+    rnn = train_model(visits, events, cfg, seed=seed) if use_rnn else None
     return CombinedFit(choice, rnn, cox, data_fingerprint(visits, events), time.perf_counter() - start, seed)
 
 
@@ -385,7 +577,7 @@ def train_blend(
     seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> CombinedModel:
-    """Kind "blend": RNN and landmark Cox curves mixed with the weight chosen by inner CV, recalibrated."""
+    """Kind "blend": RNN and landmark Cox curves mixed with per-landmark weights chosen by inner CV, recalibrated."""
     return fit_combined(visits, events, cfg, seed=seed, progress=progress).model("blend")
 
 
@@ -397,5 +589,5 @@ def train_auto(
     seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> CombinedModel:
-    """Kind "auto": landmark-cox, rnn or blend, whichever inner CV prefers (see the module), recalibrated."""
+    """Kind "auto": per landmark landmark-cox, rnn or blend, as inner CV prefers (see the module), recalibrated."""
     return fit_combined(visits, events, cfg, seed=seed, progress=progress, need_rnn=False).model("auto")

@@ -44,7 +44,7 @@ class LandmarkPredictions:
     # per model of INTERVAL_MODELS: the 90 % band's lower and upper survival curves, in the order of ``curves``
     lower: dict[str, list] = field(default_factory=dict)
     upper: dict[str, list] = field(default_factory=dict)
-    auto_picks: list[str] = field(default_factory=list)  # per fold: the candidate auto chose
+    auto_picks: list[str] = field(default_factory=list)  # per fold: the candidate auto chose at this landmark
     cox_fits_not_converged: int = 0
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -122,7 +122,7 @@ def cross_validated_predictions(
                 pred.lower.setdefault(kind, []).append(lo_k[rnn_rows])
                 pred.upper.setdefault(kind, []).append(hi_k[rnn_rows])
             if fit is not None:
-                pred.auto_picks.append(fit.choice.auto_kind)
+                pred.auto_picks.append(fit.choice.pick_label(k))
             pred.curves["cox_baseline"].append(
                 cox_base.survival(landmark_design(te_v, stats, cfg, 1, te_ids), elapsed, grid)
             )
@@ -340,7 +340,7 @@ def evaluate_report(
 ) -> dict:
     """What `model evaluate` shows: the metric rows of :func:`evaluate_models` (every kind side by side, with the
     calibration slope and intercept), the reliability table of every model (deciles of risk at 12 months from
-    landmark 2, or the first landmark scored), and the candidate auto picked in each fold."""
+    landmark 2, or the first landmark scored), and per landmark the candidate auto picked in each fold."""
     preds = cross_validated_predictions(visits, events, cfg, folds, seed, progress=progress, combined=combined)
     table = score_predictions(preds, cfg, (12.0, 24.0), n_bootstrap, seed)
     k = RELIABILITY_LANDMARK if RELIABILITY_LANDMARK in preds else min(preds)
@@ -351,5 +351,5 @@ def evaluate_report(
             "horizon_months": RELIABILITY_HORIZON,
             "models": {m: reliability(preds, cfg, m, k, RELIABILITY_HORIZON) for m in preds[k].curves},
         },
-        "auto_picks": preds[k].auto_picks,
+        "auto_picks": {str(lm): p.auto_picks for lm, p in preds.items() if p.auto_picks},
     }
