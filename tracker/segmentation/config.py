@@ -50,6 +50,9 @@ class SegmentationConfig:
     overlap: float = 0.25  # sliding-window overlap
     min_diameter_mm: float = 10.0  # lesions this large (equivalent-sphere diameter) count for detection metrics
     max_fp_per_scan: float = 0.5
+    # the false-positive rate a threshold is held to is its upper confidence bound at this level (Poisson): few
+    # validation scans allow few false positives (8 scans: at most 1 for 0.5 per scan; 100 scans: 40)
+    fp_bound_confidence: float = 0.8
     thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     min_volumes_mm3: tuple[float, ...] = (0.0, 30.0, 60.0, 120.0, 250.0)
     threads: int = 2  # torch CPU threads while training (fixed: results depend on it)
@@ -62,6 +65,8 @@ class SegmentationConfig:
             raise MetatrackError(f"segmentation epochs {self.max_epochs}: expected at least 1")
         if self.loss not in LOSSES:
             raise MetatrackError(f"segmentation loss {self.loss!r}: expected one of {', '.join(LOSSES)}")
+        if not 0.0 <= self.fp_bound_confidence < 1.0:
+            raise MetatrackError(f"segmentation fp_bound_confidence {self.fp_bound_confidence}: expected 0 <= c < 1")
         if len(self.channels) < 2:
             raise MetatrackError(f"segmentation channels {self.channels}: expected at least 2 levels")
 

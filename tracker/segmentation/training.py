@@ -314,18 +314,33 @@ def detections(
     return [Detection(t, v, a[0], a[1], a[2], a[3], tuple(a[4])) for (t, v), a in counts.items()]
 
 
+def fp_rate_bound(false_positives: int, scans: int, confidence: float) -> float:
+    """The upper confidence bound (one-sided, Poisson) of the false positives per scan after seeing
+    ``false_positives`` on ``scans`` scans; ``confidence`` 0 gives the observed rate."""
+    from scipy.stats import chi2
+
+    if confidence <= 0.0:
+        return false_positives / scans
+    return float(chi2.ppf(confidence, 2 * (false_positives + 1))) / 2.0 / scans
+
+
 def choose_thresholds(
     probabilities: Sequence[np.ndarray], examples: Sequence[SegmentationExample], cfg: SegmentationConfig
 ) -> Detection:
-    """The (threshold, minimum volume) with the best recall of lesions >= ``cfg.min_diameter_mm`` among those with
-    at most ``cfg.max_fp_per_scan`` false positives per scan (none such: the fewest false positives); ties go to
-    fewer false positives, then the lower threshold and volume."""
+    """The (threshold, minimum volume) with the best recall of lesions >= ``cfg.min_diameter_mm`` among those whose
+    false positives per scan are at most ``cfg.max_fp_per_scan`` at the upper bound of ``cfg.fp_bound_confidence``
+    (:func:`fp_rate_bound`: a few validation scans are taken as that much evidence, no more; none such: the fewest
+    false positives); ties go to fewer false positives, then the lower threshold and volume."""
     results = detections(probabilities, examples, cfg)
 
     def recall(d: Detection) -> float:
         return d.recall if d.lesions else 1.0
 
-    allowed = [d for d in results if d.fp_per_scan <= cfg.max_fp_per_scan]
+    allowed = [
+        d
+        for d in results
+        if d.scans and fp_rate_bound(d.false_positives, d.scans, cfg.fp_bound_confidence) <= cfg.max_fp_per_scan
+    ]
     if allowed:
         return min(allowed, key=lambda d: (-recall(d), d.false_positives, d.threshold, d.min_volume_mm3))
     return min(results, key=lambda d: (d.false_positives, -recall(d), d.threshold, d.min_volume_mm3))

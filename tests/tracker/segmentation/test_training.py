@@ -13,7 +13,13 @@ from tracker.segmentation import SEGMENTATION_KIND
 from tracker.segmentation.config import SegmentationExample
 from tracker.segmentation.inference import intensity_window
 from tracker.segmentation.model import segmentation_model_from_bytes
-from tracker.segmentation.training import _prepare, choose_thresholds, split_patients, train_segmentation
+from tracker.segmentation.training import (
+    _prepare,
+    choose_thresholds,
+    fp_rate_bound,
+    split_patients,
+    train_segmentation,
+)
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +108,34 @@ def test_thresholds_maximise_recall_within_the_false_positive_budget() -> None:
     best = choose_thresholds([prob], [example], cfg)
     assert (best.threshold, best.min_volume_mm3, best.recall, best.false_positives) == (0.5, 100.0, 1.0, 0)
     assert best.dice == (1.0,)
+
+
+def test_the_false_positive_bound_is_strict_on_few_scans() -> None:
+    assert fp_rate_bound(0, 1, 0.8) == pytest.approx(np.log(5.0))  # P(0 | rate) = 0.2
+    assert fp_rate_bound(3, 6, 0.0) == 0.5  # confidence 0: the observed rate
+    # 0.5 per scan allowed: 1 false positive on 8 scans, not 2; 40 on 100 scans, not 45
+    assert fp_rate_bound(1, 8, 0.8) <= 0.5 < fp_rate_bound(2, 8, 0.8)
+    assert fp_rate_bound(40, 100, 0.8) <= 0.5 < fp_rate_bound(45, 100, 0.8)
+
+
+def test_few_validation_scans_choose_fewer_false_positives() -> None:
+    """Four scans, each with a 13.8 mm lesion: at threshold 0.5 all four found and one false positive (0.25 per
+    scan, within 0.5 as observed but not at its bound); at 0.7 the two brighter lesions and none."""
+    examples, probs = [], []
+    for k in range(4):
+        labels = np.zeros((20, 20, 20), np.int16)
+        labels[2:8, 2:8, 2:8] = 1
+        prob = np.zeros(labels.shape, np.float32)
+        prob[labels > 0] = 0.8 if k < 2 else 0.6
+        if k == 0:
+            prob[14:16, 14:16, 14:16] = 0.6
+        examples.append(SegmentationExample(f"P{k}", np.zeros(labels.shape, np.float32), (2.0, 2.0, 2.0), labels))
+        probs.append(prob)
+    cfg = dataclasses.replace(CFG, thresholds=(0.5, 0.7), min_volumes_mm3=(0.0,), max_fp_per_scan=0.5)
+    best = choose_thresholds(probs, examples, cfg)
+    assert (best.threshold, best.recall, best.false_positives) == (0.7, 0.5, 0)
+    best = choose_thresholds(probs, examples, dataclasses.replace(cfg, fp_bound_confidence=0.0))
+    assert (best.threshold, best.recall, best.false_positives) == (0.5, 1.0, 1)
 
 
 def test_a_blob_over_everything_finds_nothing() -> None:
