@@ -2,7 +2,7 @@
 simulator's truth (issue 14's targets).
 
     .venv/bin/python benchmarks/segmentation.py [--patients-train 8] [--patients-test 10] [--seed 0]
-        [--followups 2 3] [--epochs E] [--workers N] [--keep DIR] [--quick] [--json]
+        [--followups 2 3] [--epochs E] [--workers N] [--keep DIR [--reuse-model] [--modes M ...]] [--quick] [--json]
 
 One cohort is simulated at the demo's scale (`cli.demo.DEMO_SHAPE`/`DEMO_SPACING`). The first patients' scans are
 ingested with their masks into a training data home and a segmentation model is trained there through the
@@ -11,7 +11,9 @@ memory measured in a process of its own). The other patients are ingested with t
 model registered and promoted beside them; that data home is copied once per mode and processed
 (`tracker.workflows.process.process_scans`, `Settings(preset="fast", features=False)`), each mode in a process of
 its own: propagation alone, the model alone, both (the default), and the reference, every mask given (the true
-ones).
+ones). With ``--keep DIR --reuse-model`` a later run skips the training (the model of the kept run, its figures from
+``DIR/training.json``) and re-processes only ``--modes`` (the other modes' homes and figures are the kept run's):
+detection settings can be compared on one model.
 
 Scored on every follow-up, on its own grid, against the simulator's true mask: a found lesion (a label of the
 mask its lesions were measured on) belongs to the true lesion it overlaps most. Lesions of at least 10 mm
@@ -350,9 +352,17 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="modes processed at once")
     ap.add_argument("--threads", type=int, default=2, help="registration threads per mode")
     ap.add_argument("--keep", type=Path, help="work here and keep the data homes (a cohort there is reused)")
+    ap.add_argument("--reuse-model", action="store_true", help="with --keep: the kept run's trained model, no training")
+    ap.add_argument(
+        "--modes", nargs="+", choices=list(MODES), help="with --reuse-model: re-process only these (default: all)"
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 + 2 patients, one follow-up, 2 epochs")
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
     args = ap.parse_args()
+    if (args.reuse_model or args.modes) and not args.keep:
+        ap.error("--reuse-model and --modes need --keep DIR")
+    if args.modes and not args.reuse_model:
+        ap.error("--modes needs --reuse-model")
     if args.quick:
         args.patients_train, args.patients_test, args.followups, args.epochs = 3, 2, (1, 1), args.epochs or 2
     with tempfile.TemporaryDirectory(prefix="segbench_") as scratch:
@@ -387,36 +397,55 @@ def run_benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     requests = read_manifest(cohort / "manifest.csv")
     patients = sorted({r.external_id for r in requests})
     train, test = patients[: args.patients_train], patients[args.patients_train :]
-    for name in ("train", "test", "reference", *(m for m in MODES if m != "reference")):
-        shutil.rmtree(root / name, ignore_errors=True)
-    _ingest(root / "train", [r for r in requests if r.external_id in train])
-    first = {pid: min(r.scan_date for r in requests if r.external_id == pid and r.scan_date) for pid in test}
-    test_requests = [r for r in requests if r.external_id in test]
-    _ingest(root / "reference", test_requests)
-    _ingest(
-        root / "test",
-        [r if r.scan_date == first[r.external_id] else dataclasses.replace(r, mask=None) for r in test_requests],
-    )
     defaults = SegmentationConfig()
     epochs = args.epochs or defaults.max_epochs
-    cfg = SegmentationConfig(seed=args.seed, max_epochs=epochs, min_epochs=min(epochs, defaults.min_epochs))
-    spawn = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn, max_tasks_per_child=1) as pool:
-        _log(f"training on {len(train)} patients' {sum(r.external_id in train for r in requests)} scans")
-        trained = pool.submit(train_model, root / "train", cfg).result()
-    _log(f"trained {trained['model']} in {trained['train_s']:.0f} s")
-    spec = add_model(root / "train", root / "test")
+    reuse = bool(args.reuse_model)
+    redo = set(args.modes or MODES) if reuse else set(MODES)
+    if reuse and not (root / "training.json").exists():
+        raise SystemExit(f"--reuse-model: no {root / 'training.json'} (run once with --keep {root} first)")
+    for name in ([] if reuse else ["train", "test"]) + [m for m in MODES if m in redo]:
+        shutil.rmtree(root / name, ignore_errors=True)
+    test_requests = [r for r in requests if r.external_id in test]
+    if "reference" in redo:
+        _ingest(root / "reference", test_requests)
+    if reuse:
+        trained = json.loads((root / "training.json").read_text())
+        spec = trained["spec"]
+        _log(f"reusing {spec} (trained in {trained['train_s']:.0f} s)")
+    else:
+        _ingest(root / "train", [r for r in requests if r.external_id in train])
+        first = {pid: min(r.scan_date for r in requests if r.external_id == pid and r.scan_date) for pid in test}
+        _ingest(
+            root / "test",
+            [r if r.scan_date == first[r.external_id] else dataclasses.replace(r, mask=None) for r in test_requests],
+        )
+        cfg = SegmentationConfig(seed=args.seed, max_epochs=epochs, min_epochs=min(epochs, defaults.min_epochs))
+        spawn = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn, max_tasks_per_child=1) as pool:
+            _log(f"training on {len(train)} patients' {sum(r.external_id in train for r in requests)} scans")
+            trained = pool.submit(train_model, root / "train", cfg).result()
+        _log(f"trained {trained['model']} in {trained['train_s']:.0f} s")
+        spec = add_model(root / "train", root / "test")
+        trained["spec"] = spec
+        (root / "training.json").write_text(json.dumps(trained, indent=2, default=float))
     for mode in MODES:
-        if mode != "reference":
+        if mode != "reference" and mode in redo:
             shutil.copytree(root / "test", root / mode)
     runs: dict[str, Any] = {}
+    spawn = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=spawn, max_tasks_per_child=1) as pool:
         futures = {
-            mode: pool.submit(process_mode, root / mode, switches, args.threads) for mode, switches in MODES.items()
+            mode: pool.submit(process_mode, root / mode, switches, args.threads)
+            for mode, switches in MODES.items()
+            if mode in redo
         }
         for mode, fut in futures.items():
             runs[mode] = fut.result()
+            (root / f"{mode}.run.json").write_text(json.dumps(runs[mode], default=float))
             _log(f"{mode}: {runs[mode]['processed']} scans processed in {runs[mode]['wall_s']:.0f} s")
+    for mode in MODES:
+        if mode not in runs:
+            runs[mode] = json.loads((root / f"{mode}.run.json").read_text())
     reference_tally, reference_tl = score_mode(root / "reference", truth, cohort, test, None)
     modes = {}
     for mode in MODES:
@@ -446,7 +475,7 @@ def run_benchmark(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "metrics": {
                 k: v
                 for k, v in trained.items()
-                if k not in ("model", "state", "train_s", "train_cpu_s", "peak_memory_gb")
+                if k not in ("model", "spec", "state", "train_s", "train_cpu_s", "peak_memory_gb")
             },
         },
         "modes": modes,
