@@ -65,13 +65,13 @@ MODEL_KINDS: dict[str, ModelKind] = {
             "blend",
             "tracker.survival.blend:train_blend",
             "tracker.survival.blend:combined_from_zip",
-            "RNN and landmark Cox survival curves mixed, weight chosen by inner CV, recalibrated",
+            "RNN and landmark Cox survival curves mixed, the weight per landmark chosen by inner CV, recalibrated",
         ),
         ModelKind(
             "auto",
             "tracker.survival.blend:train_auto",
             "tracker.survival.blend:combined_from_zip",
-            "landmark-cox, rnn or blend, picked by inner patient-grouped CV (recorded why), recalibrated",
+            "per landmark landmark-cox, rnn or blend, picked by inner patient-grouped CV (recorded why), recalibrated",
         ),
     )
 }
