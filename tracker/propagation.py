@@ -15,17 +15,25 @@ threshold into the surround and doubled small lesions' volumes.
    [0.9, 1.5] x.
    Tissue far beyond the lesion's level (lung beside a hypodense liver lesion, bone) is another tissue: never
    lesion, and given the surround's level before smoothing so that its blurred rim does not look like one.
-3. Per voxel, the two-Gaussian log-likelihood ratio, plus the logit of the model's probability when given, minus
-   a spatial prior (neutral on the warped lesion, one log-odds per ``decay_mm`` outside it): lesion where > 0.
-   The components touching the warped lesion (within ``attach_mm``), opened against thin bridges, holes filled;
-   other tracks' warped lesions are theirs (an adjacent lesion of the same density is not leakage).
+3. Per voxel, the two-Gaussian log-likelihood ratio about the lesion's edge level (``IntensityPrior.edge_level``,
+   measured at its last sighting: half its contrast for a large lesion, more for one of a few voxels, all of them
+   partial volume), plus the logit of the model's probability when given, minus a spatial prior (neutral on the
+   warped lesion, one log-odds per ``decay_mm`` outside it): lesion where > 0. The components touching the warped
+   lesion (within ``attach_mm``), opened against thin bridges, holes filled; other tracks' warped lesions are
+   theirs (an adjacent lesion of the same density is not leakage).
+   A lesion of a few voxels (radius under ``min_smooth_radius_vox`` voxels along every axis) is scaled to its size:
+   unsmoothed, its contrast the prior's (not re-estimated among the noise of the search region), its spatial prior
+   one log-odds per ``decay_radius_fraction`` of its radius, and its threshold ``edge_hysteresis`` of the contrast
+   (at most a noise sd) lower on the warped lesion and higher off it. Before, such lesions were found at up to 3x
+   their volume (smoothed over their neighbours, and thresholded at half a partial-volume level).
 4. Leakage (a region lying on the search boundary): the threshold is raised towards the lesion's level; a region
    that still leaks (a neighbour of the lesion's density) is cut at ``leak_clip_mm`` and loses confidence.
 5. Voxels claimed by two tracks go to the nearer warped lesion.
 6. A confidence in [0, 1]: evidence x consistency x leakage. Evidence: the region's contrast on the follow-up's raw
    intensities (median against the median of its surround) as a fraction of the last sighting's, and as a
    contrast-to-noise at the smoothing scale (shrunk towards the two-class model's contrast: a faint lesion's region
-   cut from noise shows the noise it selected); with a probability map, ``1 - (1 - e)(1 - mean p)``. Consistency: the
+   cut from noise shows the noise it selected; for a lesion of a few voxels, that of the warped lesion's voxels
+   together, which no threshold selected); with a probability map, ``1 - (1 - e)(1 - mean p)``. Consistency: the
    volume ratio to the prior (a Gaussian in log ratio; a speck where a large lesion was counts little).
    Below ``min_confidence`` or ``min_volume_mm3`` a track is not found, with the reason.
 
@@ -49,11 +57,16 @@ from tracker.lesions import CONNECTIVITY_26, DEFAULT_MIN_VOLUME_MM3
 # Probabilities are clipped before the logit so that a map of exact 0/1 cannot overrule every intensity.
 _P_CLIP = 1e-3
 # Threshold levels tried against leakage, as fractions of the way from the surround's level to the lesion's.
-_LEAK_LEVELS = (0.5, 0.6, 0.7, 0.8)
+_LEAK_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9)
 # Bounds of the EM step's change of the contrast (a lesion may fade or brighten, not reverse). Not below 0.9: the
 # lesion-side voxels of a vanished lesion (noise past the midpoint) have a median of about 0.8 of the contrast, and a
 # contrast lowered to it lowers the threshold into the surround's texture.
 _EM_RATIO = (0.9, 1.5)
+# Bounds of a lesion's edge level (a fraction of its contrast): a noisy measure of a lesion of few voxels must not
+# put the threshold into the surround or above the lesion.
+_EDGE_LEVELS = (0.4, 0.85)
+# The measured edge level counts in full from this contrast-to-noise of the lesion (per voxel), not at all below.
+_EDGE_CNR = (1.5, 5.0)
 # Two-means steps of the intensity model.
 _TWO_CLASS_STEPS = 3
 # The surround's noise is measured within this many contrasts of its level.
@@ -61,9 +74,14 @@ _NOISE_WINDOW = 2.0
 # Evidence: the found region's contrast as a fraction of the last sighting's (none at or below _RATIO_NONE, full
 # from _RATIO_FULL) and its contrast-to-noise at the smoothing scale (none at _CNR_NONE, full from _CNR_FULL).
 _RATIO_NONE, _RATIO_FULL = 0.55, 0.85
+_RATIO_FEW = (0.4, 0.7)  # the same for a lesion of a few voxels
 _CNR_NONE, _CNR_FULL = 1.0, 3.0
+# For a lesion of a few voxels, that of its warped voxels together, which is about a standard normal where it vanished.
+_CNR_FEW = (2.0, 4.0)
 # Consistency of the found volume with the prior's: a Gaussian in log volume ratio, of sd log(spread).
 _SHRINK_SPREAD, _GROW_SPREAD = 5.0, 8.0
+# A lesion's texture (sd beyond the noise) is judged from this many voxels on: the sd of fewer is mostly noise.
+_TEXTURE_MIN_VOXELS = 8
 # Voxels more than this many times the lesion's contrast beyond the surround are another tissue.
 _BEYOND = 2.5
 # Confidence factor of a region that leaked and was cut near the warped lesion.
@@ -75,19 +93,22 @@ _EPS = 1e-9
 
 @dataclass(frozen=True)
 class IntensityPrior:
-    """The lesion as it looked at its last sighting: mean and sd inside it, level and sd of a shell around it
-    (median and MAD-based sd: a shell often crosses into a neighbouring organ, lung next to liver), and its volume
-    (mm3)."""
+    """The lesion as it looked at its last sighting: its level and sd inside, level and sd of a shell around it
+    (levels are medians, sds MAD-based: a shell often crosses into a neighbouring organ, lung next to liver, and a
+    lesion's voxels into a rib or vessel it abuts), its volume (mm3), and ``edge_level``: where its edge lies, as a
+    fraction of the contrast from the surround (about 0.5 for a large lesion; higher for one of a few voxels, all
+    partial volume, whose level understates its contrast: a threshold at half of it took in its neighbours)."""
 
     lesion_mean: float
     lesion_sd: float
     surround_mean: float
     surround_sd: float
     volume_mm3: float
+    edge_level: float = 0.5
 
     @property
     def contrast(self) -> float:
-        """Lesion mean minus surround mean (negative for a hypodense lesion)."""
+        """Lesion level minus surround level (negative for a hypodense lesion)."""
         return self.lesion_mean - self.surround_mean
 
 
@@ -134,6 +155,9 @@ class PropagationConfig:
         0.78 of their volume with a 2 mm sigma; ``benchmarks/propagation.py``).
     smooth_radius_fraction
         See ``smooth_mm``.
+    min_smooth_radius_vox
+        A lesion whose radius is under this many voxels along an axis is not smoothed along it; under it along
+        every axis, it is a lesion of a few voxels (``edge_hysteresis``, ``decay_radius_fraction``).
     open_mm
         Radius of the morphological opening that cuts thin bridges from the lesion into look-alike surround.
     min_volume_mm3
@@ -144,6 +168,17 @@ class PropagationConfig:
         Share of a region's surface on the search boundary above which the threshold is raised (leakage).
     leak_clip_mm
         A region that still leaks is cut at this distance from the warped lesion (and its confidence lowered).
+    max_texture_unsmoothed
+        A lesion whose voxels vary beyond the noise (sd) by more than this share of its contrast is smoothed
+        whatever its size (a textured liver lesion of 10 voxels at 4 mm that doubled was found at 0.6 of its
+        volume unsmoothed).
+    edge_hysteresis
+        For a lesion of a few voxels: the threshold is this share of the contrast (at most one noise sd) below its
+        edge level on the warped lesion and above it off it (an unchanged lesion of 3 voxels, 80 HU in 15 HU
+        noise, was found at 2-5 voxels without it, at 3-4 with it).
+    decay_radius_fraction
+        For a lesion of a few voxels: its spatial prior falls by one log-odds per this fraction of its radius
+        when that is shorter than ``decay_mm`` (noise next to it is no growth).
     """
 
     search_mm: float = 10.0
@@ -153,11 +188,15 @@ class PropagationConfig:
     shell_mm: float = 5.0
     smooth_mm: float = 2.0
     smooth_radius_fraction: float = 0.2
+    min_smooth_radius_vox: float = 2.0
     open_mm: float = 3.0
     min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3
     min_confidence: float = 0.45
     max_leak_fraction: float = 0.2
     leak_clip_mm: float = 3.0
+    max_texture_unsmoothed: float = 0.6
+    edge_hysteresis: float = 0.15
+    decay_radius_fraction: float = 1.0 / 3.0
 
 
 @dataclass
@@ -253,12 +292,34 @@ def intensity_prior(
     if around.size == 0:
         around = inside
     surround, surround_sd = _robust(around)
+    lesion_mean = float(np.median(inside))
+    # the lesion's edge: the level that parts its outer voxels (partly lesion: more than half) from the voxels
+    # touching it from outside (less than half) with as many of the two sets above it as the lesion has outer
+    # voxels, so that a threshold there keeps the lesion's volume
+    contrast = lesion_mean - surround
+    outer = les & ~ndimage.binary_erosion(les)
+    rim = touching & ~les & (labels[box] == 0)
+    edge_level = 0.5
+    if rim.any() and abs(contrast) > _EPS:
+        k = int(outer.sum())
+        offset = np.sign(contrast) * (img - surround)
+        # a rim voxel past the highest edge level is a neighbour of the lesion's density (chest wall beside a
+        # nodule, lung beside a hypodense liver lesion), not its edge
+        rim &= offset < _EDGE_LEVELS[1] * abs(contrast)
+        ranked = np.sort(np.concatenate([offset[outer], offset[rim]]))[::-1]
+        edge = 0.5 * (ranked[k - 1] + ranked[min(k, ranked.size - 1)]) / abs(contrast)
+        # through noise the rim's brightest voxels outrank the outer ones: the level is trusted by contrast-to-noise
+        weight = float(
+            np.clip((abs(contrast) / max(surround_sd, _EPS) - _EDGE_CNR[0]) / (_EDGE_CNR[1] - _EDGE_CNR[0]), 0.0, 1.0)
+        )
+        edge_level = float(np.clip(0.5 + weight * (edge - 0.5), _EDGE_LEVELS[0], _EDGE_LEVELS[1]))
     return IntensityPrior(
-        lesion_mean=float(inside.mean()),
+        lesion_mean=lesion_mean,
         lesion_sd=float(inside.std()),
         surround_mean=surround,
         surround_sd=surround_sd,
         volume_mm3=float(les.sum()) * _voxel_volume(spacing_zyx),
+        edge_level=edge_level,
     )
 
 
@@ -273,6 +334,7 @@ class _Candidate:
     noise: float  # sd of the smoothed follow-up's surround
     contrast: float  # the lesion's contrast on the smoothed follow-up (the two-class model's)
     clipped: bool  # leaked, and cut at leak_clip_mm from the warped lesion
+    unsmoothed: bool  # a lesion of a few voxels, classified on the raw intensities
 
 
 def _ball(radius_mm: float, spacing_zyx: Sequence[float]) -> np.ndarray:
@@ -320,10 +382,13 @@ def _smooth(image: np.ndarray, spacing_zyx: Sequence[float], sigma_mm: float | n
     return np.asarray(ndimage.gaussian_filter(np.asarray(image, dtype=float), sigma=sigma, mode="nearest"))
 
 
-def _two_class(values: np.ndarray, intensity: IntensityPrior, min_voxels: float) -> tuple[float, float, float]:
+def _two_class(
+    values: np.ndarray, intensity: IntensityPrior, min_voxels: float, *, measure_contrast: bool = True
+) -> tuple[float, float, float]:
     """Surround level, lesion contrast and noise sd on the follow-up's (smoothed) search region: two-means steps
     seeded by the last sighting's levels. The contrast stays within ``_EM_RATIO`` x the prior's; with too few
-    lesion-like voxels to measure it (a vanished lesion), it is the prior's."""
+    lesion-like voxels to measure it (a vanished lesion), or unless ``measure_contrast`` (a lesion of a few voxels:
+    the noise past its threshold in the search region outnumbers it), it is the prior's."""
     prior_contrast = intensity.contrast
     sign = 1.0 if prior_contrast >= 0 else -1.0
     surround, contrast = intensity.surround_mean, prior_contrast
@@ -333,7 +398,7 @@ def _two_class(values: np.ndarray, intensity: IntensityPrior, min_voxels: float)
         if lesion_side.all():
             break
         surround = float(np.median(values[~lesion_side]))
-        if lesion_side.sum() >= max(min_voxels, 1.0) and prior_contrast != 0.0:
+        if measure_contrast and lesion_side.sum() >= max(min_voxels, 1.0) and prior_contrast != 0.0:
             ratio = (float(np.median(values[lesion_side])) - surround) / prior_contrast
             contrast = prior_contrast * float(np.clip(ratio, _EM_RATIO[0], _EM_RATIO[1]))
     # the noise from the half of the surround away from the lesion's side, which the lesion cannot contaminate,
@@ -367,23 +432,47 @@ def _candidate(
     # it takes the surround's level before smoothing, so that its blurred rim does not look like the lesion
     prior_c = prior.intensity.contrast
     sign = 1.0 if prior_c >= 0 else -1.0
-    beyond = _BEYOND * abs(prior_c) + 3.0 * prior.intensity.surround_sd
-    level0, _, _ = _two_class(raw[search & ~others[box]], prior.intensity, config.min_volume_mm3 / voxel)
+    level0, _, noise0 = _two_class(raw[search & ~others[box]], prior.intensity, config.min_volume_mm3 / voxel)
+    # three noise sds past the far level: the follow-up's noise, or the shell's sd when smaller (a shell across the
+    # liver's edge has the sd of liver and fat together, which let fat beside a liver lesion pass for it)
+    beyond = _BEYOND * abs(prior_c) + 3.0 * min(prior.intensity.surround_sd, noise0)
     other = sign * (raw - level0) > beyond
     spacing = np.asarray(spacing_zyx, dtype=float)
-    sigma = np.clip(config.smooth_radius_fraction * radius, 0.5 * spacing, config.smooth_mm)
+    # a lesion under about two voxels in radius is left unsmoothed along that axis: smoothing would spread it over
+    # its neighbours, and its edge level was measured on the unsmoothed scan
+    # ... unless its voxels vary by more than a share of its contrast beyond the noise (a textured lesion: its
+    # texture, not its edge, decides voxel by voxel, and smoothing averages it)
+    texture = math.sqrt(max(prior.intensity.lesion_sd**2 - noise0**2, 0.0))
+    textured = texture > config.max_texture_unsmoothed * abs(prior_c) and mask.sum() >= _TEXTURE_MIN_VOXELS
+    small = (radius < config.min_smooth_radius_vox * spacing) & (not textured)
+    few_voxels = bool(small.all())
+    sigma = np.where(small, 0.0, np.clip(config.smooth_radius_fraction * radius, 0.5 * spacing, config.smooth_mm))
     img = _smooth(np.where(other, level0, raw), spacing_zyx, sigma)
     surround, contrast, noise = _two_class(
-        img[search & ~others[box] & ~other], prior.intensity, config.min_volume_mm3 / voxel
+        img[search & ~others[box] & ~other],
+        prior.intensity,
+        config.min_volume_mm3 / voxel,
+        measure_contrast=not few_voxels,
     )
     logit_p = _logit(probability[box]) if probability is not None else None
+    # a lesion of a few voxels is classified unsmoothed, voxel by voxel at the noise of one voxel, and most of its
+    # voxels lie near its edge level, where noise decides their side: its spatial prior falls off by the lesion's
+    # size (one log-odds per decay_radius_fraction of its radius, when that is shorter than decay_mm: a voxel's
+    # worth of noise is no growth), and its threshold is lowered on the warped lesion and raised off it by a share
+    # of the contrast (at most one noise sd: a nodule in lung has partial-volume voxels at every level, and noise
+    # does not move them), so that a voxel near the edge level keeps its side (an unchanged lesion keeps its
+    # volume) and one clearly past it changes side (growth, shrinkage); a larger lesion's edge is a thin share of
+    # it, smoothed against noise
+    decay = min(config.decay_mm, config.decay_radius_fraction * radius) if few_voxels else config.decay_mm
     # log prior odds of lesion: neutral on the warped lesion, falling off outside it (growth costs evidence)
-    spatial = distance / config.decay_mm if config.decay_mm > 0 else np.zeros_like(distance)
+    spatial = distance / decay if decay > 0 else np.zeros_like(distance)
     ball = _ball(config.open_mm, spacing_zyx)
+    step = min(config.edge_hysteresis, noise / max(abs(contrast), _EPS)) if few_voxels else 0.0
+    hysteresis = np.where(mask, -step, step)
 
     def region_at(level: float, c: float) -> np.ndarray:
         # two Gaussians of equal sd at surround and surround + c: the log-likelihood ratio is linear in intensity
-        llr = c / noise**2 * (img - (surround + level * c)) - spatial
+        llr = c / noise**2 * (img - (surround + (level + hysteresis) * c)) - spatial
         if logit_p is not None:
             llr = llr + logit_p
         # another track's warped lesion is that track's (each voxel goes to the nearest warped lesion): left out
@@ -395,9 +484,10 @@ def _candidate(
             return np.asarray(opened | (lesion_like & ndimage.binary_dilation(opened, structure=ball)))
         return _attached(lesion_like, distance, config.attach_mm)
 
-    region = region_at(0.5, contrast)
+    edge = prior.intensity.edge_level
+    region = region_at(edge, contrast)
     leak = _leak_fraction(region, search)
-    for level in _LEAK_LEVELS[1:]:
+    for level in (lv for lv in _LEAK_LEVELS if lv > edge):
         if leak <= config.max_leak_fraction:
             break
         tighter = region_at(level, contrast)
@@ -411,7 +501,7 @@ def _candidate(
         region = _attached(region & (distance <= config.leak_clip_mm), distance, config.attach_mm)
     if not region.any():
         return "no lesion-like voxels"
-    return _Candidate(box, region, distance, search, noise, contrast, clipped)
+    return _Candidate(box, region, distance, search, noise, contrast, clipped, few_voxels)
 
 
 def _confidence(
@@ -442,8 +532,22 @@ def _confidence(
     # lesion is faint
     shown = min(abs(observed), math.sqrt(abs(observed * cand.contrast)))
     cnr = shown / cand.noise if ratio > 0 else 0.0
-    evidence = float(np.clip((ratio - _RATIO_NONE) / (_RATIO_FULL - _RATIO_NONE), 0.0, 1.0))
-    evidence *= float(np.clip((cnr - _CNR_NONE) / (_CNR_FULL - _CNR_NONE), 0.0, 1.0))
+    if cand.unsmoothed and ratio > 0:
+        # a lesion of a few voxels, unsmoothed: a region cut from noise shows about the contrast of a faint lesion,
+        # so the contrast-to-noise is that of the warped lesion's voxels together (or of them and their neighbours,
+        # against a misregistration of a voxel), which the threshold did not select
+        warped = prior.mask[cand.box]
+        sign = 1.0 if contrast >= 0 else -1.0
+        cnr = max(
+            sign * (float(img[w].mean()) - level) / (cand.noise / math.sqrt(float(w.sum())))
+            for w in (warped, ndimage.binary_dilation(warped, structure=CONNECTIVITY_26))
+        )
+    # a lesion of a few voxels that shrank keeps mostly partial-volume voxels: their median contrast is well under
+    # the last sighting's (whose presence the warped lesion's contrast-to-noise above checks)
+    none, full = _RATIO_FEW if cand.unsmoothed else (_RATIO_NONE, _RATIO_FULL)
+    evidence = float(np.clip((ratio - none) / (full - none), 0.0, 1.0))
+    none, full = _CNR_FEW if cand.unsmoothed else (_CNR_NONE, _CNR_FULL)
+    evidence *= float(np.clip((cnr - none) / (full - none), 0.0, 1.0))
     if probability is not None:
         p = float(np.mean(probability[cand.box][region]))
         evidence = 1.0 - (1.0 - evidence) * (1.0 - p)
