@@ -169,9 +169,9 @@ class PropagationConfig:
     leak_clip_mm
         A region that still leaks is cut at this distance from the warped lesion (and its confidence lowered).
     max_texture_unsmoothed
-        A lesion whose voxels vary beyond the noise (sd) by more than this share of its contrast is smoothed
-        whatever its size (a textured liver lesion of 10 voxels at 4 mm that doubled was found at 0.6 of its
-        volume unsmoothed).
+        A lesion whose voxels vary beyond the noise (MAD-based sd: a rib's partial volume in a few of them is no
+        texture) by more than this share of its contrast is smoothed whatever its size (a textured liver lesion
+        of 10 voxels at 4 mm that doubled was found at 0.6 of its volume unsmoothed).
     edge_hysteresis
         For a lesion of a few voxels: the threshold is this share of the contrast (at most one noise sd) below its
         edge level on the warped lesion and above it off it (an unchanged lesion of 3 voxels, 80 HU in 15 HU
@@ -194,7 +194,7 @@ class PropagationConfig:
     min_confidence: float = 0.45
     max_leak_fraction: float = 0.2
     leak_clip_mm: float = 3.0
-    max_texture_unsmoothed: float = 0.6
+    max_texture_unsmoothed: float = 0.5
     edge_hysteresis: float = 0.15
     decay_radius_fraction: float = 1.0 / 3.0
 
@@ -315,7 +315,7 @@ def intensity_prior(
         edge_level = float(np.clip(0.5 + weight * (edge - 0.5), _EDGE_LEVELS[0], _EDGE_LEVELS[1]))
     return IntensityPrior(
         lesion_mean=lesion_mean,
-        lesion_sd=float(inside.std()),
+        lesion_sd=_robust(inside)[1],
         surround_mean=surround,
         surround_sd=surround_sd,
         volume_mm3=float(les.sum()) * _voxel_volume(spacing_zyx),
