@@ -181,6 +181,97 @@ def _intensity_priors(ctx: PatientContext, min_lesion_mm3: float, shell_mm: floa
     return out
 
 
+@functools.lru_cache(maxsize=2)
+def _probability(model_path: Path, image_path: Path) -> np.ndarray:
+    """The segmentation model's lesion probability on a scan's grid (read-only). Cached (this scan and the one
+    before): the scan processed next reads this scan's as the previous one, and store files never change."""
+    import SimpleITK as sitk
+
+    from tracker.lesions import Geometry
+    from tracker.segmentation.model import read_segmentation_model
+
+    image = _read(image_path)
+    arr = sitk.GetArrayFromImage(image).astype(np.float64)
+    prob = read_segmentation_model(model_path).predict_probability(arr, Geometry.from_image(image).spacing_zyx)
+    prob.setflags(write=False)
+    return prob
+
+
+@dataclass
+class Detected:
+    """The segmentation model's new lesions on a scan (`_new_lesions`): (voxels, confidence) each, and what a
+    reader should know of the components left out."""
+
+    lesions: list[tuple[np.ndarray, float]]
+    reasons: list[str]
+
+
+def _new_lesions(
+    ctx: PatientContext,
+    scan: ScanFiles,
+    image: sitk.Image,
+    warped: dict[int, np.ndarray],
+    followed: np.ndarray,
+    probability: np.ndarray,
+    model_path: Path,
+    settings: Settings,
+) -> Detected:
+    """The model's components on this scan that are new lesions (`tracker.segmentation.detection.new_lesions`):
+    not part of a ``followed`` (propagated) lesion, not reported by the model on the previous scan too (its
+    probability there carried through the registration) outside that scan's lesions, standing out from their
+    surround."""
+    import SimpleITK as sitk
+
+    from registration import warp_image
+    from tracker.lesions import Geometry
+    from tracker.segmentation.components import lesion_components
+    from tracker.segmentation.detection import Dropped, new_lesions
+    from tracker.segmentation.model import read_segmentation_model
+
+    model = read_segmentation_model(model_path)
+    spacing = Geometry.from_image(image).spacing_zyx
+    min_volume = max(settings.min_lesion_mm3, model.min_volume_mm3)
+    components, found = lesion_components(probability, spacing, threshold=model.threshold, min_volume_mm3=min_volume)
+    prior_probability, prior_lesions = None, None
+    previous = ctx.scans[-2] if len(ctx.scans) > 1 else None
+    if previous is not None and previous.mask is not None:
+        prior = sitk.GetImageFromArray(_probability(model_path, previous.image))
+        prior.CopyInformation(_read(previous.image))
+        to_previous = _frame_transforms(scan, previous)
+        prior_probability = sitk.GetArrayFromImage(warp_image(prior, image, to_previous, default_value=0.0))
+        prior_lesions = warped.get(previous.index)
+        if prior_lesions is None:
+            prior_lesions = sitk.GetArrayFromImage(
+                warp_image(
+                    sitk.Cast(_source_labels(previous.mask, settings.min_lesion_mm3), sitk.sitkUInt16),
+                    image,
+                    to_previous,
+                    default_value=0,
+                    interpolator=sitk.sitkNearestNeighbor,
+                )
+            )
+    kept, dropped = new_lesions(
+        components,
+        found,
+        spacing,
+        threshold=model.threshold,
+        min_volume_mm3=min_volume,
+        image=sitk.GetArrayFromImage(image),
+        followed=followed,
+        prior_probability=prior_probability,
+        prior_lesions=prior_lesions,
+    )
+    reasons = []
+    if kept:
+        shown = ", ".join(f"{c.volume_mm3:.0f} mm3 ({c.confidence:.2f})" for c in kept)
+        reasons.append(f"new lesions found by the segmentation model: {shown}")
+    for why in Dropped:
+        n = sum(d == why for d in dropped.values())
+        if n and why != Dropped.ADJACENT:
+            reasons.append(f"{n} segmentation model finding(s) not taken as new lesions: {why}")
+    return Detected([(components == c.label, c.confidence) for c in kept], reasons)
+
+
 def _find_lesions(
     ctx: PatientContext,
     scan: ScanFiles,
@@ -208,12 +299,7 @@ def _find_lesions(
     arr = sitk.GetArrayFromImage(image).astype(np.float64)
     spacing = Geometry.from_image(image).spacing_zyx
     reasons: list[str] = []
-    probability, model = None, None
-    if segmentation is not None:
-        from tracker.segmentation.model import segmentation_model_from_bytes
-
-        model = segmentation_model_from_bytes(segmentation.path.read_bytes())
-        probability = model.predict_probability(arr, spacing)
+    probability = _probability(segmentation.path, scan.image) if segmentation is not None else None
     labels = np.zeros(arr.shape, np.int32)
     sources: dict[int, tuple[LesionSource, float | None]] = {}
     if ctx.open_tracks and settings.propagation:
@@ -240,23 +326,14 @@ def _find_lesions(
         if found.not_found:
             gone = ", ".join(f"T{n} ({why})" for n, why in sorted(found.not_found.items()))
             reasons.append(f"not found, taken as vanished: {gone}")
-    if model is not None and probability is not None:
-        from tracker.segmentation.components import lesion_components
-
-        components, found_components = lesion_components(
-            probability,
-            spacing,
-            threshold=model.threshold,
-            min_volume_mm3=max(settings.min_lesion_mm3, model.min_volume_mm3),
-        )
+    if segmentation is not None and probability is not None:
+        detected = _new_lesions(ctx, scan, image, warped, labels, probability, segmentation.path, settings)
         next_label = int(labels.max()) + 1
-        for comp in found_components:
-            region = components == comp.label
-            if (labels[region] > 0).any():
-                continue  # the model sees a propagated lesion: propagation used its probabilities already
+        for region, confidence in detected.lesions:
             labels[region] = next_label
-            sources[next_label] = (LesionSource.DETECTED, float(comp.confidence))
+            sources[next_label] = (LesionSource.DETECTED, confidence)
             next_label += 1
+        reasons.extend(detected.reasons)
     elif scan.index > 0:
         reasons.append("no segmentation model used: new lesions were not searched for")
     model_id = segmentation.model_version_id if segmentation is not None else None

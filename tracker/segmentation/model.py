@@ -8,11 +8,13 @@ timestamp, so the same model gives the same bytes.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -155,3 +157,9 @@ def segmentation_model_from_bytes(data: bytes) -> SegmentationModel:
         overlap=float(header.get("overlap", 0.25)),
         metadata=dict(header.get("metadata", {})),
     )
+
+
+@functools.lru_cache(maxsize=4)
+def read_segmentation_model(path: Path) -> SegmentationModel:
+    """The model in a file (cached: a model file in the store never changes)."""
+    return segmentation_model_from_bytes(Path(path).read_bytes())
