@@ -484,7 +484,8 @@ def _candidate(
             return np.asarray(opened | (lesion_like & ndimage.binary_dilation(opened, structure=ball)))
         return _attached(lesion_like, distance, config.attach_mm)
 
-    edge = prior.intensity.edge_level
+    # the edge level was measured unsmoothed: a smoothed lesion's edge is at half its contrast
+    edge = prior.intensity.edge_level if few_voxels else 0.5
     region = region_at(edge, contrast)
     leak = _leak_fraction(region, search)
     for level in (lv for lv in _LEAK_LEVELS if lv > edge):
