@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 JOB_KIND = "rescore"
 DEFAULT_BATCH = 500
 CURVE_DECIMALS = 6
-INTERVAL_VERSION = 1  # in the fingerprint: scores written before intervals existed are stale once
+INTERVAL_VERSION = 2  # in the fingerprint: scores with older interval widths are stale once (2: per-landmark kinds)
 REVIEW_COLUMN = "needs_review"  # per visit: 1.0 when its scan needs review (set by the planner and the batch reader)
 _PREDICT_LOCK = threading.Lock()  # torch thread settings are process-global: one prediction at a time
 
@@ -278,12 +278,16 @@ def _score_group(
     t_tick = np.array([months_between(dates[i], tick_days[j]) for j, i in enumerate(tick_rows)], dtype=np.float64)
 
     def entries(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(risks per entry and horizon, curve JSON on the curve's rows else None) for scans then ticks."""
+        """(risks per entry and horizon, curves per entry) for scans then ticks."""
         tick_risks, tick_curves = risk_table(curves[tick_rows], grid, t_tick, horizons)
         risk = np.concatenate([scan_risks(curves), tick_risks.reshape(len(tick_rows), len(horizons))], axis=0)
-        text = np.repeat(np.array(curves_json(np.concatenate([curves, tick_curves], axis=0)), dtype=object), n_h)
+        return risk.reshape(-1), np.concatenate([curves, tick_curves], axis=0)
+
+    def as_json(curves: np.ndarray) -> np.ndarray:
+        """Curve JSON on the curve horizon's rows, else None."""
+        text = np.repeat(np.array(curves_json(curves), dtype=object), n_h)
         text[horizon_col != curve_row_horizon(horizons)] = None
-        return risk.reshape(-1), text
+        return text
 
     entry_pid = np.r_[pids, pids[tick_rows]]
     entry_scan = np.r_[visits["scan_id"].to_numpy(dtype=object), np.full(len(tick_rows), None, dtype=object)]
@@ -291,9 +295,12 @@ def _score_group(
     entry_fp = np.array([plans[int(p)].fingerprint for p in entry_pid], dtype=object)
     n_h = len(horizons)
     horizon_col = np.tile(np.asarray(horizons, dtype=np.int64), len(entry_pid))
-    risk_col, curve_col = entries(surv)
-    upper_col, curve_low_col = entries(s_low)  # the lower survival curve is the upper risk
-    lower_col, curve_up_col = entries(s_high)
+    risk_col, curve = entries(surv)
+    upper_col, curve_low = entries(s_low)  # the lower survival curve is the upper risk
+    lower_col, curve_up = entries(s_high)
+    # a tick's curve is conditional on surviving to the tick: the ratio of a band's bounds need not bound it
+    curve_col = as_json(curve)
+    curve_low_col, curve_up_col = as_json(np.minimum(curve_low, curve)), as_json(np.maximum(curve_up, curve))
     return pd.DataFrame(
         {
             "patient_id": np.repeat(entry_pid, n_h),
