@@ -156,9 +156,11 @@ def test_auto_picks_the_cox_where_only_the_latest_value_matters() -> None:
 
 def test_auto_picks_the_rnn_where_the_trajectory_matters() -> None:
     """The hazard is set by the first visit's marker, which later visits no longer show: from the third visit on
-    only the trajectory carries it, and the RNN is chosen."""
+    only the trajectory carries it, and the RNN is chosen; at the first visit, where both see that marker, the
+    landmark Cox stays (the first-visit default)."""
     visits, events = baseline_memory_cohort(200, seed=2)
     model = train_auto(visits, events, CFG, seed=0)
     why = model.metadata["metrics"]["inner_cv"]
-    assert why["chosen"] == "rnn" and model.cox is None and model.weights == (1.0,) * MAX_LANDMARK
+    assert why["chosen"] == "rnn" and model.weights == (0.0,) + (1.0,) * (MAX_LANDMARK - 1)
+    assert why["per_landmark"][0]["why"].startswith("first-visit default")
     assert why["candidates"]["rnn"]["c_td"] > why["candidates"]["landmark-cox"]["c_td"] + 0.05
