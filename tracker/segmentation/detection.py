@@ -88,16 +88,13 @@ def new_lesions(
     """
     from scipy import ndimage
 
-    near_followed = _within(np.asarray(followed) > 0, cfg.adjacent_mm, spacing_zyx) if followed is not None else None
-    reported_before = None
+    before = None
     if prior_probability is not None:
-        reported_before = _reported(
-            np.asarray(prior_probability), prior_lesions, spacing_zyx, threshold, min_volume_mm3
-        )
-        reported_before = _within(reported_before, cfg.registration_tolerance_mm, spacing_zyx)
+        before = _reported(np.asarray(prior_probability), prior_lesions, spacing_zyx, threshold, min_volume_mm3)
+    near = np.asarray(followed) > 0 if followed is not None else None
     others = components > 0
-    if followed is not None:
-        others |= np.asarray(followed) > 0
+    if near is not None:
+        others |= near
     objects = ndimage.find_objects(components)
     kept: list[Component] = []
     dropped: dict[int, Dropped] = {}
@@ -105,10 +102,11 @@ def new_lesions(
         box = objects[comp.label - 1]
         if box is None:
             continue
-        region = components[box] == comp.label
-        if near_followed is not None and (near_followed[box] & region).any():
+        if near is not None and _reaches(components, comp.label, box, near, cfg.adjacent_mm, spacing_zyx):
             dropped[comp.label] = Dropped.ADJACENT
-        elif reported_before is not None and (reported_before[box] & region).any():
+        elif before is not None and _reaches(
+            components, comp.label, box, before, cfg.registration_tolerance_mm, spacing_zyx
+        ):
             dropped[comp.label] = Dropped.PERSISTENT
         elif (
             image is not None
@@ -142,10 +140,26 @@ def _reported(
     return out
 
 
-def _within(mask: np.ndarray, distance_mm: float, spacing_zyx: Sequence[float]) -> np.ndarray:
-    """Voxels within ``distance_mm`` of ``mask`` (the mask itself included)."""
+def _reaches(
+    components: np.ndarray,
+    label: int,
+    box: tuple[slice, ...],
+    mask: np.ndarray,
+    distance_mm: float,
+    spacing_zyx: Sequence[float],
+) -> bool:
+    """Whether ``mask`` has a voxel within ``distance_mm`` of component ``label`` (``box``: its bounding box); the
+    distances are computed in the box grown by that distance only."""
     from scipy import ndimage
 
-    if distance_mm <= 0 or not mask.any():
-        return mask.copy()
-    return np.asarray(ndimage.distance_transform_edt(~mask, sampling=spacing_zyx) <= distance_mm)
+    pad = [max(0, int(np.floor(distance_mm / s))) for s in spacing_zyx]
+    grown = tuple(
+        slice(max(0, b.start - p), min(n, b.stop + p)) for b, p, n in zip(box, pad, components.shape, strict=True)
+    )
+    near = mask[grown]
+    if not near.any():
+        return False
+    region = components[grown] == label
+    if distance_mm <= 0:
+        return bool((near & region).any())
+    return bool((near & (ndimage.distance_transform_edt(~region, sampling=spacing_zyx) <= distance_mm)).any())
