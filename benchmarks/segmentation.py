@@ -125,12 +125,13 @@ def train_model(home: Path, cfg: Any) -> dict[str, Any]:
 def add_model(train_home: Path, home: Path) -> str:
     """Register the training home's promoted segmentation model in another data home and promote it there."""
     from tracker.segmentation import SEGMENTATION_ENDPOINT
+    from tracker.segmentation.model import read_segmentation_model
     from tracker.workflows import models, segmentation
 
     engine, store = _home(train_home)
     _, path = segmentation.segmentation_file(engine, store, None)
     engine.dispose()
-    model = segmentation.load_segmentation_model(path)
+    model = read_segmentation_model(path)
     engine, store = _home(home)
     spec = models.register(engine, store, cast(Any, model), segmentation.DEFAULT_NAME, SEGMENTATION_ENDPOINT)["model"]
     models.promote(engine, spec)

@@ -6,7 +6,6 @@ The model files live in the store like risk models (`db.registry`, endpoint
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,14 +120,6 @@ def segmentation_file(engine: Engine, store: FileStore, spec: str | None) -> tup
         return f"{mv.name}:{mv.version}", store.find(mv.file_sha256, registry.MODEL_SUFFIX)
 
 
-@functools.lru_cache(maxsize=4)
-def load_segmentation_model(path: Path) -> SegmentationModel:
-    """The model in a store file (cached: store files never change)."""
-    from tracker.segmentation.model import segmentation_model_from_bytes
-
-    return segmentation_model_from_bytes(Path(path).read_bytes())
-
-
 def apply(
     engine: Engine,
     store: FileStore,
@@ -146,9 +137,10 @@ def apply(
 
     from tracker.imageio import read_image
     from tracker.segmentation.components import lesion_components
+    from tracker.segmentation.model import read_segmentation_model
 
     label, path = segmentation_file(engine, store, model)
-    seg = load_segmentation_model(path)
+    seg = read_segmentation_model(path)
     image = read_image(image_path).image
     spacing = tuple(float(v) for v in reversed(image.GetSpacing()))
     prob = seg.predict_probability(sitk.GetArrayFromImage(image).astype(np.float32), spacing, device=device)

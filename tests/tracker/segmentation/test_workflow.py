@@ -16,7 +16,7 @@ from tests.helpers import tiny_model
 from tests.tracker.segmentation.spheres import CFG, SPACING, cohort, sphere_scan
 from tracker.errors import MetatrackError
 from tracker.segmentation import SEGMENTATION_ENDPOINT
-from tracker.segmentation.model import SegmentationModel
+from tracker.segmentation.model import SegmentationModel, read_segmentation_model
 from tracker.store import FileStore
 from tracker.workflows import segmentation
 
@@ -58,8 +58,8 @@ def test_register_promote_load_apply(engine: Engine, tmp_path: Path) -> None:
         )
         assert mv.data_fingerprint == model.metadata["data_fingerprint"]
         assert registry.promoted_models(s) == []  # rescore, alerts and the demo see no risk model
-    loaded = segmentation.load_segmentation_model(path)
-    assert loaded is segmentation.load_segmentation_model(path)  # cached
+    loaded = read_segmentation_model(path)
+    assert loaded is read_segmentation_model(path)  # cached
     image, _ = sphere_scan(np.random.default_rng(8))
     np.testing.assert_array_equal(
         loaded.predict_probability(image, SPACING, "cpu"), model.predict_probability(image, SPACING, "cpu")
