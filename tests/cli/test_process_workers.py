@@ -131,6 +131,10 @@ def test_ctrl_c_leaves_no_scan_half_written_and_a_rerun_finishes(
         assert proc.poll() is None, proc.communicate()[1]
         os.killpg(proc.pid, signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
+        if proc.returncode == 0 and f"processed {N_SCANS} scans, 0 failed" in stderr:
+            # both patients were running when the first scan landed: on a loaded machine they can finish before
+            # the signal is handled, and then there is nothing left to interrupt
+            pytest.skip("every scan was processed before Ctrl-C was handled (machine loaded): nothing to interrupt")
         assert proc.returncode == 130, stderr
         assert stderr.strip().splitlines()[-1].startswith("error: interrupted: no patient was started after it")
         states = {s["state"] for tl in _timelines(url).values() for s in tl["scans"]}
