@@ -121,7 +121,16 @@ def test_ctrl_c_leaves_no_scan_half_written_and_a_rerun_finishes(
     home, url = _copy(template, tmp_path)
     cmd = [str(METATRACK), "--db", url, *PROCESS, "--workers", "2"]
     proc = subprocess.Popen(
-        cmd, env=_env(home), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        cmd,
+        env=_env(home),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        # a suite started in the background by a non-interactive shell inherits SIGINT ignored, and a Python that
+        # starts with SIGINT ignored never raises KeyboardInterrupt: give the run a terminal's default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     engine = make_engine(url)
     try:
