@@ -16,10 +16,12 @@ time-dependent C, each after a recalibration on that landmark) and the weights a
 - **shrinkage** (:func:`per_landmark`): one pooled choice on the scores averaged over landmarks; a landmark leaves
   it only where its own choice beats the pooled one's C at that landmark by LANDMARK_Z (2) bootstrap standard
   errors of the difference and at least LANDMARK_MARGIN_C, so that the noise of one landmark's few patients does
-  not pick. Landmarks with too few held-out patients or events keep the pooled choice. Landmark 1 (the first
-  visit) starts from the landmark Cox instead (weight 0): with one visit there is no trajectory to remember, the
-  RNN's one advantage, and both models see the same features; measured, the RNN ranked the first visits up to
-  0.013 C below the Cox, a gap 3-fold inner CV cannot see. It leaves the Cox there by the same rule;
+  not pick. Landmarks with too few held-out patients or events keep the pooled choice. Landmarks 1 and 2 (up to
+  COX_HISTORY_LANDMARK) start from the landmark Cox instead (weight 0): there the Cox's design, the visit's
+  values and their change since the previous visit, holds the whole history (at visit 2 the first visit's values
+  are the difference of the two), so the RNN's one advantage, the memory of a longer trajectory, has nothing to
+  add; measured, the RNN ranked the first visits up to 0.013 C below the Cox, and auto choosing it the second visits
+  0.015 C below, gaps a 3-fold inner CV cannot see. It leaves the Cox there by the same rule;
 - **blend**: w_k from the whole grid BLEND_WEIGHTS;
 - **auto**: per landmark one of the candidates landmark-cox (w = 0), rnn (w = 1) and blend (its w_k); the pooled
   pick is the simplest candidate (in that order) that meets the criterion with AUTO_TOLERANCE_IBS of slack in IBS,
@@ -65,6 +67,7 @@ AUTO_TOLERANCE_IBS = 0.005
 CANDIDATES = ("landmark-cox", "rnn", "blend")  # simplest first
 CANDIDATE_WEIGHTS = {"landmark-cox": 0.0, "rnn": 1.0}
 MAX_LANDMARK = 4
+COX_HISTORY_LANDMARK = 2  # up to this landmark the landmark Cox sees every earlier visit: the default there
 MIN_LANDMARK_PATIENTS = 20  # a landmark with fewer held-out patients is not scored
 MEMBERS_DIR = "members/"
 IBS_TIME_QUANTILE = 0.9
@@ -230,14 +233,19 @@ def per_landmark(
     pooled: Option,
     order: Sequence[Option],
     ibs_slack: float = 0.0,
-    first: Option | None = None,
+    early: Option | None = None,
 ) -> list[tuple[Option, str]]:
     """Per landmark 1..MAX_LANDMARK, (choice, why): the landmark's own :func:`best_of` where its C beats the
     default's there by max(LANDMARK_MARGIN_C, LANDMARK_Z bootstrap standard errors of the difference), else the
-    default: the pooled choice, or at landmark 1 ``first`` where given (see :func:`choose`)."""
+    default: the pooled choice, or at landmarks up to COX_HISTORY_LANDMARK ``early`` where given (see
+    :func:`choose`)."""
     out: list[tuple[Option, str]] = []
     for k in range(1, MAX_LANDMARK + 1):
-        default, name = (first, "first-visit default") if k == 1 and first is not None else (pooled, "pooled choice")
+        default, name = (
+            (early, "early-visit default")
+            if k <= COX_HISTORY_LANDMARK and early is not None
+            else (pooled, "pooled choice")
+        )
         if k not in scores:
             out.append((default, f"{name} (too few held-out patients or events to score this landmark)"))
             continue
@@ -304,9 +312,9 @@ def choose(oof: OutOfFold, cfg: SurvivalModelConfig) -> Choice:
     pooled_w = {w: mean_scores(s) for w, s in by_weight.items()}
     landmarks = sorted(by_weight[BLEND_WEIGHTS[0]])
     w_pool = best_of(pooled_w, BLEND_WEIGHTS)
-    # at the first visit there is no history, the RNN's one advantage: the Cox is the default there
+    # up to COX_HISTORY_LANDMARK the Cox's design holds the whole history: the Cox is the default there
     blend = per_landmark(
-        {k: {w: by_weight[w][k] for w in BLEND_WEIGHTS} for k in landmarks}, w_pool, BLEND_WEIGHTS, first=0.0
+        {k: {w: by_weight[w][k] for w in BLEND_WEIGHTS} for k in landmarks}, w_pool, BLEND_WEIGHTS, early=0.0
     )
     blend_weights = tuple(w for w, _ in blend)
 
@@ -322,7 +330,7 @@ def choose(oof: OutOfFold, cfg: SurvivalModelConfig) -> Choice:
         auto_pool,
         CANDIDATES,
         AUTO_TOLERANCE_IBS,
-        first="landmark-cox",
+        early="landmark-cox",
     )
     auto_picks = tuple(_simplest(c, blend_weights[i]) for i, (c, _) in enumerate(auto))
     choice_weights = {

@@ -156,11 +156,13 @@ def test_auto_picks_the_cox_where_only_the_latest_value_matters() -> None:
 
 def test_auto_picks_the_rnn_where_the_trajectory_matters() -> None:
     """The hazard is set by the first visit's marker, which later visits no longer show: from the third visit on
-    only the trajectory carries it, and the RNN is chosen; at the first visit, where both see that marker, the
-    landmark Cox stays (the first-visit default)."""
+    only the trajectory carries it, and the RNN takes (almost) all the weight; at the first two visits, where the
+    Cox's design (values and their change since the previous visit) holds that marker too, the two tie on C and the
+    landmark Cox stays (the early-visit default)."""
     visits, events = baseline_memory_cohort(200, seed=2)
     model = train_auto(visits, events, CFG, seed=0)
     why = model.metadata["metrics"]["inner_cv"]
-    assert why["chosen"] == "rnn" and model.weights == (0.0,) + (1.0,) * (MAX_LANDMARK - 1)
-    assert why["per_landmark"][0]["why"].startswith("first-visit default")
+    assert model.weights[:2] == (0.0, 0.0) and min(model.weights[2:]) >= 0.8
+    assert all(p["why"].startswith("early-visit default") for p in why["per_landmark"][:2])
+    assert why["chosen"] in ("rnn", "blend") and model.rnn is not None
     assert why["candidates"]["rnn"]["c_td"] > why["candidates"]["landmark-cox"]["c_td"] + 0.05
