@@ -84,6 +84,11 @@ _SHRINK_SPREAD, _GROW_SPREAD = 5.0, 8.0
 _TEXTURE_MIN_VOXELS = 8
 # Voxels more than this many times the lesion's contrast beyond the surround are another tissue.
 _BEYOND = 2.5
+# A lesion's core: its voxels within this many sds (its own or the noise, the larger) of its level. Voxels between
+# the surround's level and the lesion's farther than _PV_RIM_MM (at least one voxel) from the core are a third tissue,
+# not the lesion's partial volume (fat beside a lung nodule); only where the core's band is under half the contrast.
+_CORE_SDS = 3.0
+_PV_RIM_MM = 2.0
 # Confidence factor of a region that leaked and was cut near the warped lesion.
 _CLIPPED_FACTOR = 0.7
 # Robust sd from the median absolute deviation of a Gaussian.
@@ -409,6 +414,36 @@ def _two_class(
     return surround, contrast, max(noise, 0.05 * abs(contrast), _EPS)
 
 
+def _near_core(
+    raw: np.ndarray, warped: np.ndarray, surround: float, intensity: IntensityPrior, spacing_zyx: Sequence[float]
+) -> np.ndarray | None:
+    """The voxels within _PV_RIM_MM (at least one voxel) of the lesion's core on the unsmoothed follow-up: where the
+    lesion stands far above its own spread, a voxel between the surround's level and the lesion's that lies farther
+    from the core is a third tissue (fat between a lung nodule and the chest wall), not the lesion's partial volume.
+    The core is the voxels within _CORE_SDS of the lesion's level that connect to the warped lesion (a grown lesion's
+    new part does; a fat voxel that noise lifted into the band mostly does not).
+
+    The lesion's level and spread (the larger of the last sighting's and this one's) are measured on the warped
+    lesion's voxels past half the last sighting's contrast (the search region's would count the third tissue in).
+    None where the core's band reaches half the contrast (a faint or textured lesion: noise, not tissue, decides) or
+    too few warped voxels are lesion-like to measure."""
+    contrast = intensity.contrast
+    sign = 1.0 if contrast >= 0 else -1.0
+    offset = sign * (raw - surround)
+    inside = warped & (offset > 0.5 * abs(contrast)) & (offset <= _BEYOND * abs(contrast))
+    if inside.sum() < _TEXTURE_MIN_VOXELS:
+        return None
+    level, spread = _robust(offset[inside])
+    band = _CORE_SDS * max(intensity.lesion_sd, spread)
+    if band >= 0.5 * abs(contrast):
+        return None
+    comp, _ = ndimage.label(offset >= level - band)
+    keep = np.unique(comp[warped & (comp > 0)])
+    core = np.isin(comp, keep[keep > 0])
+    steps = max(1, math.ceil(_PV_RIM_MM / min(float(s) for s in spacing_zyx)))
+    return np.asarray(ndimage.binary_dilation(core, structure=CONNECTIVITY_26, iterations=steps), dtype=bool)
+
+
 def _candidate(
     image: np.ndarray,
     spacing_zyx: Sequence[float],
@@ -448,6 +483,7 @@ def _candidate(
     few_voxels = bool(small.all())
     sigma = np.where(small, 0.0, np.clip(config.smooth_radius_fraction * radius, 0.5 * spacing, config.smooth_mm))
     img = _smooth(np.where(other, level0, raw), spacing_zyx, sigma)
+    near_core = _near_core(raw, mask, level0, prior.intensity, spacing_zyx) if not few_voxels else None
     surround, contrast, noise = _two_class(
         img[search & ~others[box] & ~other],
         prior.intensity,
@@ -478,6 +514,8 @@ def _candidate(
         # another track's warped lesion is that track's (each voxel goes to the nearest warped lesion): left out
         # here, a lesion of the same density next to this one is no leak into a look-alike surround
         lesion_like = (llr > 0) & search & ~other & ~others[box]
+        if near_core is not None:
+            lesion_like &= near_core
         opened = _attached(ndimage.binary_opening(lesion_like, structure=ball), distance, config.attach_mm)
         if opened.sum() * voxel >= config.min_volume_mm3:
             # the opening cut the bridges; give back the rims it shaved off the lesion itself
